@@ -1,0 +1,122 @@
+/**
+ * One mmap'd range and the JS views over it; the only owner of that mapping.
+ *
+ * Node 20 caps an external ArrayBuffer at 4 GiB (and larger ones abort the
+ * process inside napi), so a mapping is seen through windows: each window is a
+ * 2 GiB ArrayBuffer starting on a 1 GiB boundary. Windows overlap by half, so any
+ * access of at most 1 GiB lies inside a single window wherever it starts.
+ * Windows are made on first use and cost address-space bookkeeping only.
+ *
+ * close() detaches every window before munmap(): a typed array kept past close()
+ * then has length 0 and reads undefined, instead of faulting on unmapped pages.
+ */
+import { C, libc, syscallError } from './libc.js';
+import { shim } from './shim.js';
+import { VhostUserError } from '../errors.js';
+
+const WINDOW_STRIDE = 2 ** 30;
+const WINDOW_LENGTH = 2 * WINDOW_STRIDE;
+/** The largest single view a Mapping hands out. */
+export const MAX_VIEW_LENGTH = WINDOW_STRIDE;
+
+export interface MapOptions {
+  /** File offset of the mapping (page aligned). */
+  offset?: number;
+  /** Default true: MAP_SHARED, what vhost-user memory needs. */
+  shared?: boolean;
+  readonly?: boolean;
+  /** MAP_POPULATE: fault everything in now (hugetlb guests, benchmarks). */
+  populate?: boolean;
+}
+
+export class Mapping {
+  private static live = 0;
+  /** Mappings made by this library and not yet closed: a leak check for tests and soak runs. */
+  static get liveCount(): number {
+    return Mapping.live;
+  }
+
+  readonly address: number;
+  readonly length: number;
+  private readonly windows: (ArrayBuffer | undefined)[] = [];
+  private closed = false;
+
+  private constructor(address: number, length: number) {
+    this.address = address;
+    this.length = length;
+    Mapping.live++;
+  }
+
+  /** Maps `length` bytes of `fd`. The fd may be closed afterwards; the mapping keeps the file alive. */
+  static map(fd: number, length: number, options: MapOptions = {}): Mapping {
+    checkLength(length);
+    const prot = options.readonly ? C.PROT_READ : C.PROT_READ | C.PROT_WRITE;
+    let flags = (options.shared ?? true) ? C.MAP_SHARED : C.MAP_PRIVATE;
+    flags |= C.MAP_NORESERVE;
+    if (options.populate) flags |= C.MAP_POPULATE;
+    const address = libc.mmap(0, length, prot, flags, fd, options.offset ?? 0);
+    if (address === -1) throw syscallError('mmap', 'VHOST_SYSCALL', undefined, `fd ${fd}, ${length} bytes`);
+    return new Mapping(address, length);
+  }
+
+  /** Private anonymous memory, e.g. scratch space for msghdr and control messages. */
+  static anonymous(length: number): Mapping {
+    checkLength(length);
+    const flags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE;
+    const address = libc.mmap(0, length, C.PROT_READ | C.PROT_WRITE, flags, -1, 0);
+    if (address === -1) throw syscallError('mmap', 'VHOST_SYSCALL', undefined, `anonymous, ${length} bytes`);
+    return new Mapping(address, length);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /**
+   * The ArrayBuffer window holding [offset, offset + length), and where the range
+   * starts inside it. Zero-copy; valid until close().
+   */
+  window(offset: number, length: number): { buffer: ArrayBuffer; byteOffset: number } {
+    if (this.closed) throw new VhostUserError('VHOST_MEMORY_CLOSED', 'mapping is closed');
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.length) {
+      throw new VhostUserError('VHOST_MEMORY_OUT_OF_RANGE', `range [${offset}, +${length}) is outside the ${this.length}-byte mapping`);
+    }
+    if (length > MAX_VIEW_LENGTH) {
+      throw new VhostUserError('VHOST_MEMORY_SPANS_WINDOW', `a single view is at most ${MAX_VIEW_LENGTH} bytes (asked ${length})`);
+    }
+    const index = Math.floor(offset / WINDOW_STRIDE);
+    let buffer = this.windows[index];
+    if (buffer === undefined) {
+      const start = index * WINDOW_STRIDE;
+      const windowLength = Math.min(WINDOW_LENGTH, this.length - start);
+      buffer = shim.externalArrayBuffer(BigInt(this.address + start), windowLength);
+      this.windows[index] = buffer;
+    }
+    return { buffer, byteOffset: offset - index * WINDOW_STRIDE };
+  }
+
+  bytes(offset: number, length: number): Uint8Array {
+    const { buffer, byteOffset } = this.window(offset, length);
+    return new Uint8Array(buffer, byteOffset, length);
+  }
+
+  dataView(offset: number, length: number): DataView {
+    const { buffer, byteOffset } = this.window(offset, length);
+    return new DataView(buffer, byteOffset, length);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    Mapping.live--;
+    for (const buffer of this.windows) if (buffer !== undefined) shim.detachArrayBuffer(buffer);
+    this.windows.length = 0;
+    if (libc.munmap(this.address, this.length) !== 0) throw syscallError('munmap');
+  }
+}
+
+function checkLength(length: number): void {
+  if (!Number.isSafeInteger(length) || length <= 0) {
+    throw new VhostUserError('VHOST_INVALID_ARGUMENT', `mapping length must be a positive integer (got ${length})`);
+  }
+}

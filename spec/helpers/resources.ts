@@ -1,0 +1,45 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { Mapping } from '../../lib/native/mapping.js';
+
+/** Open fds of this process. */
+export function fdCount(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+/**
+ * Mappings this library is responsible for: memfd mappings as the kernel lists
+ * them, plus every Mapping not yet closed (anonymous scratch pages included).
+ * Raw /proc/self/maps line counts move with V8's heap, so they are not used.
+ */
+export function mapCount(): number {
+  const memfdMaps = readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('/memfd:')).length;
+  return memfdMaps + Mapping.liveCount;
+}
+
+export function rssBytes(): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+/** Snapshot of what a test may leak; `check()` returns what grew. */
+export function resourceSnapshot(): { fds: number; maps: number; leaked(): { fds: number; maps: number } } {
+  const fds = fdCount();
+  const maps = mapCount();
+  return { fds, maps, leaked: () => ({ fds: fdCount() - fds, maps: mapCount() - maps }) };
+}
+
+/** Lets pending uv_close callbacks and timers run. */
+export function settle(ms = 20): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export async function expectRejectCode(p: Promise<unknown>, code: string): Promise<Error & { code: string }> {
+  try {
+    await p;
+  } catch (e) {
+    const err = e as Error & { code: string };
+    if (err.code !== code) throw new Error(`expected ${code}, got ${err.code ?? ''}: ${err.message}`, { cause: e });
+    return err;
+  }
+  throw new Error(`expected rejection with ${code}, but it resolved`);
+}
