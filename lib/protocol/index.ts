@@ -1,0 +1,4 @@
+export * from './constants.js';
+export * from './header.js';
+export * from './payloads.js';
+export * from './requests.js';
