@@ -1,0 +1,177 @@
+/**
+ * The control plane against real back-ends, started here and always stopped:
+ * DPDK's vhost PMD (dpdk-testpmd) and qemu-storage-daemon's vhost-user-blk.
+ */
+import { expect } from 'chai';
+import { VhostUserClient, type Negotiated } from '../../lib/client/vhost-user-client.js';
+import { findExecutable } from '../../lib/launch/backend-process.js';
+import { startQemuStorageDaemon, type QemuStorageDaemonBackend } from '../../lib/launch/qemu-storage-daemon.js';
+import { startTestpmd, type TestpmdBackend } from '../../lib/launch/dpdk-testpmd.js';
+import { GuestMemory } from '../../lib/memory/guest-memory.js';
+import { bit, hasBit, ProtocolFeature, VirtioFeature } from '../../lib/protocol/constants.js';
+import { EventFd } from '../../lib/transport/eventfd.js';
+import { splitRingLayout, VRING_AVAIL_IDX, VRING_USED_IDX } from '../../lib/virtqueue/split-layout.js';
+import { resourceSnapshot, settle } from '../helpers/resources.js';
+
+const MiB = 2 ** 20;
+const RING_BASE = 42;
+
+interface Setup {
+  client: VhostUserClient;
+  memory: GuestMemory;
+  eventfds: EventFd[];
+  negotiated: Negotiated;
+}
+
+/**
+ * What QEMU does at device start for `rings` split rings of 256 entries: features,
+ * memory table, then per ring NUM, ADDR, BASE, CALL, KICK, ENABLE. The rings sit
+ * empty at index RING_BASE, as a migrated ring would.
+ */
+async function startDevice(socket: string, rings: number): Promise<Setup> {
+  const client = await VhostUserClient.connect(socket, { timeoutMs: 5000, connect: { timeoutMs: 5000 } });
+  const eventfds: EventFd[] = [];
+  const memory = GuestMemory.create({ size: 64 * MiB });
+  try {
+    const negotiated = await client.negotiate();
+    const wanted = bit(VirtioFeature.VIRTIO_F_VERSION_1) | bit(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES);
+    await client.setFeatures(negotiated.features & wanted);
+    await client.setMemTable(memory);
+    for (let index = 0; index < rings; index++) {
+      const layout = splitRingLayout(0x10000 + index * 0x4000, 256);
+      memory.dataView(layout.avail + VRING_AVAIL_IDX, 2).setUint16(0, RING_BASE, true);
+      memory.dataView(layout.used + VRING_USED_IDX, 2).setUint16(0, RING_BASE, true);
+      const call = new EventFd();
+      const kick = new EventFd();
+      eventfds.push(call, kick);
+      await client.setVringNum(index, 256);
+      await client.setVringAddr({
+        index,
+        descUserAddr: memory.userAddr(layout.desc),
+        availUserAddr: memory.userAddr(layout.avail),
+        usedUserAddr: memory.userAddr(layout.used),
+      });
+      await client.setVringBase(index, RING_BASE);
+      await client.setVringCall(index, call.fd);
+      await client.setVringKick(index, kick.fd);
+      if (hasBit(negotiated.features, VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)) await client.setVringEnable(index, true);
+    }
+    return { client, memory, eventfds, negotiated };
+  } catch (e) {
+    client.close();
+    memory.close();
+    for (const f of eventfds) f.close();
+    throw e;
+  }
+}
+
+function teardown(s: Setup | null): void {
+  if (!s) return;
+  s.client.close();
+  s.memory.close();
+  for (const f of s.eventfds) f.close();
+}
+
+describe('control plane against dpdk-testpmd @integration', function () {
+  let backend: TestpmdBackend | null = null;
+  let setup: Setup | null = null;
+  let snap: ReturnType<typeof resourceSnapshot>;
+
+  before(function () {
+    if (!findExecutable('dpdk-testpmd')) this.skip(); // dpdk-testpmd not installed (apt-get install dpdk-dev)
+  });
+  beforeEach(() => {
+    snap = resourceSnapshot();
+  });
+  afterEach(async () => {
+    teardown(setup);
+    setup = null;
+    await backend?.stop();
+    backend = null;
+    await settle();
+    expect(snap.leaked()).to.deep.equal({ fds: 0, maps: 0 });
+  });
+
+  it('negotiates, sets the memory table, sets up and enables 2 rings, and reads GET_VRING_BASE back', async () => {
+    backend = await startTestpmd({ queues: 1, forwardMode: 'rxonly' });
+    setup = await startDevice(backend.socketPath, 2);
+    const { client, negotiated } = setup;
+    expect(hasBit(negotiated.features, VirtioFeature.VIRTIO_F_VERSION_1)).to.equal(true);
+    for (const f of [ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.BACKEND_REQ]) {
+      expect(hasBit(negotiated.protocolFeatures, f), `protocol feature bit ${f}`).to.equal(true);
+    }
+    expect(negotiated.queueNum).to.be.at.least(1);
+    for (const index of [0, 1]) {
+      const base = await client.getVringBase(index);
+      expect(base).to.deep.equal({ index, num: RING_BASE, packed: null });
+    }
+    expect(client.isBroken).to.equal(false);
+  });
+
+  it('sees a back-end killed mid-session as a typed disconnect, in bounded time', async () => {
+    backend = await startTestpmd({ queues: 1 });
+    setup = await startDevice(backend.socketPath, 2);
+    const disconnected = new Promise<string>((resolve) => setup!.client.once('disconnect', (e) => resolve(e.code)));
+    await backend.kill9();
+    expect(await disconnected).to.equal('VHOST_DISCONNECTED');
+    try {
+      await setup.client.getFeatures();
+      expect.fail('request on a dead connection succeeded');
+    } catch (e) {
+      expect((e as { code: string }).code).to.equal('VHOST_CLIENT_BROKEN');
+    }
+  });
+});
+
+describe('control plane against qemu-storage-daemon vhost-user-blk @integration', function () {
+  let backend: QemuStorageDaemonBackend | null = null;
+  let setup: Setup | null = null;
+  let snap: ReturnType<typeof resourceSnapshot>;
+
+  before(function () {
+    if (!findExecutable('qemu-storage-daemon')) this.skip(); // qemu-storage-daemon not installed (apt-get install qemu-system-common)
+  });
+  beforeEach(() => {
+    snap = resourceSnapshot();
+  });
+  afterEach(async () => {
+    teardown(setup);
+    setup = null;
+    await backend?.stop();
+    backend = null;
+    await settle();
+    expect(snap.leaked()).to.deep.equal({ fds: 0, maps: 0 });
+  });
+
+  it('negotiates, reads capacity from GET_CONFIG, sets up and enables 2 rings, and reads GET_VRING_BASE back', async () => {
+    const imageSize = 48 * MiB;
+    backend = await startQemuStorageDaemon({ imageSize, numQueues: 2 });
+    setup = await startDevice(backend.socketPath, 2);
+    const { client, negotiated } = setup;
+    for (const f of [ProtocolFeature.CONFIG, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS]) {
+      expect(hasBit(negotiated.protocolFeatures, f), `protocol feature bit ${f}`).to.equal(true);
+    }
+    expect(negotiated.queueNum).to.equal(2);
+    expect(negotiated.maxMemSlots).to.be.a('number').and.to.be.at.least(8);
+    const config = await client.getConfig(0, 8);
+    expect(new DataView(config.buffer, config.byteOffset).getBigUint64(0, true)).to.equal(BigInt(imageSize / 512));
+    for (const index of [0, 1]) {
+      expect(await client.getVringBase(index)).to.deep.equal({ index, num: RING_BASE, packed: null });
+    }
+  });
+
+  it('adds and removes memory regions one at a time with CONFIGURE_MEM_SLOTS', async () => {
+    backend = await startQemuStorageDaemon({ imageSize: 8 * MiB });
+    const client = await VhostUserClient.connect(backend.socketPath);
+    const memory = GuestMemory.create({ size: 4 * MiB });
+    setup = { client, memory, eventfds: [], negotiated: await client.negotiate() };
+    await client.setFeatures(setup.negotiated.features & (bit(VirtioFeature.VIRTIO_F_VERSION_1) | bit(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)));
+    await client.setMemTable(memory);
+    const extra = [1, 2, 3].map((i) => memory.addRegion({ guestPhysAddr: i * 64 * MiB, size: 2 * MiB }));
+    for (const r of extra) await client.addMemReg(r);
+    await client.remMemReg(extra[1]!);
+    memory.removeRegion(extra[1]!);
+    expect(client.isBroken).to.equal(false);
+    expect(await client.getFeatures()).to.equal(setup.negotiated.features);
+  });
+});
