@@ -1,1 +1,26 @@
-export {};
+/**
+ * vhost-user-client: a vhost-user front-end for Node.js.
+ * See README.md for a tour; names follow the vhost-user specification.
+ */
+export { VhostUserError, isVhostUserError, type VhostErrorCode, type VhostErrorDetails } from './errors.js';
+export {
+  VhostUserClient,
+  SUPPORTED_PROTOCOL_FEATURES,
+  type VhostUserClientOptions,
+  type VhostUserClientEvents,
+  type NegotiateOptions,
+  type Negotiated,
+  type VringAddrOptions,
+  type VringBase,
+} from './client/vhost-user-client.js';
+export type { TraceEvent, TraceHook } from './client/trace.js';
+export type { HostNotifier } from './client/backend-channel.js';
+export { GuestMemory, type GuestMemoryOptions } from './memory/guest-memory.js';
+export { GuestRegion, type GuestRegionOptions, type RegionBacking } from './memory/guest-region.js';
+export { EventFd } from './transport/eventfd.js';
+export { UnixListener } from './transport/unix-listener.js';
+export { UnixStream, type ConnectOptions } from './transport/unix-stream.js';
+export { Connection, type VhostUserMessage } from './transport/connection.js';
+export { Mapping } from './native/mapping.js';
+export * from './protocol/index.js';
+export * from './virtqueue/split-layout.js';

@@ -12,6 +12,8 @@ import { bit, hasBit, ProtocolFeature, VirtioFeature } from '../../lib/protocol/
 import { EventFd } from '../../lib/transport/eventfd.js';
 import { splitRingLayout, VRING_AVAIL_IDX, VRING_USED_IDX } from '../../lib/virtqueue/split-layout.js';
 import { resourceSnapshot, settle } from '../helpers/resources.js';
+import { tempSocketPath } from '../helpers/socket-pair.js';
+import { UnixListener } from '../../lib/transport/unix-listener.js';
 
 const MiB = 2 ** 20;
 const RING_BASE = 42;
@@ -28,8 +30,8 @@ interface Setup {
  * memory table, then per ring NUM, ADDR, BASE, CALL, KICK, ENABLE. The rings sit
  * empty at index RING_BASE, as a migrated ring would.
  */
-async function startDevice(socket: string, rings: number): Promise<Setup> {
-  const client = await VhostUserClient.connect(socket, { timeoutMs: 5000, connect: { timeoutMs: 5000 } });
+async function startDevice(socket: string | VhostUserClient, rings: number): Promise<Setup> {
+  const client = typeof socket === 'string' ? await VhostUserClient.connect(socket, { timeoutMs: 5000, connect: { timeoutMs: 5000 } }) : socket;
   const eventfds: EventFd[] = [];
   const memory = GuestMemory.create({ size: 64 * MiB });
   try {
@@ -106,6 +108,20 @@ describe('control plane against dpdk-testpmd @integration', function () {
       expect(base).to.deep.equal({ index, num: RING_BASE, packed: null });
     }
     expect(client.isBroken).to.equal(false);
+  });
+
+  it('server mode: accepts DPDK connecting with client=1 and runs the same setup', async () => {
+    const tmp = tempSocketPath('frontend.sock');
+    const listener = UnixListener.listen(tmp.path);
+    try {
+      backend = await startTestpmd({ client: true, socketPath: tmp.path });
+      const client = await VhostUserClient.accept(listener, { acceptTimeoutMs: 15000 });
+      setup = await startDevice(client, 2);
+      expect(await client.getVringBase(1)).to.deep.equal({ index: 1, num: RING_BASE, packed: null });
+    } finally {
+      listener.close();
+      tmp.cleanup();
+    }
   });
 
   it('sees a back-end killed mid-session as a typed disconnect, in bounded time', async () => {
