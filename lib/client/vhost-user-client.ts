@@ -129,6 +129,8 @@ interface RequestOptions {
   ordered?: boolean;
   emptyReplyIsFailure?: boolean;
   replyBodyIgnored?: boolean;
+  /** Never set NEED_REPLY, even with REPLY_ACK negotiated. */
+  noAck?: boolean;
 }
 
 const R = FrontendRequest;
@@ -234,15 +236,30 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
     await this.request(R.SET_OWNER);
   }
 
-  /** Deprecated by the spec in favour of RESET_DEVICE; see resetDevice(). */
+  /**
+   * Deprecated by the spec in favour of RESET_DEVICE: "the front-end will no longer
+   * own this connection (and will usually close it)". Sent without NEED_REPLY, as
+   * QEMU does, since the reset wipes REPLY_ACK along with everything negotiated.
+   * Back-ends may drop the connection afterwards (DPDK 22.11 does): reconnect to
+   * start over.
+   */
   async resetOwner(): Promise<void> {
-    await this.request(R.RESET_OWNER, { ordered: true });
+    await this.request(R.RESET_OWNER, { noAck: true });
+    this.ackedFeatures = null;
+    this.ackedProtocolFeatures = 0n;
   }
 
-  /** RESET_DEVICE when negotiated, else RESET_OWNER (what QEMU falls back to). */
+  /**
+   * RESET_DEVICE when negotiated, else RESET_OWNER (QEMU's fallback). With
+   * RESET_DEVICE the back-end keeps the connection and the protocol features; the
+   * device itself is reset, so SET_FEATURES and the rings must be set up again.
+   * A GET_FEATURES round trip confirms the back-end survived the reset.
+   */
   async resetDevice(): Promise<void> {
     if (!this.hasProtocolFeature(ProtocolFeature.RESET_DEVICE)) return this.resetOwner();
-    await this.request(R.RESET_DEVICE, { ordered: true });
+    await this.request(R.RESET_DEVICE, { noAck: true });
+    this.ackedFeatures = null;
+    await this.getFeatures();
   }
 
   async getQueueNum(): Promise<number> {
@@ -479,7 +496,7 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
     const reply = await this.channel.call(spec, {
       ...options,
       reply: options.reply ?? null,
-      needReply: replyAck && !options.reply,
+      needReply: replyAck && !options.reply && !options.noAck,
     });
     if (options.ordered && !replyAck) await this.getFeatures();
     return reply;

@@ -11,7 +11,8 @@ import { GuestMemory } from '../../lib/memory/guest-memory.js';
 import { bit, hasBit, ProtocolFeature, VirtioFeature } from '../../lib/protocol/constants.js';
 import { EventFd } from '../../lib/transport/eventfd.js';
 import { splitRingLayout, VRING_AVAIL_IDX, VRING_USED_IDX } from '../../lib/virtqueue/split-layout.js';
-import { resourceSnapshot, settle } from '../helpers/resources.js';
+import { expectRejectCode, resourceSnapshot, settle } from '../helpers/resources.js';
+import type { VhostUserError } from '../../lib/errors.js';
 import { tempSocketPath } from '../helpers/socket-pair.js';
 import { UnixListener } from '../../lib/transport/unix-listener.js';
 
@@ -108,6 +109,32 @@ describe('control plane against dpdk-testpmd @integration', function () {
       expect(base).to.deep.equal({ index, num: RING_BASE, packed: null });
     }
     expect(client.isBroken).to.equal(false);
+  });
+
+  it('status, MTU (acked and NAKed by the back-end), RARP, and reset with the RESET_OWNER fallback', async () => {
+    backend = await startTestpmd({ queues: 1 });
+    setup = await startDevice(backend.socketPath, 2);
+    const { client } = setup;
+    const status = 0x1 | 0x2 | 0x8; // ACKNOWLEDGE | DRIVER | FEATURES_OK
+    await client.setStatus(status);
+    expect(await client.getStatus()).to.equal(status);
+    await client.netSetMtu(1500);
+    // DPDK refuses an MTU below the 68 bytes IPv4 needs; with REPLY_ACK that is a NAK, not a broken connection.
+    const nak = await client.netSetMtu(10).then(
+      () => null,
+      (e: VhostUserError) => e,
+    );
+    expect(nak?.code).to.equal('VHOST_NACK');
+    expect(nak?.request).to.equal('NET_SET_MTU');
+    await client.sendRarp(Uint8Array.from([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]));
+    await expectRejectCode(client.getConfig(0, 6), 'VHOST_FEATURE_NOT_NEGOTIATED');
+    expect(client.hasProtocolFeature(ProtocolFeature.RESET_DEVICE)).to.equal(false);
+    await client.resetDevice(); // RESET_OWNER: DPDK then drops the connection, which the spec allows
+    expect(client.features).to.equal(null);
+    teardown(setup);
+    // The back-end serves a new front-end from scratch.
+    setup = await startDevice(backend.socketPath, 2);
+    expect(await setup.client.getVringBase(0)).to.deep.equal({ index: 0, num: RING_BASE, packed: null });
   });
 
   it('server mode: accepts DPDK connecting with client=1 and runs the same setup', async () => {
