@@ -3,6 +3,7 @@
  * fds in both directions. Readiness comes from a uv_poll watcher (native shim),
  * so an idle socket holds no thread.
  */
+import { lstatSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostUserError } from '../errors.js';
@@ -64,7 +65,7 @@ export class UnixStream {
       const err = rc === 0 ? 0 : errno();
       if (rc === 0 || err === EINPROGRESS) return new UnixStream(fd);
       closeFd(fd);
-      if (!CONNECT_RETRYABLE.has(err)) {
+      if (!CONNECT_RETRYABLE.has(err) || existsButNotSocket(path)) {
         throw new VhostUserError('VHOST_CONNECT_FAILED', `connect ${path}: ${errnoName(err)}`, { errno: errnoName(err) });
       }
       if (options.signal?.aborted) {
@@ -183,6 +184,15 @@ export class UnixStream {
     this.queue.length = 0;
     closeFd(this.fd);
     this.scratch.close();
+  }
+}
+
+/** connect() to a regular file fails with ECONNREFUSED, which would otherwise be retried until the deadline. */
+function existsButNotSocket(path: string): boolean {
+  try {
+    return !lstatSync(path).isSocket();
+  } catch {
+    return false;
   }
 }
 

@@ -230,6 +230,27 @@ describe('VhostUserClient against a scripted peer', () => {
     expect(replies[2]).to.not.equal(0n);
   });
 
+  it('accepts a host notifier fd when HOST_NOTIFIER is negotiated, replaces it, and closes it on close()', async () => {
+    peer = RawPeer.start();
+    peer.protocolFeatures |= bit(ProtocolFeature.HOST_NOTIFIER);
+    const c = await connect();
+    await c.negotiate();
+    const seen: { index: number; fd: number | null }[] = [];
+    c.on('host-notifier', (n) => seen.push({ index: n.index, fd: n.fd }));
+    const acks: bigint[] = [];
+    peer.backendChannel!.on('message', (m) => acks.push(U64.decode(m.payload)));
+    for (let i = 0; i < 2; i++) {
+      const area = new EventFd();
+      peer.backendChannel!.send(BackendRequest.VRING_HOST_NOTIFIER_MSG, 0x1 | VHOST_USER_NEED_REPLY_MASK, VringArea.encode({ index: 1, nofd: false, size: 4096n, offset: 0n }), [area.fd]);
+      area.close();
+    }
+    await settle(50);
+    expect(acks).to.deep.equal([0n, 0n]);
+    expect(seen.map((n) => n.index)).to.deep.equal([1, 1]);
+    expect(seen[0]!.fd).to.be.a('number');
+    // The first fd was closed when the second replaced it; the second is closed by close() (checked by afterEach).
+  });
+
   it('breaks when the back-end channel carries garbage', async () => {
     peer = RawPeer.start();
     const c = await connect();

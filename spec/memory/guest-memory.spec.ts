@@ -94,6 +94,25 @@ describe('GuestMemory', () => {
     expect(snap.leaked()).to.deep.equal({ fds: 0, maps: 0 });
   });
 
+  it('backs a region with 2 MiB huge pages', async function () {
+    const { readFileSync } = await import('node:fs');
+    const free = Number(/HugePages_Free:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
+    // Huge pages must be reserved by the administrator (vm.nr_hugepages); a test must not change the host.
+    if (free < 2) this.skip();
+    const memory = GuestMemory.create({ regions: [{ guestPhysAddr: 0, size: 4 * MiB, backing: { kind: 'hugetlb', pageSize: '2M' } }] });
+    try {
+      memory.write(3 * MiB, Uint8Array.from([9, 8, 7]));
+      expect(Array.from(memory.read(3 * MiB, 3))).to.deep.equal([9, 8, 7]);
+      expect(readFileSync('/proc/self/maps', 'utf8')).to.match(/memfd:guest-ram.*\(deleted\)|hugepage/);
+    } finally {
+      memory.close();
+    }
+  });
+
+  it('refuses a hugetlb region that is not a whole number of huge pages', () => {
+    expectCode(() => GuestMemory.create({ regions: [{ guestPhysAddr: 0, size: MiB, backing: { kind: 'hugetlb' } }] }), 'VHOST_INVALID_ARGUMENT');
+  });
+
   it('maps file-backed regions', async () => {
     const { mkdtempSync, readFileSync, rmSync } = await import('node:fs');
     const { tmpdir } = await import('node:os');

@@ -163,6 +163,13 @@ describe('transport', () => {
     }
   });
 
+  it('fails at once on a path that exists but is not a socket', async () => {
+    const t0 = Date.now();
+    const err = await expectRejectCode(UnixStream.connect('/etc/passwd', { timeoutMs: 3000 }), 'VHOST_CONNECT_FAILED');
+    expect(Date.now() - t0).to.be.below(200);
+    expect((err as { errno?: string }).errno).to.equal('ECONNREFUSED');
+  });
+
   it('times out an accept() when no back-end connects', async () => {
     const tmp = tempSocketPath();
     const listener = UnixListener.listen(tmp.path);

@@ -1,0 +1,27 @@
+/**
+ * What a `vhost-user` subcommand is. Commands write only through `io`, never to
+ * `process.stdout` directly, so tests can run them in-process.
+ */
+import type { OptionSpecs, ParsedOptions } from './args.js';
+
+export interface CliIo {
+  stdout(text: string): void;
+  stderr(text: string): void;
+}
+
+export interface Command<O extends OptionSpecs = OptionSpecs> {
+  /** One word, or a group and a word (`net send`): matched against the leading argv words. */
+  name: string;
+  /** One line for `vhost-user --help`. */
+  summary: string;
+  /** Longer text for `vhost-user <name> --help`; default the summary. */
+  description?: string;
+  options: O;
+  /** Resolves with the exit status (default 0). Throws for failures: main prints one line. */
+  run(args: ParsedOptions<O>, io: CliIo): Promise<number | void>;
+}
+
+/** Identity, so a command's `run` sees its options typed from its own declarations. */
+export function defineCommand<const O extends OptionSpecs>(command: Command<O>): Command<O> {
+  return command;
+}
