@@ -24,3 +24,4 @@ export { Connection, type VhostUserMessage } from './transport/connection.js';
 export { Mapping } from './native/mapping.js';
 export * from './protocol/index.js';
 export * from './virtqueue/split-layout.js';
+export * from './launch/index.js';
