@@ -9,11 +9,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
-import { findExecutable, startQemuStorageDaemon, startTestpmd, type BackendHandle } from '../../lib/launch/index.js';
+import { startQemuStorageDaemon, startTestpmd, type BackendHandle } from '../../lib/launch/index.js';
 import { bit, FrontendRequest, VirtioFeature } from '../../lib/protocol/constants.js';
 import { U64 } from '../../lib/protocol/payloads.js';
-import { Connection, type VhostUserMessage } from '../../lib/transport/connection.js';
-import { UnixListener } from '../../lib/transport/unix-listener.js';
+import { RawPeer } from '../helpers/raw-peer.js';
+import { skipWithout } from '../helpers/backends.js';
 
 const MAIN = fileURLToPath(new URL('../../lib/cli/main.js', import.meta.url));
 
@@ -48,45 +48,9 @@ function expectOneErrorLine(r: CliResult, code: string): void {
   expect(r.stderr).not.to.match(/\n\s+at /);
 }
 
-function skipWithout(ctx: Mocha.Context, exe: string, pkg: string): void {
-  if (!findExecutable(exe)) {
-    ctx.test!.parent!.title += ` (skipped: ${exe} not installed, apt-get install ${pkg})`;
-    ctx.skip();
-  }
-}
-
-/** A back-end stand-in: accepts one connection and lets `onMessage` answer (or not). */
-class ScriptedPeer {
-  readonly dir = mkdtempSync(path.join(tmpdir(), 'vhost-cli-test-'));
-  readonly path = path.join(this.dir, 'peer.sock');
-  readonly received: string[] = [];
-  private readonly listener = UnixListener.listen(this.path);
-  private connection: Connection | null = null;
-
-  constructor(onMessage: (m: VhostUserMessage, c: Connection) => void) {
-    void this.listener.accept(10_000).then(
-      (stream) => {
-        const c = (this.connection = new Connection(stream));
-        c.on('message', (m) => {
-          this.received.push(String(m.request));
-          onMessage(m, c);
-        });
-        c.on('close', () => {});
-      },
-      () => {},
-    );
-  }
-
-  close(): void {
-    this.connection?.close();
-    this.listener.close();
-    rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
 describe('cli probe (child process)', function () {
   this.timeout(30_000);
-  let peer: ScriptedPeer | undefined;
+  let peer: RawPeer | undefined;
   afterEach(() => {
     peer?.close();
     peer = undefined;
@@ -118,8 +82,8 @@ describe('cli probe (child process)', function () {
 
   it('fails fast on a GET_FEATURES reply without the REPLY flag (VHOST_BAD_REPLY_FLAGS)', async () => {
     const features = bit(VirtioFeature.VIRTIO_F_VERSION_1);
-    peer = new ScriptedPeer((m, c) => {
-      if (m.request === FrontendRequest.GET_FEATURES) c.send(m.request, 0x1, U64.encode(features));
+    peer = RawPeer.start((m, p) => {
+      if (m.request === FrontendRequest.GET_FEATURES) p.reply(m, U64.encode(features), 0x1);
     });
     const r = await cli(['probe', '--socket', peer.path, '--json']);
     expect(r.status).to.equal(1);
@@ -130,12 +94,12 @@ describe('cli probe (child process)', function () {
   });
 
   it('applies --timeout to each reply: a back-end that never answers', async () => {
-    peer = new ScriptedPeer(() => {});
+    peer = RawPeer.start(() => undefined);
     const r = await cli(['probe', '--socket', peer.path, '--timeout', '300']);
     expect(r.status).to.equal(1);
     expect(r.ms).to.be.below(2000);
     expectOneErrorLine(r, 'VHOST_TIMEOUT');
-    expect(peer.received).to.deep.equal([String(FrontendRequest.GET_FEATURES)]);
+    expect(peer.log.map((m) => m.request)).to.deep.equal([FrontendRequest.GET_FEATURES]);
   });
 });
 

@@ -4,7 +4,7 @@
  */
 import { expect } from 'chai';
 import { VhostUserClient, type Negotiated } from '../../lib/client/vhost-user-client.js';
-import { findExecutable } from '../../lib/launch/backend-process.js';
+import { skipWithout } from '../helpers/backends.js';
 import { startQemuStorageDaemon, type QemuStorageDaemonBackend } from '../../lib/launch/qemu-storage-daemon.js';
 import { startTestpmd, type TestpmdBackend } from '../../lib/launch/dpdk-testpmd.js';
 import { GuestMemory } from '../../lib/memory/guest-memory.js';
@@ -75,30 +75,37 @@ function teardown(s: Setup | null): void {
   for (const f of s.eventfds) f.close();
 }
 
-describe('control plane against dpdk-testpmd @integration', function () {
-  let backend: TestpmdBackend | null = null;
-  let setup: Setup | null = null;
+/**
+ * Skips the suite when `binary` is missing, and after each test tears the device
+ * down, stops the back-end by pid and checks that nothing leaked.
+ */
+function backendLifecycle<B extends { stop(): Promise<void> }>(binary: string, pkg: string) {
+  const state: { backend: B | null; setup: Setup | null } = { backend: null, setup: null };
   let snap: ReturnType<typeof resourceSnapshot>;
-
   before(function () {
-    if (!findExecutable('dpdk-testpmd')) this.skip(); // dpdk-testpmd not installed (apt-get install dpdk-dev)
+    skipWithout(this, binary, pkg);
   });
   beforeEach(() => {
     snap = resourceSnapshot();
   });
   afterEach(async () => {
-    teardown(setup);
-    setup = null;
-    await backend?.stop();
-    backend = null;
+    teardown(state.setup);
+    state.setup = null;
+    await state.backend?.stop();
+    state.backend = null;
     await settle();
     expect(snap.leaked()).to.deep.equal({ fds: 0, maps: 0 });
   });
+  return state;
+}
+
+describe('control plane against dpdk-testpmd @integration', function () {
+  const s = backendLifecycle<TestpmdBackend>('dpdk-testpmd', 'dpdk-dev');
 
   it('negotiates, sets the memory table, sets up and enables 2 rings, and reads GET_VRING_BASE back', async () => {
-    backend = await startTestpmd({ queues: 1, forwardMode: 'rxonly' });
-    setup = await startDevice(backend.socketPath, 2);
-    const { client, negotiated } = setup;
+    s.backend = await startTestpmd({ queues: 1, forwardMode: 'rxonly' });
+    s.setup = await startDevice(s.backend.socketPath, 2);
+    const { client, negotiated } = s.setup!;
     expect(hasBit(negotiated.features, VirtioFeature.VIRTIO_F_VERSION_1)).to.equal(true);
     for (const f of [ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.BACKEND_REQ]) {
       expect(hasBit(negotiated.protocolFeatures, f), `protocol feature bit ${f}`).to.equal(true);
@@ -112,9 +119,9 @@ describe('control plane against dpdk-testpmd @integration', function () {
   });
 
   it('status, MTU (acked and NAKed by the back-end), RARP, and reset with the RESET_OWNER fallback', async () => {
-    backend = await startTestpmd({ queues: 1 });
-    setup = await startDevice(backend.socketPath, 2);
-    const { client } = setup;
+    s.backend = await startTestpmd({ queues: 1 });
+    s.setup = await startDevice(s.backend.socketPath, 2);
+    const { client } = s.setup!;
     const status = 0x1 | 0x2 | 0x8; // ACKNOWLEDGE | DRIVER | FEATURES_OK
     await client.setStatus(status);
     expect(await client.getStatus()).to.equal(status);
@@ -131,19 +138,19 @@ describe('control plane against dpdk-testpmd @integration', function () {
     expect(client.hasProtocolFeature(ProtocolFeature.RESET_DEVICE)).to.equal(false);
     await client.resetDevice(); // RESET_OWNER: DPDK then drops the connection, which the spec allows
     expect(client.features).to.equal(null);
-    teardown(setup);
+    teardown(s.setup);
     // The back-end serves a new front-end from scratch.
-    setup = await startDevice(backend.socketPath, 2);
-    expect(await setup.client.getVringBase(0)).to.deep.equal({ index: 0, num: RING_BASE, packed: null });
+    s.setup = await startDevice(s.backend.socketPath, 2);
+    expect(await s.setup!.client.getVringBase(0)).to.deep.equal({ index: 0, num: RING_BASE, packed: null });
   });
 
   it('server mode: accepts DPDK connecting with client=1 and runs the same setup', async () => {
     const tmp = tempSocketPath('frontend.sock');
     const listener = UnixListener.listen(tmp.path);
     try {
-      backend = await startTestpmd({ client: true, socketPath: tmp.path });
+      s.backend = await startTestpmd({ client: true, socketPath: tmp.path });
       const client = await VhostUserClient.accept(listener, { acceptTimeoutMs: 15000 });
-      setup = await startDevice(client, 2);
+      s.setup = await startDevice(client, 2);
       expect(await client.getVringBase(1)).to.deep.equal({ index: 1, num: RING_BASE, packed: null });
     } finally {
       listener.close();
@@ -152,13 +159,13 @@ describe('control plane against dpdk-testpmd @integration', function () {
   });
 
   it('sees a back-end killed mid-session as a typed disconnect, in bounded time', async () => {
-    backend = await startTestpmd({ queues: 1 });
-    setup = await startDevice(backend.socketPath, 2);
-    const disconnected = new Promise<string>((resolve) => setup!.client.once('disconnect', (e) => resolve(e.code)));
-    await backend.kill9();
+    s.backend = await startTestpmd({ queues: 1 });
+    s.setup = await startDevice(s.backend.socketPath, 2);
+    const disconnected = new Promise<string>((resolve) => s.setup!.client.once('disconnect', (e) => resolve(e.code)));
+    await s.backend.kill9();
     expect(await disconnected).to.equal('VHOST_DISCONNECTED');
     try {
-      await setup.client.getFeatures();
+      await s.setup!.client.getFeatures();
       expect.fail('request on a dead connection succeeded');
     } catch (e) {
       expect((e as { code: string }).code).to.equal('VHOST_CLIENT_BROKEN');
@@ -167,30 +174,13 @@ describe('control plane against dpdk-testpmd @integration', function () {
 });
 
 describe('control plane against qemu-storage-daemon vhost-user-blk @integration', function () {
-  let backend: QemuStorageDaemonBackend | null = null;
-  let setup: Setup | null = null;
-  let snap: ReturnType<typeof resourceSnapshot>;
-
-  before(function () {
-    if (!findExecutable('qemu-storage-daemon')) this.skip(); // qemu-storage-daemon not installed (apt-get install qemu-system-common)
-  });
-  beforeEach(() => {
-    snap = resourceSnapshot();
-  });
-  afterEach(async () => {
-    teardown(setup);
-    setup = null;
-    await backend?.stop();
-    backend = null;
-    await settle();
-    expect(snap.leaked()).to.deep.equal({ fds: 0, maps: 0 });
-  });
+  const s = backendLifecycle<QemuStorageDaemonBackend>('qemu-storage-daemon', 'qemu-system-common');
 
   it('negotiates, reads capacity from GET_CONFIG, sets up and enables 2 rings, and reads GET_VRING_BASE back', async () => {
     const imageSize = 48 * MiB;
-    backend = await startQemuStorageDaemon({ imageSize, numQueues: 2 });
-    setup = await startDevice(backend.socketPath, 2);
-    const { client, negotiated } = setup;
+    s.backend = await startQemuStorageDaemon({ imageSize, numQueues: 2 });
+    s.setup = await startDevice(s.backend.socketPath, 2);
+    const { client, negotiated } = s.setup!;
     for (const f of [ProtocolFeature.CONFIG, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS]) {
       expect(hasBit(negotiated.protocolFeatures, f), `protocol feature bit ${f}`).to.equal(true);
     }
@@ -204,17 +194,17 @@ describe('control plane against qemu-storage-daemon vhost-user-blk @integration'
   });
 
   it('adds and removes memory regions one at a time with CONFIGURE_MEM_SLOTS', async () => {
-    backend = await startQemuStorageDaemon({ imageSize: 8 * MiB });
-    const client = await VhostUserClient.connect(backend.socketPath);
+    s.backend = await startQemuStorageDaemon({ imageSize: 8 * MiB });
+    const client = await VhostUserClient.connect(s.backend.socketPath);
     const memory = GuestMemory.create({ size: 4 * MiB });
-    setup = { client, memory, eventfds: [], negotiated: await client.negotiate() };
-    await client.setFeatures(setup.negotiated.features & (bit(VirtioFeature.VIRTIO_F_VERSION_1) | bit(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)));
+    s.setup = { client, memory, eventfds: [], negotiated: await client.negotiate() };
+    await client.setFeatures(s.setup!.negotiated.features & (bit(VirtioFeature.VIRTIO_F_VERSION_1) | bit(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)));
     await client.setMemTable(memory);
     const extra = [1, 2, 3].map((i) => memory.addRegion({ guestPhysAddr: i * 64 * MiB, size: 2 * MiB }));
     for (const r of extra) await client.addMemReg(r);
     await client.remMemReg(extra[1]!);
     memory.removeRegion(extra[1]!);
     expect(client.isBroken).to.equal(false);
-    expect(await client.getFeatures()).to.equal(setup.negotiated.features);
+    expect(await client.getFeatures()).to.equal(s.setup!.negotiated.features);
   });
 });

@@ -8,17 +8,9 @@ import { BackendRequest, FrontendRequest as R, ProtocolFeature, bit, VHOST_USER_
 import { MemoryTable, U64, VringArea } from '../../lib/protocol/payloads.js';
 import { EventFd } from '../../lib/transport/eventfd.js';
 import type { VhostUserMessage } from '../../lib/transport/connection.js';
-import { expectRejectCode, resourceSnapshot, settle } from '../helpers/resources.js';
+import { expectRejectCode, rawHeader, resourceSnapshot, settle } from '../helpers/resources.js';
 import { RawPeer, REPLY } from '../helpers/raw-peer.js';
 
-function rawHeader(request: number, flags: number, size: number): Uint8Array {
-  const raw = new Uint8Array(12);
-  const v = new DataView(raw.buffer);
-  v.setUint32(0, request, true);
-  v.setUint32(4, flags, true);
-  v.setUint32(8, size, true);
-  return raw;
-}
 
 function nextDisconnect(client: VhostUserClient): Promise<VhostUserError> {
   return new Promise((resolve) => client.once('disconnect', resolve));

@@ -1,5 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { Mapping } from '../../lib/native/mapping.js';
+import { encodeHeader } from '../../lib/protocol/header.js';
 
 /** Open fds of this process. */
 export function fdCount(): number {
@@ -42,4 +43,11 @@ export async function expectRejectCode(p: Promise<unknown>, code: string): Promi
     return err;
   }
   throw new Error(`expected rejection with ${code}, but it resolved`);
+}
+
+/** A 12-byte header with any field values, for headers no correct peer would send. */
+export function rawHeader(request: number, flags: number, size: number): Uint8Array {
+  const bytes = new Uint8Array(12);
+  encodeHeader({ request, flags, size }, bytes, 0);
+  return bytes;
 }

@@ -3,10 +3,10 @@ import { rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { expect } from 'chai';
+import { skipWithout } from '../helpers/backends.js';
 import { isVhostUserError } from '../../lib/errors.js';
 import {
   dpdkRuntimeDir,
-  findExecutable,
   makeTempDir,
   parsePortStats,
   spawnBackend,
@@ -59,10 +59,7 @@ describe('launch/dpdk-testpmd @integration', function () {
   const extraDirs: string[] = [];
 
   before(function () {
-    if (!findExecutable('dpdk-testpmd')) {
-      this.test!.parent!.title += ' (skipped: dpdk-testpmd not installed, apt-get install dpdk-dev)';
-      this.skip();
-    }
+    skipWithout(this, 'dpdk-testpmd', 'dpdk-dev');
   });
 
   afterEach(async () => {

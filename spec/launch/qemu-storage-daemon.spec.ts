@@ -2,10 +2,10 @@ import { existsSync, statSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
+import { skipWithout } from '../helpers/backends.js';
 import { isVhostUserError } from '../../lib/errors.js';
 import {
   type BackendProcess,
-  findExecutable,
   makeTempDir,
   spawnBackend,
   startQemuStorageDaemon,
@@ -18,10 +18,7 @@ describe('launch/qemu-storage-daemon @integration', function () {
   const extraDirs: string[] = [];
 
   before(function () {
-    if (!findExecutable('qemu-storage-daemon')) {
-      this.test!.parent!.title += ' (skipped: qemu-storage-daemon not installed, apt-get install qemu-system-common)';
-      this.skip();
-    }
+    skipWithout(this, 'qemu-storage-daemon', 'qemu-system-common');
   });
 
   afterEach(async () => {

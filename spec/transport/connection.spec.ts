@@ -5,7 +5,7 @@ import { UnixListener } from '../../lib/transport/unix-listener.js';
 import { UnixStream } from '../../lib/transport/unix-stream.js';
 import { MsgScratch } from '../../lib/transport/msg-scratch.js';
 import type { VhostUserError } from '../../lib/errors.js';
-import { expectRejectCode, resourceSnapshot, settle } from '../helpers/resources.js';
+import { expectRejectCode, rawHeader, resourceSnapshot, settle } from '../helpers/resources.js';
 import { streamPair, tempSocketPath } from '../helpers/socket-pair.js';
 
 function nextMessage(c: Connection): Promise<VhostUserMessage> {
@@ -16,14 +16,6 @@ function nextClose(c: Connection): Promise<VhostUserError | undefined> {
   return new Promise((resolve) => c.once('close', resolve));
 }
 
-function rawHeader(request: number, flags: number, size: number): Uint8Array {
-  const b = new Uint8Array(12);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, request, true);
-  v.setUint32(4, flags, true);
-  v.setUint32(8, size, true);
-  return b;
-}
 
 describe('transport', () => {
   let snap: ReturnType<typeof resourceSnapshot>;
