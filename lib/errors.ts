@@ -22,6 +22,7 @@ export type VhostErrorCode =
   | 'VHOST_PAYLOAD_TOO_LARGE'
   | 'VHOST_BAD_PAYLOAD_SIZE'
   | 'VHOST_INVALID_PAYLOAD'
+  | 'VHOST_BAD_PCAP'
   // reply matching
   | 'VHOST_REPLY_MISMATCH'
   | 'VHOST_BAD_REPLY_FLAGS'
@@ -36,6 +37,12 @@ export type VhostErrorCode =
   | 'VHOST_FEATURE_NOT_NEGOTIATED'
   | 'VHOST_INVALID_STATE'
   | 'VHOST_INVALID_ARGUMENT'
+  // virtqueues: what a device wrote into a used ring that a driver must never accept
+  | 'VHOST_RING_ID_OUT_OF_RANGE'
+  | 'VHOST_RING_ID_NOT_OUTSTANDING'
+  | 'VHOST_RING_LEN_TOO_LARGE'
+  | 'VHOST_RING_IDX_JUMP'
+  | 'VHOST_RING_BROKEN'
   // memory and system calls
   | 'VHOST_MEMORY_OUT_OF_RANGE'
   | 'VHOST_MEMORY_OVERLAP'

@@ -1,0 +1,306 @@
+/**
+ * Driver side of a split virtqueue (virtio 1.2 §2.7) in guest memory.
+ *
+ * Memory ordering. JavaScript has no fence for non-shared memory, so the ordering
+ * points of §2.7.13 use Atomics on views of the ring:
+ *
+ * - publishing avail.idx after the descriptors and ring entries (§2.7.13.1 "write
+ *   barrier before updating idx") is an Atomics.store. V8 compiles it to a
+ *   sequentially consistent store (x86-64: XCHG, a full barrier; arm64: STLR), and
+ *   keeps the plain typed-array stores before it in program order;
+ * - the full barrier between that store and reading used.flags / avail_event
+ *   (§2.7.13.3, so the device's suppression is not read stale) comes from the same
+ *   store: XCHG on x86-64; on arm64 an STLR followed by an LDAR (Atomics.load)
+ *   cannot be reordered (ARMv8 release/acquire are RCsc);
+ * - reading used.idx before the used elements (§2.7.14 "read barrier") is an
+ *   Atomics.load: LDAR on arm64, a plain load on x86-64 where loads are not
+ *   reordered with loads.
+ *
+ * What the queue trusts is its own bookkeeping, never ring memory the device can
+ * write: the free-descriptor stack, the per-head token, chain length and writable
+ * byte count, and a shadow copy of each descriptor's `next`.
+ */
+import type { VhostUserError } from '../errors.js';
+import { splitRingLayout, VRING_AVAIL_RING, VRING_DESC_SIZE, type SplitRingLayout } from './split-layout.js';
+import {
+  ringError,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+  type Virtqueue,
+  type VirtqueueAddresses,
+  type VirtqueueOptions,
+} from './virtqueue.js';
+
+/** used.flags: the device does not want kicks (§2.7.10). */
+export const VRING_USED_F_NO_NOTIFY = 1;
+/** avail.flags: the driver does not want calls (§2.7.10). */
+export const VRING_AVAIL_F_NO_INTERRUPT = 1;
+
+const TWO_32 = 0x100000000;
+
+export class SplitVirtqueue implements Virtqueue {
+  readonly index: number;
+  readonly size: number;
+  readonly packed = false;
+  readonly addresses: VirtqueueAddresses;
+  readonly footprint: number;
+  readonly layout: SplitRingLayout;
+
+  private readonly mask: number;
+  private readonly eventIdx: boolean;
+  /** Descriptor table as words: addr lo, addr hi, len, flags | next << 16. */
+  private readonly desc: Uint32Array;
+  /** avail: [flags, idx, ring[size], used_event]. */
+  private readonly avail: Uint16Array;
+  /** used as u16: [flags, idx, ..., avail_event at 2 + 4 * size]. */
+  private readonly usedU16: Uint16Array;
+  /** used as u32: element i is (id, len) at 1 + 2i, 2 + 2i. */
+  private readonly usedU32: Uint32Array;
+  private readonly availEventSlot: number;
+  private readonly usedEventSlot: number;
+
+  private readonly freeStack: Uint16Array;
+  private freeTop: number;
+  private readonly nextShadow: Uint16Array;
+  private readonly chainLength: Uint16Array;
+  private readonly writableBytes: Float64Array;
+  private readonly tokens: Uint32Array;
+  private readonly inFlight: Uint8Array;
+  private outstandingCount = 0;
+
+  /** Indirect tables: one per head, `indirectMax` descriptors each. */
+  private readonly indirectMax: number;
+  private readonly indirectGpa: number;
+  private readonly indirect: Uint32Array | null;
+
+  private availIdx = 0;
+  private publishedIdx = 0;
+  private lastUsedIdx = 0;
+  private brokenBy: VhostUserError | null = null;
+
+  /** Bytes of guest memory a queue of `size` needs from its ring GPA. */
+  static footprint(size: number, indirectMax = 0): number {
+    const layout = splitRingLayout(0, size);
+    return alignUp(layout.end, 16) + size * indirectMax * VRING_DESC_SIZE;
+  }
+
+  constructor(options: VirtqueueOptions) {
+    const { memory, size, ringGpa } = options;
+    this.index = options.index;
+    this.size = size;
+    this.mask = size - 1;
+    this.eventIdx = options.eventIdx;
+    this.layout = splitRingLayout(ringGpa, size);
+    this.indirectMax = options.indirectMax ?? 0;
+    this.indirectGpa = alignUp(this.layout.end, 16);
+    this.footprint = SplitVirtqueue.footprint(size, this.indirectMax);
+    this.addresses = { desc: this.layout.desc, driver: this.layout.avail, device: this.layout.used };
+
+    const view = <T>(Ctor: new (b: ArrayBuffer, o: number, n: number) => T, gpa: number, bytes: number, unit: number): T => {
+      const w = memory.window(gpa, bytes);
+      return new Ctor(w.buffer, w.byteOffset, bytes / unit);
+    };
+    const usedBytes = alignUp(this.layout.end - this.layout.used, 4);
+    this.desc = view(Uint32Array, this.layout.desc, size * VRING_DESC_SIZE, 4);
+    this.avail = view(Uint16Array, this.layout.avail, VRING_AVAIL_RING + 2 * size + 2, 2);
+    this.usedU16 = view(Uint16Array, this.layout.used, usedBytes, 2);
+    this.usedU32 = view(Uint32Array, this.layout.used, usedBytes, 4);
+    this.usedEventSlot = 2 + size;
+    this.availEventSlot = 2 + 4 * size;
+    this.indirect = this.indirectMax > 0 ? view(Uint32Array, this.indirectGpa, size * this.indirectMax * VRING_DESC_SIZE, 4) : null;
+
+    this.freeStack = new Uint16Array(size);
+    for (let i = 0; i < size; i++) this.freeStack[i] = size - 1 - i;
+    this.freeTop = size;
+    this.nextShadow = new Uint16Array(size);
+    this.chainLength = new Uint16Array(size);
+    this.writableBytes = new Float64Array(size);
+    this.tokens = new Uint32Array(size);
+    this.inFlight = new Uint8Array(size);
+
+    this.desc.fill(0);
+    this.avail.fill(0);
+    this.usedU16.fill(0);
+    if (this.indirect) this.indirect.fill(0);
+    // Polling is the initial mode: no calls until enableInterrupts().
+    this.avail[0] = VRING_AVAIL_F_NO_INTERRUPT;
+    if (this.eventIdx) this.avail[this.usedEventSlot] = 0x8000;
+  }
+
+  get freeCount(): number {
+    return this.freeTop;
+  }
+
+  get outstanding(): number {
+    return this.outstandingCount;
+  }
+
+  get error(): VhostUserError | null {
+    return this.brokenBy;
+  }
+
+  /** For split rings the base is the next avail index (vhost-user.rst, SET_VRING_BASE). */
+  get vringBase(): number {
+    return this.availIdx;
+  }
+
+  addBuffer(gpa: number, length: number, writable: boolean, token: number): boolean {
+    this.checkUsable();
+    if (this.freeTop === 0) return false;
+    const head = this.freeStack[--this.freeTop]!;
+    this.writeDesc(this.desc, head, gpa, length, writable ? VIRTQ_DESC_F_WRITE : 0, 0);
+    this.chainLength[head] = 1;
+    this.writableBytes[head] = writable ? length : 0;
+    this.expose(head, token);
+    return true;
+  }
+
+  addChain(gpas: ArrayLike<number>, lengths: ArrayLike<number>, count: number, readable: number, token: number): boolean {
+    this.checkUsable();
+    if (count < 1 || readable < 0 || readable > count) {
+      throw ringError('VHOST_INVALID_ARGUMENT', this.index, `bad chain: ${count} segments, ${readable} readable`, 'virtio 1.2 §2.7.4');
+    }
+    if (count === 1) return this.addBuffer(gpas[0]!, lengths[0]!, readable === 0, token);
+    let writable = 0;
+    if (this.indirect !== null && count <= this.indirectMax) {
+      if (this.freeTop === 0) return false;
+      const head = this.freeStack[--this.freeTop]!;
+      const base = head * this.indirectMax;
+      for (let i = 0; i < count; i++) {
+        const w = i >= readable;
+        if (w) writable += lengths[i]!;
+        const flags = (w ? VIRTQ_DESC_F_WRITE : 0) | (i + 1 < count ? VIRTQ_DESC_F_NEXT : 0);
+        this.writeDesc(this.indirect, base + i, gpas[i]!, lengths[i]!, flags, i + 1 < count ? i + 1 : 0);
+      }
+      // §2.7.5.3.1: the ring descriptor of an indirect table is device-readable only.
+      this.writeDesc(this.desc, head, this.indirectGpa + base * VRING_DESC_SIZE, count * VRING_DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+      this.chainLength[head] = 1;
+      this.writableBytes[head] = writable;
+      this.expose(head, token);
+      return true;
+    }
+    if (this.freeTop < count) return false;
+    let next = 0;
+    // Built from the tail so each descriptor can name its successor.
+    for (let i = count - 1; i >= 0; i--) {
+      const d = this.freeStack[--this.freeTop]!;
+      const w = i >= readable;
+      if (w) writable += lengths[i]!;
+      const last = i === count - 1;
+      this.writeDesc(this.desc, d, gpas[i]!, lengths[i]!, (w ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : next);
+      this.nextShadow[d] = next;
+      next = d;
+    }
+    this.chainLength[next] = count;
+    this.writableBytes[next] = writable;
+    this.expose(next, token);
+    return true;
+  }
+
+  publish(): boolean {
+    this.checkUsable();
+    const newIdx = this.availIdx;
+    const oldIdx = this.publishedIdx;
+    if (newIdx === oldIdx) return false;
+    Atomics.store(this.avail, 1, newIdx);
+    this.publishedIdx = newIdx;
+    if (this.eventIdx) {
+      // §2.7.10.1 vring_need_event: kick iff avail_event lies in (old, new].
+      const event = Atomics.load(this.usedU16, this.availEventSlot);
+      return ((newIdx - event - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+    }
+    return (Atomics.load(this.usedU16, 0) & VRING_USED_F_NO_NOTIFY) === 0;
+  }
+
+  hasUsed(): boolean {
+    return Atomics.load(this.usedU16, 1) !== this.lastUsedIdx;
+  }
+
+  reap(tokens: Uint32Array, lengths: Uint32Array, max: number): number {
+    this.checkUsable();
+    const usedIdx = Atomics.load(this.usedU16, 1);
+    const pending = (usedIdx - this.lastUsedIdx) & 0xffff;
+    if (pending === 0) return 0;
+    if (pending > this.outstandingCount) {
+      return this.fail(ringError('VHOST_RING_IDX_JUMP', this.index, `used.idx moved by ${pending} with ${this.outstandingCount} buffers outstanding`, 'virtio 1.2 §2.7.8: the device returns only buffers made available'));
+    }
+    const n = pending < max ? pending : max;
+    const size = this.size;
+    let slot = this.lastUsedIdx;
+    for (let i = 0; i < n; i++) {
+      const e = 1 + 2 * (slot & this.mask);
+      const id = this.usedU32[e]!;
+      const len = this.usedU32[e + 1]!;
+      if (id >= size) {
+        return this.fail(ringError('VHOST_RING_ID_OUT_OF_RANGE', this.index, `used id ${id} with queue size ${size}`, 'virtio 1.2 §2.7.8: id is the head of a descriptor chain'));
+      }
+      if (this.inFlight[id] === 0) {
+        return this.fail(ringError('VHOST_RING_ID_NOT_OUTSTANDING', this.index, `used id ${id} is not outstanding`, 'virtio 1.2 §2.7.8: each buffer is used once'));
+      }
+      if (len > this.writableBytes[id]!) {
+        return this.fail(ringError('VHOST_RING_LEN_TOO_LARGE', this.index, `used len ${len} exceeds the ${this.writableBytes[id]} writable bytes of buffer ${id}`, 'virtio 1.2 §2.7.8.1: len is at most the writable length'));
+      }
+      tokens[i] = this.tokens[id]!;
+      lengths[i] = len;
+      this.release(id);
+      slot = (slot + 1) & 0xffff;
+    }
+    this.lastUsedIdx = slot;
+    return n;
+  }
+
+  enableInterrupts(): boolean {
+    this.checkUsable();
+    if (this.eventIdx) Atomics.store(this.avail, this.usedEventSlot, this.lastUsedIdx);
+    else Atomics.store(this.avail, 0, 0);
+    return this.hasUsed();
+  }
+
+  disableInterrupts(): void {
+    this.avail[0] = VRING_AVAIL_F_NO_INTERRUPT;
+    // With event index the flag is ignored (§2.7.10); park used_event half a ring-index space away.
+    if (this.eventIdx) this.avail[this.usedEventSlot] = (this.lastUsedIdx + 0x8000) & 0xffff;
+  }
+
+  private writeDesc(table: Uint32Array, d: number, gpa: number, length: number, flags: number, next: number): void {
+    const w = d << 2;
+    table[w] = gpa >>> 0;
+    table[w + 1] = (gpa / TWO_32) >>> 0;
+    table[w + 2] = length;
+    table[w + 3] = flags | (next << 16);
+  }
+
+  private expose(head: number, token: number): void {
+    this.tokens[head] = token;
+    this.inFlight[head] = 1;
+    this.outstandingCount++;
+    this.avail[2 + (this.availIdx & this.mask)] = head;
+    this.availIdx = (this.availIdx + 1) & 0xffff;
+  }
+
+  private release(head: number): void {
+    this.inFlight[head] = 0;
+    this.outstandingCount--;
+    let d = head;
+    for (let k = this.chainLength[head]!; k > 0; k--) {
+      this.freeStack[this.freeTop++] = d;
+      d = this.nextShadow[d]!;
+    }
+  }
+
+  private checkUsable(): void {
+    if (this.brokenBy !== null) {
+      throw ringError('VHOST_RING_BROKEN', this.index, `queue is broken (${this.brokenBy.code}: ${this.brokenBy.message})`, this.brokenBy.rule ?? '', this.brokenBy);
+    }
+  }
+
+  private fail(error: VhostUserError): never {
+    this.brokenBy = error;
+    throw error;
+  }
+}
+
+function alignUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
