@@ -1,0 +1,516 @@
+/**
+ * A virtio-net driver that runs in this process instead of a guest kernel: it
+ * negotiates with a vhost-user net back-end, lays rings and packet buffers out
+ * in memfd guest memory, and pushes real frames through them (virtio 1.2 §5.1).
+ *
+ * Queue pair i is RX ring 2i and TX ring 2i+1 (§5.1.2). Every buffer is one
+ * descriptor: TX slots hold a zeroed 12-byte virtio_net_hdr followed by the frame,
+ * RX slots are written whole by the device. The token of a buffer is its slot
+ * number, so completions map back to slots with no lookup.
+ *
+ * The packet path allocates nothing: frames are copied into slots with
+ * TypedArray.set, completions are reaped into preallocated arrays, received
+ * frames are handed out as offsets into one reusable view, and counters live in a
+ * Float64Array (large counts in object fields would be boxed).
+ */
+import { EventEmitter } from 'eventemitter3';
+import { VhostUserClient, type VhostUserClientOptions } from '../../client/vhost-user-client.js';
+import { VhostUserError } from '../../errors.js';
+import { GuestMemory } from '../../memory/guest-memory.js';
+import { bit, hasBit, ProtocolFeature, VirtioFeature, VirtioNetFeature } from '../../protocol/constants.js';
+import { EventFd } from '../../transport/eventfd.js';
+import { SplitVirtqueue } from '../../virtqueue/split-queue.js';
+import type { Virtqueue, VirtqueueOptions } from '../../virtqueue/virtqueue.js';
+import { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig } from './net-config.js';
+import { HDR_NUM_BUFFERS, VIRTIO_NET_HDR_SIZE } from './virtio-net-hdr.js';
+
+export type RingKind = 'split' | 'packed';
+
+export interface VirtioNetOptions extends VhostUserClientOptions {
+  /** Queue pairs to use (default 1); more need VIRTIO_NET_F_MQ and are capped by GET_QUEUE_NUM. */
+  queuePairs?: number;
+  /** Entries per ring (default 256). */
+  queueSize?: number;
+  /** Ring layout (default 'split'); 'packed' needs VIRTIO_F_RING_PACKED from the back-end. */
+  ring?: RingKind;
+  /** Negotiate VIRTIO_RING_F_EVENT_IDX when offered (default true). */
+  eventIdx?: boolean;
+  /** Negotiate VIRTIO_NET_F_MRG_RXBUF when offered (default true). */
+  mrgRxbuf?: boolean;
+  /** Negotiate VIRTIO_NET_F_CSUM / GUEST_CSUM when offered (default false: frames carry full checksums). */
+  csum?: boolean;
+  /** Bytes per RX buffer, header included (default 2048). */
+  rxBufferSize?: number;
+  /** Bytes per TX slot, header included (default 2048): the largest frame is this minus 12. */
+  txSlotSize?: number;
+  /** Send NET_SET_MTU when the back-end offers MTU. */
+  mtu?: number;
+  /**
+   * Builds a virtqueue for a ring kind other than split (the packed ring plugs in
+   * here); the default knows split rings only.
+   */
+  createQueue?: (kind: RingKind, options: VirtqueueOptions) => Virtqueue;
+  /** Per-request timeout and trace hook go to the underlying VhostUserClient. */
+}
+
+/** A burst of received frames: `count` frames at buffer[offsets[i] .. + lengths[i]). */
+export class RxBurst {
+  buffer: Uint8Array = new Uint8Array(0);
+  readonly offsets: Uint32Array;
+  readonly lengths: Uint32Array;
+  count = 0;
+  constructor(readonly capacity = 64) {
+    this.offsets = new Uint32Array(capacity);
+    this.lengths = new Uint32Array(capacity);
+  }
+  /** A copy of frame i (allocates: for tests and tools, not the packet path). */
+  frame(i: number): Uint8Array {
+    const o = this.offsets[i]!;
+    return this.buffer.slice(o, o + this.lengths[i]!);
+  }
+}
+
+/** Counter slots in each queue pair's Float64Array. */
+export const NetCounter = {
+  txPackets: 0,
+  txBytes: 1,
+  txDrops: 2,
+  rxPackets: 3,
+  rxBytes: 4,
+  rxDrops: 5,
+  kicks: 6,
+  interrupts: 7,
+  rxErrors: 8,
+} as const;
+const COUNTERS = 9;
+
+export type NetCounters = { -readonly [K in keyof typeof NetCounter]: number };
+
+interface QueuePair {
+  rx: Virtqueue;
+  tx: Virtqueue;
+  rxKick: EventFd;
+  txKick: EventFd;
+  rxCall: EventFd;
+  txCall: EventFd;
+  /** TX pool: slot s at txPool + s * txSlotSize. */
+  txPoolGpa: number;
+  txBytes: Uint8Array;
+  txFree: Uint16Array;
+  txFreeTop: number;
+  rxPoolGpa: number;
+  /** RX pool view; merged frames are assembled in its tail (mergeOffset). */
+  rxBytes: Uint8Array;
+  mergeOffset: number;
+  /** Slots handed out in the last burst, re-posted on the next receiveBurst(). */
+  rxLent: Uint16Array;
+  rxLentCount: number;
+  counters: Float64Array;
+}
+
+export interface VirtioNetEvents {
+  /** A burst arrived (interrupt mode, see startInterrupts()). The burst is valid during the call only. */
+  frames: (queue: number, burst: RxBurst) => void;
+  disconnect: (error: VhostUserError) => void;
+}
+
+const PAGE = 4096;
+const MERGE_AREA = 65536;
+
+export class VirtioNet extends EventEmitter<VirtioNetEvents> {
+  readonly client: VhostUserClient;
+  readonly memory: GuestMemory;
+  /** Features acknowledged with SET_FEATURES. */
+  readonly features: bigint;
+  readonly queuePairs: number;
+  readonly queueSize: number;
+  readonly ring: RingKind;
+  /** Config space when the back-end offers CONFIG, else null. */
+  readonly config: NetConfig | null;
+  private readonly pairs: QueuePair[];
+  private readonly rxBufferSize: number;
+  private readonly txSlotSize: number;
+  private readonly mrgRxbuf: boolean;
+  private readonly reapTokens: Uint32Array;
+  private readonly reapLengths: Uint32Array;
+  private closed = false;
+
+  private constructor(init: {
+    client: VhostUserClient;
+    memory: GuestMemory;
+    features: bigint;
+    pairs: QueuePair[];
+    queueSize: number;
+    ring: RingKind;
+    rxBufferSize: number;
+    txSlotSize: number;
+    config: NetConfig | null;
+  }) {
+    super();
+    this.client = init.client;
+    this.memory = init.memory;
+    this.features = init.features;
+    this.pairs = init.pairs;
+    this.queuePairs = init.pairs.length;
+    this.queueSize = init.queueSize;
+    this.ring = init.ring;
+    this.rxBufferSize = init.rxBufferSize;
+    this.txSlotSize = init.txSlotSize;
+    this.config = init.config;
+    this.mrgRxbuf = hasBit(init.features, VirtioNetFeature.VIRTIO_NET_F_MRG_RXBUF);
+    this.reapTokens = new Uint32Array(init.queueSize);
+    this.reapLengths = new Uint32Array(init.queueSize);
+    this.client.on('disconnect', (e) => this.emit('disconnect', e));
+  }
+
+  /**
+   * Connects (or takes a connected client), negotiates, shares memory, sets up
+   * and enables every queue pair, fills the RX rings, and sets DRIVER_OK when the
+   * back-end speaks STATUS. On failure everything opened here is closed again.
+   */
+  static async open(target: string | VhostUserClient, options: VirtioNetOptions = {}): Promise<VirtioNet> {
+    const client = typeof target === 'string' ? await VhostUserClient.connect(target, options) : target;
+    const opened: { close(): void }[] = [];
+    try {
+      return await VirtioNet.setUp(client, options, opened);
+    } catch (e) {
+      for (const r of opened.reverse()) r.close();
+      if (typeof target === 'string') client.close();
+      throw e;
+    }
+  }
+
+  private static async setUp(client: VhostUserClient, options: VirtioNetOptions, opened: { close(): void }[]): Promise<VirtioNet> {
+    const negotiated = await client.negotiate();
+    const offered = negotiated.features;
+    const ring = options.ring ?? 'split';
+    const queueSize = options.queueSize ?? 256;
+    const rxBufferSize = options.rxBufferSize ?? 2048;
+    const txSlotSize = options.txSlotSize ?? 2048;
+    if (!hasBit(offered, VirtioFeature.VIRTIO_F_VERSION_1)) {
+      throw new VhostUserError('VHOST_FEATURE_NOT_NEGOTIATED', 'the back-end does not offer VIRTIO_F_VERSION_1; legacy devices are not supported');
+    }
+    if (ring === 'packed' && !hasBit(offered, VirtioFeature.VIRTIO_F_RING_PACKED)) {
+      throw new VhostUserError('VHOST_FEATURE_NOT_NEGOTIATED', 'packed rings asked for, but the back-end does not offer VIRTIO_F_RING_PACKED');
+    }
+    let wanted =
+      bit(VirtioFeature.VIRTIO_F_VERSION_1) |
+      bit(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES) |
+      bit(VirtioNetFeature.VIRTIO_NET_F_MAC) |
+      bit(VirtioNetFeature.VIRTIO_NET_F_MTU) |
+      bit(VirtioNetFeature.VIRTIO_NET_F_STATUS);
+    if (options.eventIdx ?? true) wanted |= bit(VirtioFeature.VIRTIO_RING_F_EVENT_IDX);
+    if (options.mrgRxbuf ?? true) wanted |= bit(VirtioNetFeature.VIRTIO_NET_F_MRG_RXBUF);
+    if (options.csum) wanted |= bit(VirtioNetFeature.VIRTIO_NET_F_CSUM) | bit(VirtioNetFeature.VIRTIO_NET_F_GUEST_CSUM);
+    if (ring === 'packed') wanted |= bit(VirtioFeature.VIRTIO_F_RING_PACKED);
+    const wantPairs = options.queuePairs ?? 1;
+    if (wantPairs > 1) wanted |= bit(VirtioNetFeature.VIRTIO_NET_F_MQ);
+    const features = offered & wanted;
+    const maxPairs = hasBit(features, VirtioNetFeature.VIRTIO_NET_F_MQ) && negotiated.queueNum !== null ? Math.floor(negotiated.queueNum / 2) || 1 : 1;
+    if (wantPairs > maxPairs) {
+      throw new VhostUserError('VHOST_INVALID_ARGUMENT', `${wantPairs} queue pairs asked for; the back-end serves at most ${maxPairs}`);
+    }
+    await client.setFeatures(features);
+    if (options.mtu !== undefined && client.hasProtocolFeature(ProtocolFeature.MTU) && hasBit(features, VirtioNetFeature.VIRTIO_NET_F_MTU)) {
+      await client.netSetMtu(options.mtu);
+    }
+
+    const eventIdx = hasBit(features, VirtioFeature.VIRTIO_RING_F_EVENT_IDX);
+    const createQueue = options.createQueue ?? defaultCreateQueue;
+    const ringBytes = alignUp(SplitVirtqueue.footprint(queueSize), PAGE) * 2 + PAGE;
+    const pairBytes = ringBytes + alignUp(queueSize * txSlotSize, PAGE) + alignUp(queueSize * rxBufferSize + MERGE_AREA, PAGE);
+    const memory = GuestMemory.create({ size: alignUp(pairBytes * wantPairs, 2 * 1024 * 1024) });
+    opened.push(memory);
+    await client.setMemTable(memory);
+
+    const pairs: QueuePair[] = [];
+    for (let p = 0; p < wantPairs; p++) {
+      const base = p * pairBytes;
+      const rxRingGpa = base;
+      const txRingGpa = base + ringBytes / 2;
+      const txPoolGpa = base + ringBytes;
+      const rxPoolGpa = txPoolGpa + alignUp(queueSize * txSlotSize, PAGE);
+      const mk = (index: number, ringGpa: number) => createQueue(ring, { memory, index, size: queueSize, ringGpa, eventIdx });
+      const rx = mk(2 * p, rxRingGpa);
+      const tx = mk(2 * p + 1, txRingGpa);
+      const fds = [new EventFd(), new EventFd(), new EventFd(), new EventFd()] as const;
+      opened.push(...fds);
+      const txFree = new Uint16Array(queueSize);
+      for (let s = 0; s < queueSize; s++) txFree[s] = s;
+      const rxPoolLength = queueSize * rxBufferSize + MERGE_AREA;
+      pairs.push({
+        rx,
+        tx,
+        rxKick: fds[0],
+        txKick: fds[1],
+        rxCall: fds[2],
+        txCall: fds[3],
+        txPoolGpa,
+        txBytes: memory.bytes(txPoolGpa, queueSize * txSlotSize),
+        txFree,
+        txFreeTop: queueSize,
+        rxPoolGpa,
+        rxBytes: memory.bytes(rxPoolGpa, rxPoolLength),
+        mergeOffset: queueSize * rxBufferSize,
+        rxLent: new Uint16Array(queueSize),
+        rxLentCount: 0,
+        counters: new Float64Array(COUNTERS),
+      });
+    }
+    for (const pair of pairs) {
+      for (const [vq, kick, call] of [
+        [pair.rx, pair.rxKick, pair.rxCall],
+        [pair.tx, pair.txKick, pair.txCall],
+      ] as const) {
+        const a = vq.addresses;
+        await client.setVringNum(vq.index, queueSize);
+        await client.setVringAddr({
+          index: vq.index,
+          descUserAddr: memory.userAddr(a.desc),
+          availUserAddr: memory.userAddr(a.driver),
+          usedUserAddr: memory.userAddr(a.device),
+        });
+        await client.setVringBase(vq.index, vq.vringBase);
+        await client.setVringCall(vq.index, call.fd);
+        await client.setVringKick(vq.index, kick.fd);
+      }
+      // Fill the RX ring before the device starts looking at it.
+      for (let s = 0; s < queueSize; s++) pair.rx.addBuffer(pair.rxPoolGpa + s * rxBufferSize, rxBufferSize, true, s);
+      pair.rx.publish();
+    }
+    if (hasBit(features, VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)) {
+      for (const pair of pairs) {
+        await client.setVringEnable(pair.rx.index, true);
+        await client.setVringEnable(pair.tx.index, true);
+      }
+    }
+    for (const pair of pairs) pair.rxKick.signal();
+    let config: NetConfig | null = null;
+    if (client.hasProtocolFeature(ProtocolFeature.CONFIG)) {
+      config = decodeNetConfig(await client.getConfig(0, NET_CONFIG_SIZE), features);
+    }
+    if (client.hasProtocolFeature(ProtocolFeature.STATUS)) {
+      await client.setStatus(0x1 | 0x2 | 0x8 | 0x4); // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+    }
+    return new VirtioNet({ client, memory, features, pairs, queueSize, ring, rxBufferSize, txSlotSize, config });
+  }
+
+  /** The largest frame sendBurst() accepts. */
+  get maxFrameSize(): number {
+    return this.txSlotSize - VIRTIO_NET_HDR_SIZE;
+  }
+
+  /** Link state from config space; true when the back-end does not report one (§5.1.4). */
+  get linkUp(): boolean {
+    return this.config?.status?.linkUp ?? true;
+  }
+
+  /**
+   * Copies up to `count` frames into TX buffers of `queue`, exposes them and kicks
+   * if the back-end asks for it. Returns how many were taken; the rest did not fit
+   * (ring full) and are the caller's to retry. Frames longer than maxFrameSize are
+   * dropped and counted.
+   */
+  sendBurst(frames: readonly Uint8Array[], count = frames.length, queue = 0): number {
+    const pair = this.pair(queue);
+    this.reclaimTx(pair);
+    const slotSize = this.txSlotSize;
+    const max = slotSize - VIRTIO_NET_HDR_SIZE;
+    const c = pair.counters;
+    let sent = 0;
+    for (let i = 0; i < count; i++) {
+      if (pair.txFreeTop === 0) break;
+      const frame = frames[i]!;
+      const len = frame.length;
+      if (len > max) {
+        c[NetCounter.txDrops]!++;
+        sent++;
+        continue;
+      }
+      const slot = pair.txFree[--pair.txFreeTop]!;
+      const offset = slot * slotSize;
+      pair.txBytes.set(frame, offset + VIRTIO_NET_HDR_SIZE);
+      pair.tx.addBuffer(pair.txPoolGpa + offset, VIRTIO_NET_HDR_SIZE + len, false, slot);
+      c[NetCounter.txPackets]!++;
+      c[NetCounter.txBytes]! += len;
+      sent++;
+    }
+    if (pair.tx.publish()) {
+      pair.txKick.signal();
+      c[NetCounter.kicks]!++;
+    }
+    return sent;
+  }
+
+  /** TX buffers still held by the back-end on `queue`. */
+  txInFlight(queue = 0): number {
+    const pair = this.pair(queue);
+    this.reclaimTx(pair);
+    return pair.tx.outstanding;
+  }
+
+  private reclaimTx(pair: QueuePair): void {
+    const tokens = this.reapTokens;
+    for (let n = pair.tx.reap(tokens, this.reapLengths, tokens.length); n > 0; n = pair.tx.reap(tokens, this.reapLengths, tokens.length)) {
+      for (let i = 0; i < n; i++) pair.txFree[pair.txFreeTop++] = tokens[i]!;
+    }
+  }
+
+  /**
+   * Fills `burst` with up to burst.capacity received frames (virtio_net_hdr
+   * stripped, mergeable buffers joined) and returns how many. The frames stay
+   * valid until the next receiveBurst() on the same queue, which re-posts their
+   * buffers to the device.
+   */
+  receiveBurst(queue: number, burst: RxBurst): number {
+    const pair = this.pair(queue);
+    const rx = pair.rx;
+    const size = this.rxBufferSize;
+    for (let i = 0; i < pair.rxLentCount; i++) {
+      const s = pair.rxLent[i]!;
+      rx.addBuffer(pair.rxPoolGpa + s * size, size, true, s);
+    }
+    pair.rxLentCount = 0;
+    const tokens = this.reapTokens;
+    const lengths = this.reapLengths;
+    const c = pair.counters;
+    burst.buffer = pair.rxBytes;
+    let out = 0;
+    let mergeUsed = 0;
+    const n = rx.reap(tokens, lengths, burst.capacity);
+    for (let i = 0; i < n; i++) {
+      const slot = tokens[i]!;
+      const len = lengths[i]!;
+      pair.rxLent[pair.rxLentCount++] = slot;
+      const offset = slot * size;
+      if (len < VIRTIO_NET_HDR_SIZE) {
+        c[NetCounter.rxErrors]!++;
+        continue;
+      }
+      const buffers = this.mrgRxbuf ? pair.rxBytes[offset + HDR_NUM_BUFFERS]! | (pair.rxBytes[offset + HDR_NUM_BUFFERS + 1]! << 8) : 1;
+      if (buffers <= 1) {
+        burst.offsets[out] = offset + VIRTIO_NET_HDR_SIZE;
+        burst.lengths[out] = len - VIRTIO_NET_HDR_SIZE;
+      } else {
+        // §5.1.6.4: the frame continues in the next buffers-1 used buffers; join them in the merge area.
+        if (i + buffers > n) {
+          // The rest has not been reaped in this burst: re-read it next time would reorder; drop and count.
+          c[NetCounter.rxErrors]!++;
+          continue;
+        }
+        const start = pair.mergeOffset + mergeUsed;
+        let total = len - VIRTIO_NET_HDR_SIZE;
+        if (mergeUsed + total > MERGE_AREA) {
+          c[NetCounter.rxDrops]!++;
+          i += buffers - 1;
+          continue;
+        }
+        pair.rxBytes.copyWithin(start, offset + VIRTIO_NET_HDR_SIZE, offset + len);
+        for (let k = 1; k < buffers; k++) {
+          const s2 = tokens[++i]!;
+          const l2 = lengths[i]!;
+          pair.rxLent[pair.rxLentCount++] = s2;
+          if (mergeUsed + total + l2 > MERGE_AREA) {
+            total = -1;
+            continue;
+          }
+          pair.rxBytes.copyWithin(start + total, s2 * size, s2 * size + l2);
+          total += l2;
+        }
+        if (total < 0) {
+          c[NetCounter.rxDrops]!++;
+          continue;
+        }
+        burst.offsets[out] = start;
+        burst.lengths[out] = total;
+        mergeUsed += total;
+      }
+      c[NetCounter.rxPackets]!++;
+      c[NetCounter.rxBytes]! += burst.lengths[out]!;
+      out++;
+    }
+    burst.count = out;
+    if (rx.publish()) {
+      pair.rxKick.signal();
+      c[NetCounter.kicks]!++;
+    }
+    return out;
+  }
+
+  /**
+   * Interrupt mode: the back-end signals the call eventfd of each RX ring and
+   * frames are delivered as `frames` events, `burst` being reused. Polling stays
+   * available; stopInterrupts() returns to pure polling.
+   */
+  startInterrupts(burstCapacity = 64): void {
+    this.pairs.forEach((pair, q) => {
+      const burst = new RxBurst(burstCapacity);
+      const drain = () => {
+        for (;;) {
+          while (this.receiveBurst(q, burst) > 0) this.emit('frames', q, burst);
+          if (!pair.rx.enableInterrupts()) return;
+        }
+      };
+      pair.rxCall.watch(() => {
+        pair.counters[NetCounter.interrupts]!++;
+        drain();
+      });
+      drain();
+    });
+  }
+
+  stopInterrupts(): void {
+    for (const pair of this.pairs) {
+      pair.rxCall.unwatch();
+      pair.rx.disableInterrupts();
+    }
+  }
+
+  /** A snapshot of the counters of `queue` (allocates: not for the packet path). */
+  counters(queue = 0): NetCounters {
+    const c = this.pair(queue).counters;
+    const out = {} as NetCounters;
+    for (const [name, slot] of Object.entries(NetCounter)) out[name as keyof NetCounters] = c[slot]!;
+    return out;
+  }
+
+  /** Counters summed over all queue pairs. */
+  totals(): NetCounters {
+    const out = this.counters(0);
+    for (let q = 1; q < this.queuePairs; q++) {
+      const c = this.counters(q);
+      for (const k of Object.keys(out) as (keyof NetCounters)[]) out[k] += c[k];
+    }
+    return out;
+  }
+
+  /** The virtqueues of a pair, for inspection and fault-injection tests. */
+  queues(queue = 0): { rx: Virtqueue; tx: Virtqueue } {
+    const p = this.pair(queue);
+    return { rx: p.rx, tx: p.tx };
+  }
+
+  /** Disconnects and releases memory, eventfds and the client. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.client.close();
+    for (const p of this.pairs) for (const f of [p.rxKick, p.txKick, p.rxCall, p.txCall]) f.close();
+    this.memory.close();
+  }
+
+  private pair(queue: number): QueuePair {
+    const p = this.pairs[queue];
+    if (p === undefined) throw new VhostUserError('VHOST_INVALID_ARGUMENT', `queue pair ${queue} does not exist (${this.queuePairs} configured)`);
+    return p;
+  }
+}
+
+function defaultCreateQueue(kind: RingKind, options: VirtqueueOptions): Virtqueue {
+  if (kind !== 'split') throw new VhostUserError('VHOST_INVALID_ARGUMENT', `no ${kind} virtqueue implementation was given`);
+  return new SplitVirtqueue(options);
+}
+
+function alignUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
