@@ -7,6 +7,11 @@ import type { OptionSpecs, ParsedOptions } from './args.js';
 export interface CliIo {
   stdout(text: string): void;
   stderr(text: string): void;
+  /**
+   * A status line for long work. Shown only on a terminal (overwritten in place),
+   * so scripts reading stderr still get exactly one line on failure.
+   */
+  progress?(text: string): void;
 }
 
 export interface Command<O extends OptionSpecs = OptionSpecs> {

@@ -109,7 +109,16 @@ function isEntryPoint(): boolean {
 }
 
 if (isEntryPoint()) {
-  const io: CliIo = { stdout: (t) => void process.stdout.write(t), stderr: (t) => void process.stderr.write(t) };
+  let progressShown = false;
+  const clearProgress = () => {
+    if (progressShown) process.stderr.write('\r\x1b[K');
+    progressShown = false;
+  };
+  const io: CliIo = {
+    stdout: (t) => void (clearProgress(), process.stdout.write(t)),
+    stderr: (t) => void (clearProgress(), process.stderr.write(t)),
+    ...(process.stderr.isTTY ? { progress: (t: string) => void ((progressShown = true), process.stderr.write(`\r\x1b[K${t}`)) } : {}),
+  };
   // Last resort for errors raised outside a command's promise (an emitter without a listener): still one line.
   const die = (e: unknown) => {
     process.stderr.write(errorLine(e));

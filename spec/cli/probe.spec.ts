@@ -3,50 +3,16 @@
  * real back-ends (started with lib/launch) and against scripted peers in this
  * process that answer wrongly or not at all.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import { startQemuStorageDaemon, startTestpmd, type BackendHandle } from '../../lib/launch/index.js';
 import { bit, FrontendRequest, VirtioFeature } from '../../lib/protocol/constants.js';
 import { U64 } from '../../lib/protocol/payloads.js';
 import { RawPeer } from '../helpers/raw-peer.js';
 import { skipWithout } from '../helpers/backends.js';
-
-const MAIN = fileURLToPath(new URL('../../lib/cli/main.js', import.meta.url));
-
-interface CliResult {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-}
-
-/** Runs the built CLI; async so that peers in this process keep answering meanwhile. */
-function cli(args: string[], killAfterMs = 20_000): Promise<CliResult> {
-  const t0 = Date.now();
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    const timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
-    child.on('error', reject);
-    child.on('close', (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr, ms: Date.now() - t0 });
-    });
-  });
-}
-
-/** Exactly one stderr line naming `code`, no stack frames. */
-function expectOneErrorLine(r: CliResult, code: string): void {
-  expect(r.stderr, r.stderr).to.match(new RegExp(`^vhost-user: ${code}( \\[[A-Z_]+\\])?: [^\\n]+\\n$`));
-  expect(r.stderr).not.to.match(/\n\s+at /);
-}
+import { cli, expectOneErrorLine } from '../helpers/cli.js';
 
 describe('cli probe (child process)', function () {
   this.timeout(30_000);

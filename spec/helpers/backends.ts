@@ -1,12 +1,12 @@
 import { findExecutable } from '../../lib/launch/backend-process.js';
 
 /**
- * In a suite's `before`: skips the suite when `exe` is not installed, and says so
- * in the suite's title (mocha has no skip reason of its own).
+ * In a suite's `before`: skips the suite when `exe` is not installed and prints
+ * why (mocha has no skip reason, and the reporter has already printed the title).
  */
 export function skipWithout(ctx: Mocha.Context, exe: string, pkg: string): void {
   if (!findExecutable(exe)) {
-    ctx.test!.parent!.title += ` (skipped: ${exe} not installed, apt-get install ${pkg})`;
+    process.stdout.write(`      skipped: ${exe} is not installed (apt-get install ${pkg})\n`);
     ctx.skip();
   }
 }

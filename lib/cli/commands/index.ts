@@ -1,6 +1,8 @@
 /** Every `vhost-user` subcommand, in `--help` order. A new command is a module here. */
 import type { Command } from '../command.js';
+import netRecv from './net-recv.js';
+import netSend from './net-send.js';
 import probe from './probe.js';
 
 // Each command's options type differs; dispatch only needs the common shape.
-export const commands: readonly Command<any>[] = [probe];
+export const commands: readonly Command<any>[] = [probe, netSend, netRecv];

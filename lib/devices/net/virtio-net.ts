@@ -19,6 +19,7 @@ import { VhostUserError } from '../../errors.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { bit, hasBit, ProtocolFeature, VirtioFeature, VirtioNetFeature } from '../../protocol/constants.js';
 import { EventFd } from '../../transport/eventfd.js';
+import type { ConnectOptions } from '../../transport/unix-stream.js';
 import { SplitVirtqueue } from '../../virtqueue/split-queue.js';
 import type { Virtqueue, VirtqueueOptions } from '../../virtqueue/virtqueue.js';
 import { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig } from './net-config.js';
@@ -50,7 +51,8 @@ export interface VirtioNetOptions extends VhostUserClientOptions {
    * here); the default knows split rings only.
    */
   createQueue?: (kind: RingKind, options: VirtqueueOptions) => Virtqueue;
-  /** Per-request timeout and trace hook go to the underlying VhostUserClient. */
+  /** How long to keep retrying the connect (when `open` is given a socket path). */
+  connect?: ConnectOptions;
 }
 
 /** A burst of received frames: `count` frames at buffer[offsets[i] .. + lengths[i]). */

@@ -1,0 +1,53 @@
+/** What `net send` and `net recv` share: the options that open a VirtioNet, and rate arithmetic. */
+import { VirtioNet, type RingKind } from '../../devices/net/virtio-net.js';
+import type { OptionSpecs } from '../args.js';
+
+export const netOptions = {
+  socket: { type: 'string', required: true, valueName: 'PATH', description: 'the back-end socket' },
+  queues: { type: 'number', integer: true, min: 1, default: 1, valueName: 'Q', description: 'queue pairs to use (needs VIRTIO_NET_F_MQ above 1)' },
+  ring: { type: 'enum', choices: ['split', 'packed'], default: 'split', description: 'virtqueue layout' },
+  queueSize: { type: 'number', integer: true, min: 2, max: 32768, default: 256, valueName: 'N', description: 'entries per ring' },
+  timeout: { type: 'number', integer: true, min: 1, default: 5000, valueName: 'MS', description: 'deadline for each reply, and for the back-end to make progress' },
+  json: { type: 'boolean', description: 'print one JSON object instead of a line' },
+} as const satisfies OptionSpecs;
+
+export async function openNet(args: { socket: string; queues: number; ring: string; queueSize: number; timeout: number }): Promise<VirtioNet> {
+  const ring = args.ring as RingKind;
+  const createQueue = ring === 'packed' ? await packedFactory() : undefined;
+  return VirtioNet.open(args.socket, {
+    queuePairs: args.queues,
+    queueSize: args.queueSize,
+    ring,
+    timeoutMs: args.timeout,
+    connect: { timeoutMs: args.timeout },
+    ...(createQueue ? { createQueue } : {}),
+  });
+}
+
+async function packedFactory() {
+  const { PackedVirtqueue } = await import('../../virtqueue/packed-queue.js');
+  return (_kind: RingKind, o: ConstructorParameters<typeof PackedVirtqueue>[0]) => new PackedVirtqueue(o);
+}
+
+export interface RateSummary {
+  frames: number;
+  bytes: number;
+  seconds: number;
+  mpps: number;
+  /** L2 bit rate: frame bytes only, no preamble or inter-frame gap. */
+  gbps: number;
+}
+
+export function rate(frames: number, bytes: number, seconds: number): RateSummary {
+  const s = seconds > 0 ? seconds : Number.EPSILON;
+  return { frames, bytes, seconds, mpps: frames / s / 1e6, gbps: (bytes * 8) / s / 1e9 };
+}
+
+export function rateLine(verb: string, r: RateSummary): string {
+  return `${verb} ${r.frames} frames, ${r.bytes} bytes in ${r.seconds.toFixed(3)} s: ${r.mpps.toFixed(3)} Mpps, ${r.gbps.toFixed(3)} Gbit/s\n`;
+}
+
+/** Yields to the event loop, so disconnects, timers and signals are seen during busy loops. */
+export function yieldToLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}

@@ -1,0 +1,179 @@
+/**
+ * Classic libpcap files (not pcapng), the format tcpdump -w and DPDK's pdump
+ * write and every capture tool reads. Layout (draft-ietf-opsawg-pcap):
+ *
+ *   global header, 24 bytes: u32 magic; u16 version_major=2; u16 version_minor=4;
+ *     i32 thiszone=0; u32 sigfigs=0; u32 snaplen; u32 linktype
+ *   per record, 16 bytes: u32 ts_sec; u32 ts_usec|ts_nsec; u32 caplen; u32 len; caplen bytes
+ *
+ * The writer always writes little-endian (the byte order a reader detects from the
+ * magic; the host order on every platform this library runs on).
+ */
+import { close as closeCb, open as openCb, writeSync } from 'node:fs';
+import { promisify } from 'node:util';
+import { VhostUserError } from '../errors.js';
+
+/** Magic for microsecond timestamps, as read in the file's own byte order. */
+export const PCAP_MAGIC_MICROS = 0xa1b2c3d4;
+/** Magic for nanosecond timestamps (the variant libpcap writes with PCAP_TSTAMP_PRECISION_NANO). */
+export const PCAP_MAGIC_NANOS = 0xa1b23c4d;
+/** LINKTYPE_ETHERNET: frames start with the 14-byte Ethernet header, no FCS. */
+export const LINKTYPE_ETHERNET = 1;
+export const PCAP_GLOBAL_HEADER_SIZE = 24;
+export const PCAP_RECORD_HEADER_SIZE = 16;
+/**
+ * The largest snaplen either side accepts: libpcap's MAXIMUM_SNAPLEN (256 KiB).
+ * Bounding it keeps a record always smaller than the write buffer and lets the
+ * reader reject a corrupt caplen before allocating for it.
+ */
+export const PCAP_MAX_SNAPLEN = 262_144;
+
+const BUFFER_SIZE = 1 << 20;
+const NS_PER_SEC = 1_000_000_000n;
+const MAX_TS_NS = 0x1_0000_0000n * NS_PER_SEC; // ts_sec is a u32: until 2106
+
+const openAsync = promisify(openCb);
+const closeAsync = promisify(closeCb);
+
+export interface PcapWriterOptions {
+  /** Bytes of each frame kept in the file (1..262144); longer frames are truncated. Default 65535. */
+  snaplen?: number;
+  /** Write nanosecond timestamps (magic 0xa1b23c4d). Default false: microseconds. */
+  nanoseconds?: boolean;
+}
+
+/**
+ * Writes Ethernet frames to a pcap file.
+ *
+ * `write()` is synchronous and copies into one preallocated 1 MiB buffer, which
+ * is written out with `fs.writeSync` when full (and by `flush()`/`close()`).
+ * Why synchronous rather than a FileHandle: a capture sits in a hot RX/TX loop,
+ * and a sync write keeps records in order, needs no queue of pending buffers and
+ * no await per packet, and reports a failed write (ENOSPC) at the call that
+ * caused it. The price is blocking for one ≤1 MiB write per MiB captured, which
+ * into the page cache is a fraction of a millisecond. Opening and closing are
+ * async because they may be slow on network file systems and happen once.
+ * Data is not fsync'ed: a capture is a debugging artefact, not a database.
+ */
+export class PcapWriter {
+  /** Records written (including those still in the buffer). */
+  packets = 0;
+  /** Sum of the frames' original lengths (what was on the wire, before snaplen truncation). */
+  bytes = 0;
+
+  readonly path: string;
+  readonly snaplen: number;
+  readonly nanoseconds: boolean;
+
+  private fd: number;
+  private readonly buf = new Uint8Array(BUFFER_SIZE);
+  private readonly view = new DataView(this.buf.buffer);
+  private pos = 0;
+  /** Wall clock minus the monotonic clock, taken once, so default timestamps have ns resolution and never go backwards. */
+  private readonly epochOffsetNs = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
+
+  private constructor(path: string, fd: number, snaplen: number, nanoseconds: boolean) {
+    this.path = path;
+    this.fd = fd;
+    this.snaplen = snaplen;
+    this.nanoseconds = nanoseconds;
+    const v = this.view;
+    v.setUint32(0, nanoseconds ? PCAP_MAGIC_NANOS : PCAP_MAGIC_MICROS, true);
+    v.setUint16(4, 2, true);
+    v.setUint16(6, 4, true);
+    // thiszone and sigfigs stay 0, as every modern writer leaves them.
+    v.setUint32(16, snaplen, true);
+    v.setUint32(20, LINKTYPE_ETHERNET, true);
+    this.pos = PCAP_GLOBAL_HEADER_SIZE;
+  }
+
+  /** Creates (or truncates) `path` and prepares the global header. */
+  static async open(path: string, options: PcapWriterOptions = {}): Promise<PcapWriter> {
+    const snaplen = options.snaplen ?? 65535;
+    if (!Number.isInteger(snaplen) || snaplen < 1 || snaplen > PCAP_MAX_SNAPLEN) {
+      throw new VhostUserError('VHOST_INVALID_ARGUMENT', `pcap snaplen must be 1..${PCAP_MAX_SNAPLEN}, got ${snaplen}`);
+    }
+    let fd: number;
+    try {
+      fd = await openAsync(path, 'w');
+    } catch (e) {
+      throw syscallError(`cannot create pcap file ${path}`, e);
+    }
+    return new PcapWriter(path, fd, snaplen, options.nanoseconds ?? false);
+  }
+
+  /** Whether `close()` has been called. */
+  get closed(): boolean {
+    return this.fd < 0;
+  }
+
+  /**
+   * Appends one frame. `timestamp` is nanoseconds since the Unix epoch (default:
+   * now); microsecond files round it down. Frames longer than `snaplen` are
+   * stored truncated, with their original length in the record.
+   */
+  write(frame: Uint8Array, timestamp?: bigint): void {
+    if (this.fd < 0) throw new VhostUserError('VHOST_INVALID_STATE', `pcap writer for ${this.path} is closed`);
+    const ts = timestamp ?? this.epochOffsetNs + process.hrtime.bigint();
+    if (ts < 0n || ts >= MAX_TS_NS) {
+      throw new VhostUserError('VHOST_INVALID_ARGUMENT', `pcap timestamp ${ts} ns is outside 1970..2106`);
+    }
+    const sec = ts / NS_PER_SEC;
+    const subNs = Number(ts - sec * NS_PER_SEC);
+    const len = frame.length;
+    const caplen = len < this.snaplen ? len : this.snaplen;
+    // snaplen ≤ 256 KiB, so after a flush any record fits.
+    if (this.pos + PCAP_RECORD_HEADER_SIZE + caplen > BUFFER_SIZE) this.flush();
+    const v = this.view;
+    const p = this.pos;
+    v.setUint32(p, Number(sec), true);
+    v.setUint32(p + 4, this.nanoseconds ? subNs : Math.floor(subNs / 1000), true);
+    v.setUint32(p + 8, caplen, true);
+    v.setUint32(p + 12, len, true);
+    // Only a truncated frame needs a (small) subarray view; the usual case copies straight from the caller's bytes.
+    this.buf.set(caplen === len ? frame : frame.subarray(0, caplen), p + PCAP_RECORD_HEADER_SIZE);
+    this.pos = p + PCAP_RECORD_HEADER_SIZE + caplen;
+    this.packets++;
+    this.bytes += len;
+  }
+
+  /** Writes the buffered records to the file now (e.g. so tshark can read a capture still being written). */
+  flush(): void {
+    if (this.fd < 0) throw new VhostUserError('VHOST_INVALID_STATE', `pcap writer for ${this.path} is closed`);
+    let off = 0;
+    try {
+      // writeSync may write less than asked (signals, some file systems); loop until done.
+      while (off < this.pos) off += writeSync(this.fd, this.buf, off, this.pos - off);
+    } catch (e) {
+      // Keep what was not written, so a retried flush() does not lose or duplicate records.
+      this.buf.copyWithin(0, off, this.pos);
+      this.pos -= off;
+      throw syscallError(`writing pcap file ${this.path}`, e);
+    }
+    this.pos = 0;
+  }
+
+  /** Flushes and closes the file. Idempotent; the file is closed even if the last flush fails. */
+  async close(): Promise<void> {
+    if (this.fd < 0) return;
+    let flushError: unknown;
+    try {
+      this.flush();
+    } catch (e) {
+      flushError = e;
+    }
+    const fd = this.fd;
+    this.fd = -1;
+    try {
+      await closeAsync(fd);
+    } catch (e) {
+      flushError ??= syscallError(`closing pcap file ${this.path}`, e);
+    }
+    if (flushError !== undefined) throw flushError;
+  }
+}
+
+function syscallError(what: string, e: unknown): VhostUserError {
+  const errno = (e as NodeJS.ErrnoException | undefined)?.code;
+  return new VhostUserError('VHOST_SYSCALL', `${what}: ${(e as Error).message}`, { errno, cause: e });
+}
