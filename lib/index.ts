@@ -34,3 +34,6 @@ export { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig } from './devices/net/
 export { decodeBlkConfig, BLK_CONFIG_SIZE, type BlkConfig } from './devices/blk/blk-config.js';
 export * from './pcap/index.js';
 export * from './net/frame-builder.js';
+export { PackedVirtqueue } from './virtqueue/packed-queue.js';
+export * from './virtqueue/packed-layout.js';
+export { PackedDeviceQueue, type PackedDeviceChain, type PackedDescSegment } from './virtqueue/device/packed-device.js';

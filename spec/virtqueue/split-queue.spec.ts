@@ -88,7 +88,8 @@ describe('SplitVirtqueue with a device model over shared guest memory', () => {
       let nextToken = 0;
       let expectToken = 0;
       let seed = 12345;
-      const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
+      // 32-bit LCG; the high bits are the random ones.
+      const rand = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0), (seed >>> 16) % n);
       const pending: { head: number; len: number }[] = [];
       while (expectToken < 100_000) {
         for (let k = rand(size) + 1; k > 0; k--) {
