@@ -37,3 +37,14 @@ export * from './net/frame-builder.js';
 export { PackedVirtqueue } from './virtqueue/packed-queue.js';
 export * from './virtqueue/packed-layout.js';
 export { PackedDeviceQueue, type PackedDeviceChain, type PackedDescSegment } from './virtqueue/device/packed-device.js';
+export type { GuestMemoryAccess } from './memory/guest-memory-access.js';
+export { BackendMemory, type BackendRegion } from './backend/backend-memory.js';
+export {
+  ReferenceBackend,
+  type ReferenceBackendOptions,
+  type ReferenceBackendEvents,
+  type ViolationInfo,
+  type NetStats,
+  type BlkStats,
+} from './backend/reference-backend.js';
+export { FdNotifier } from './transport/fd-notifier.js';

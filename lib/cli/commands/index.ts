@@ -3,6 +3,8 @@ import type { Command } from '../command.js';
 import netRecv from './net-recv.js';
 import netSend from './net-send.js';
 import probe from './probe.js';
+import serve from './serve.js';
+import demo from './demo.js';
 
 // Each command's options type differs; dispatch only needs the common shape.
-export const commands: readonly Command<any>[] = [probe, netSend, netRecv];
+export const commands: readonly Command<any>[] = [probe, netSend, netRecv, serve, demo];

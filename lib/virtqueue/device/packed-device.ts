@@ -15,7 +15,7 @@
  * the read of the Driver Event Suppression structure in needsCall().
  */
 import { VhostUserError } from '../../errors.js';
-import type { GuestMemory } from '../../memory/guest-memory.js';
+import type { GuestMemoryAccess } from '../../memory/guest-memory-access.js';
 import {
   PACKED_DESC_SIZE,
   PACKED_EVENT_WRAP,
@@ -52,7 +52,7 @@ export interface PackedDeviceChain {
 
 export class PackedDeviceQueue {
   readonly layout: PackedRingLayout;
-  private readonly memory: GuestMemory;
+  private readonly memory: GuestMemoryAccess;
   private readonly eventIdx: boolean;
   private readonly size: number;
   private readonly desc32: Uint32Array;
@@ -70,7 +70,7 @@ export class PackedDeviceQueue {
    * `base`: the packed SET_VRING_BASE encoding to start from (bits 0-14 avail
    * slot, 15 avail wrap, 16-30 used slot, 31 used wrap); default a fresh ring.
    */
-  constructor(memory: GuestMemory, layout: PackedRingLayout, options: { eventIdx: boolean; base?: number }) {
+  constructor(memory: GuestMemoryAccess, layout: PackedRingLayout, options: { eventIdx: boolean; base?: number }) {
     this.memory = memory;
     this.layout = layout;
     this.eventIdx = options.eventIdx;

@@ -8,7 +8,7 @@
  * one, a nested indirect table, or INDIRECT together with NEXT is refused.
  */
 import { VhostUserError } from '../../errors.js';
-import type { GuestMemory } from '../../memory/guest-memory.js';
+import type { GuestMemoryAccess } from '../../memory/guest-memory-access.js';
 import { VRING_DESC_SIZE, type SplitRingLayout } from '../split-layout.js';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../virtqueue.js';
 import { VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY } from '../split-queue.js';
@@ -29,7 +29,7 @@ export interface DeviceChain {
 
 export class SplitDeviceQueue {
   readonly layout: SplitRingLayout;
-  private readonly memory: GuestMemory;
+  private readonly memory: GuestMemoryAccess;
   private readonly eventIdx: boolean;
   private readonly desc: DataView;
   private readonly avail: Uint16Array;
@@ -39,7 +39,7 @@ export class SplitDeviceQueue {
   private usedIdx: number;
   private signalledUsed: number;
 
-  constructor(memory: GuestMemory, layout: SplitRingLayout, options: { eventIdx: boolean; base?: number }) {
+  constructor(memory: GuestMemoryAccess, layout: SplitRingLayout, options: { eventIdx: boolean; base?: number }) {
     this.memory = memory;
     this.layout = layout;
     this.eventIdx = options.eventIdx;

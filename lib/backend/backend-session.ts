@@ -1,0 +1,431 @@
+/**
+ * One front-end connection to the reference back-end: every message is checked
+ * against the request table (lib/protocol/requests.ts) — header flags, request
+ * code, protocol feature, payload size and codec, fd count — then applied to
+ * the negotiated state (features, protocol features, status, memory table,
+ * rings) and answered (reply or REPLY_ACK). A violation closes the connection;
+ * a refusal is nacked when asked. The device model is driven through
+ * DeviceRings when a ring is kicked.
+ */
+import { VhostUserError } from '../errors.js';
+import {
+  FrontendRequest as R,
+  ProtocolFeature,
+  VHOST_USER_NEED_REPLY_MASK,
+  VHOST_USER_REPLY_MASK,
+  VHOST_USER_VERSION,
+  VHOST_USER_VERSION_MASK,
+  VirtioFeature,
+  bit,
+  frontendRequestName,
+  hasBit,
+} from '../protocol/constants.js';
+import { Config, MemoryTable, SingleMemoryRegion, U64, VringState, decodeVringFdIndex, VringAddr } from '../protocol/payloads.js';
+import { frontendRequestSpec, type RequestSpec } from '../protocol/requests.js';
+import type { Connection, VhostUserMessage } from '../transport/connection.js';
+import { closeAll } from '../transport/msg-scratch.js';
+import { BackendMemory } from './backend-memory.js';
+import type { DeviceModel, DeviceRings } from './devices/device.js';
+import { Refusal, violation, violationInfo, type ViolationInfo } from './violation.js';
+import { Vring, type Chain } from './vring-state.js';
+
+export const PROTOCOL_OFFERED =
+  bit(ProtocolFeature.MQ) |
+  bit(ProtocolFeature.REPLY_ACK) |
+  bit(ProtocolFeature.CONFIG) |
+  bit(ProtocolFeature.STATUS) |
+  bit(ProtocolFeature.RESET_DEVICE) |
+  bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
+
+/** What a session needs from the back-end that accepted it. */
+export interface SessionHost {
+  /** Virtio features offered (GET_FEATURES). */
+  readonly features: bigint;
+  readonly queueNum: number;
+  readonly maxMemSlots: number;
+  readonly device: DeviceModel;
+  /** Reports a violation (the session then closes) or a refusal. */
+  report(kind: 'violation' | 'refused', info: ViolationInfo): void;
+}
+
+export class BackendSession implements DeviceRings {
+  readonly memory: BackendMemory;
+  readonly rings: Vring[];
+  ownerSet = false;
+  ackedFeatures: bigint | null = null;
+  protocolFeatures = 0n;
+  status = 0;
+  closed = false;
+  private pollTimer: NodeJS.Timeout | null = null;
+
+  constructor(
+    readonly id: number,
+    readonly conn: Connection,
+    private readonly host: SessionHost,
+  ) {
+    this.memory = new BackendMemory(host.maxMemSlots);
+    this.rings = Array.from({ length: host.queueNum }, (_, index) => new Vring(index));
+  }
+
+  get packed(): boolean {
+    return this.acked(VirtioFeature.VIRTIO_F_RING_PACKED);
+  }
+
+  get eventIdx(): boolean {
+    return this.acked(VirtioFeature.VIRTIO_RING_F_EVENT_IDX);
+  }
+
+  /** The feature bit was acked by SET_FEATURES. */
+  private acked(b: number): boolean {
+    return this.ackedFeatures !== null && hasBit(this.ackedFeatures, b);
+  }
+
+  hasProtocol(b: number): boolean {
+    return hasBit(this.protocolFeatures, b);
+  }
+
+  // ---------------------------------------------------------------- dispatch
+
+  onMessage(m: VhostUserMessage): void {
+    if (this.closed) {
+      closeAll(m.fds);
+      return;
+    }
+    const name = frontendRequestName(m.request);
+    let spec: RequestSpec | undefined;
+    try {
+      spec = this.validate(m, name);
+      const reply = this.handle(spec, m);
+      if (this.closed) return;
+      if (reply !== undefined) this.conn.send(m.request, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, reply);
+      else if (m.flags & VHOST_USER_NEED_REPLY_MASK) this.ack(m, 0n);
+    } catch (e) {
+      closeAll(m.fds);
+      m.fds = [];
+      if (e instanceof Refusal) {
+        this.host.report('refused', violationInfo(this.id, e));
+        if (!this.closed && m.flags & VHOST_USER_NEED_REPLY_MASK && spec && !spec.replyAlways && this.hasProtocol(ProtocolFeature.REPLY_ACK)) {
+          this.conn.send(m.request, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, U64.encode(1n));
+        }
+        return;
+      }
+      const err =
+        e instanceof VhostUserError
+          ? e
+          : new VhostUserError('VHOST_INVALID_STATE', `internal error handling ${name}: ${(e as Error).message}`, { request: name, cause: e });
+      const withRequest = err.request ? err : new VhostUserError(err.code, err.message, { request: name, rule: err.rule, cause: err });
+      this.host.report('violation', violationInfo(this.id, withRequest));
+      this.close(withRequest);
+    }
+  }
+
+  private ack(m: VhostUserMessage, value: bigint): void {
+    if (!this.hasProtocol(ProtocolFeature.REPLY_ACK)) {
+      throw violation('VHOST_BAD_FLAGS', 'NEED_REPLY set but REPLY_ACK was not negotiated', frontendRequestName(m.request), "vhost-user.rst, 'REPLY_ACK'");
+    }
+    this.conn.send(m.request, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, U64.encode(value));
+  }
+
+  /** Header, code, feature, payload size and fd count: everything the table says. */
+  private validate(m: VhostUserMessage, name: string): RequestSpec {
+    if ((m.flags & VHOST_USER_VERSION_MASK) !== VHOST_USER_VERSION) {
+      throw violation('VHOST_BAD_VERSION', `flags 0x${m.flags.toString(16)} carry version ${m.flags & 3}, not 1`, name);
+    }
+    if (m.flags & VHOST_USER_REPLY_MASK) throw violation('VHOST_BAD_FLAGS', 'a request carries the REPLY bit', name, "vhost-user.rst, 'Header'");
+    if (m.flags & ~0xf) throw violation('VHOST_BAD_FLAGS', `flags 0x${m.flags.toString(16)} set undefined bits`, name);
+    const spec = frontendRequestSpec(m.request);
+    if (!spec) throw violation('VHOST_UNKNOWN_REQUEST', `request code ${m.request} is not defined`, name, "vhost-user.rst, 'Front-end message types'");
+    if (spec.requires !== undefined && !this.hasProtocol(spec.requires)) {
+      const feature = Object.entries(ProtocolFeature).find(([, b]) => b === spec.requires)?.[0] ?? `bit ${spec.requires}`;
+      throw violation('VHOST_FEATURE_NOT_NEGOTIATED', `${name} needs protocol feature ${feature}, which was not negotiated`, name);
+    }
+    if (spec.payload === null && m.payload.length !== 0) {
+      throw violation('VHOST_BAD_PAYLOAD_SIZE', `${name} carries no payload, got ${m.payload.length} bytes`, name);
+    }
+    if (spec.payload !== null && (m.payload.length < spec.payload.minSize || m.payload.length > spec.payload.maxSize)) {
+      throw violation('VHOST_BAD_PAYLOAD_SIZE', `${name}: payload of ${m.payload.length} bytes, expected ${spec.payload.minSize === spec.payload.maxSize ? spec.payload.minSize : `${spec.payload.minSize}..${spec.payload.maxSize}`}`, name);
+    }
+    const expected = this.expectedFds(spec, m);
+    if (!expected.includes(m.fds.length)) {
+      throw violation('VHOST_UNEXPECTED_FDS', `${name} came with ${m.fds.length} fds, expected ${expected.join(' or ')}`, name, "vhost-user.rst, 'Message types'");
+    }
+    return spec;
+  }
+
+  private expectedFds(spec: RequestSpec, m: VhostUserMessage): number[] {
+    switch (spec.fds) {
+      case 'none':
+        // REM_MEM_REG: "No file descriptors SHOULD be passed"; a back-end MAY accept and close one.
+        return spec.code === R.REM_MEM_REG ? [0, 1] : [0];
+      case 'one':
+        return [1];
+      case 'per-region': {
+        if (m.payload.length < 4) return [0];
+        const n = new DataView(m.payload.buffer, m.payload.byteOffset, 4).getUint32(0, true);
+        return [n];
+      }
+      case 'optional-one': {
+        if (spec.code === R.SET_VRING_KICK || spec.code === R.SET_VRING_CALL || spec.code === R.SET_VRING_ERR) {
+          const u = U64.decode(m.payload, spec.name);
+          return (u & 0x100n) !== 0n ? [0] : [1];
+        }
+        return [0, 1];
+      }
+    }
+  }
+
+  private ring(index: number, request: string): Vring {
+    const r = this.rings[index];
+    if (!Number.isInteger(index) || r === undefined) {
+      throw violation('VHOST_INVALID_PAYLOAD', `ring index ${index} out of range: the device has ${this.rings.length} queues`, request, "vhost-user.rst, 'GET_QUEUE_NUM'");
+    }
+    return r;
+  }
+
+  /** SET_VRING_KICK/CALL/ERR: the ring and its fd (null for NOFD), which the caller owns from now on. */
+  private ringFd(m: VhostUserMessage, request: string): { r: Vring; fd: number | null } {
+    const { index, nofd } = decodeVringFdIndex(U64.decode(m.payload, request), request);
+    const r = this.ring(index, request);
+    const fd = nofd ? null : m.fds[0]!;
+    m.fds = [];
+    return { r, fd };
+  }
+
+  /** Returns a reply body, or undefined for requests answered only by REPLY_ACK. */
+  private handle(spec: RequestSpec, m: VhostUserMessage): Uint8Array | undefined {
+    const name = spec.name;
+    const host = this.host;
+    switch (m.request) {
+      case R.GET_FEATURES:
+        return U64.encode(host.features);
+      case R.SET_FEATURES: {
+        const f = U64.decode(m.payload, name);
+        if (f & ~host.features) throw violation('VHOST_INVALID_PAYLOAD', `features 0x${f.toString(16)} include bits not offered (0x${(f & ~host.features).toString(16)})`, name, "virtio 1.2 §3.1.1: the driver accepts only offered features");
+        if (this.rings.some((r) => r.started) && this.ackedFeatures !== null && f !== this.ackedFeatures) {
+          throw violation('VHOST_INVALID_STATE', 'features changed while rings are running', name);
+        }
+        this.ackedFeatures = f;
+        // vhost-user.rst, 'Ring states': without PROTOCOL_FEATURES rings are enabled at once.
+        if (!hasBit(f, VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)) for (const r of this.rings) r.enabled = true;
+        for (const r of this.rings) this.rebuild(r);
+        this.kickAll();
+        return undefined;
+      }
+      case R.SET_OWNER:
+        this.ownerSet = true;
+        return undefined;
+      case R.RESET_OWNER:
+        this.reset(true);
+        return undefined;
+      case R.RESET_DEVICE:
+        this.reset(false);
+        return undefined;
+      case R.GET_PROTOCOL_FEATURES:
+        return U64.encode(PROTOCOL_OFFERED);
+      case R.SET_PROTOCOL_FEATURES: {
+        const f = U64.decode(m.payload, name);
+        if (f & ~PROTOCOL_OFFERED) throw violation('VHOST_INVALID_PAYLOAD', `protocol features 0x${f.toString(16)} include bits not offered`, name);
+        this.protocolFeatures = f;
+        return undefined;
+      }
+      case R.GET_QUEUE_NUM:
+        return U64.encode(BigInt(this.rings.length));
+      case R.GET_MAX_MEM_SLOTS:
+        return U64.encode(BigInt(host.maxMemSlots));
+      case R.SET_MEM_TABLE: {
+        const table = MemoryTable.decode(m.payload, name);
+        const fds = m.fds;
+        m.fds = [];
+        this.detachQueues();
+        this.memory.setTable(table.regions, fds, name);
+        this.retranslate(name);
+        return undefined;
+      }
+      case R.ADD_MEM_REG: {
+        const region = SingleMemoryRegion.decode(m.payload, name);
+        const fd = m.fds[0]!;
+        m.fds = [];
+        this.memory.add(region, fd);
+        return undefined;
+      }
+      case R.REM_MEM_REG: {
+        const region = SingleMemoryRegion.decode(m.payload, name);
+        closeAll(m.fds);
+        m.fds = [];
+        // A ring living in the region would be left dangling.
+        this.detachQueues();
+        if (!this.memory.remove(region)) {
+          throw violation('VHOST_INVALID_PAYLOAD', `no region at 0x${region.guestPhysAddr.toString(16)} of 0x${region.memorySize.toString(16)} bytes`, name);
+        }
+        this.retranslate(name, true);
+        return undefined;
+      }
+      case R.SET_VRING_NUM: {
+        const s = VringState.decode(m.payload, name);
+        this.ring(s.index, name).setNum(s.num, this.packed, name);
+        return undefined;
+      }
+      case R.SET_VRING_ADDR: {
+        const a = VringAddr.decode(m.payload, name);
+        this.ring(a.index, name).setAddr(a, this.packed, this.acked(VirtioFeature.VHOST_F_LOG_ALL), this.memory, name);
+        return undefined;
+      }
+      case R.SET_VRING_BASE: {
+        const s = VringState.decode(m.payload, name);
+        this.ring(s.index, name).setBase(s.num, this.packed, name);
+        return undefined;
+      }
+      case R.GET_VRING_BASE: {
+        const s = VringState.decode(m.payload, name);
+        const r = this.ring(s.index, name);
+        const base = r.stop();
+        this.updatePolling();
+        return VringState.encode({ index: s.index, num: base });
+      }
+      case R.SET_VRING_KICK: {
+        const { r, fd } = this.ringFd(m, name);
+        r.setKick(fd, () => this.onKick(r));
+        // The ring starts now; what the driver made available already is processed.
+        r.started = true;
+        this.updatePolling();
+        this.onKick(r);
+        return undefined;
+      }
+      case R.SET_VRING_CALL: {
+        const { r, fd } = this.ringFd(m, name);
+        r.setCall(fd);
+        return undefined;
+      }
+      case R.SET_VRING_ERR: {
+        const { r, fd } = this.ringFd(m, name);
+        r.setErr(fd);
+        return undefined;
+      }
+      case R.SET_VRING_ENABLE: {
+        const s = VringState.decode(m.payload, name);
+        const r = this.ring(s.index, name);
+        if (s.num > 1) throw violation('VHOST_INVALID_PAYLOAD', `enable flag ${s.num} is not 0 or 1`, name);
+        if (this.ackedFeatures !== null && !hasBit(this.ackedFeatures, VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)) {
+          throw violation('VHOST_FEATURE_NOT_NEGOTIATED', 'SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES in SET_FEATURES', name);
+        }
+        r.enabled = s.num === 1;
+        if (r.enabled) this.onKick(r);
+        return undefined;
+      }
+      case R.GET_CONFIG: {
+        const c = Config.decode(m.payload, name);
+        const space = host.device.configSpace();
+        if (c.offset + c.size > space.length) return new Uint8Array(0); // a zero-sized reply reports failure
+        return Config.encode({ offset: c.offset, size: c.size, flags: c.flags, payload: space.slice(c.offset, c.offset + c.size) });
+      }
+      case R.SET_CONFIG: {
+        Config.decode(m.payload, name);
+        throw new Refusal('VHOST_NACK', 'config space is read-only on this device', { request: name });
+      }
+      case R.SET_STATUS: {
+        const v = U64.decode(m.payload, name);
+        if (v > 0xffn) throw violation('VHOST_INVALID_PAYLOAD', `device status 0x${v.toString(16)} does not fit 8 bits`, name);
+        this.status = Number(v);
+        if (this.status === 0) this.reset(false);
+        return undefined;
+      }
+      case R.GET_STATUS:
+        return U64.encode(BigInt(this.status));
+      default:
+        // Known requests this device does not implement, and whose feature gate (if
+        // any) was negotiated only because it has none: logging, IOTLB, GPU socket.
+        throw violation('VHOST_FEATURE_NOT_NEGOTIATED', `${name} is not supported by this back-end (its features were not offered)`, name);
+    }
+  }
+
+  // ---------------------------------------------------------------- rings
+
+  /** After the memory table changed: rings must still translate. */
+  private retranslate(request: string, lenient = false): void {
+    for (const r of this.rings) {
+      if (r.addr === null || r.num === 0) continue;
+      try {
+        r.translate(this.memory, r.addr, this.packed, request);
+      } catch (e) {
+        if (!lenient) throw e;
+        r.addr = null;
+      }
+    }
+    for (const r of this.rings) this.rebuild(r);
+    this.kickAll();
+  }
+
+  /** Drops device queue models (their views die with the old mappings) keeping their positions. */
+  private detachQueues(): void {
+    for (const r of this.rings) r.detach();
+  }
+
+  /** Builds the device queue model when the ring has everything it needs. */
+  private rebuild(r: Vring): void {
+    if (this.ackedFeatures === null || this.memory.isEmpty) return;
+    r.build(this.memory, this.packed, this.eventIdx);
+  }
+
+  private kickAll(): void {
+    for (const r of this.rings) if (r.started) this.onKick(r);
+  }
+
+  onKick(r: Vring): void {
+    if (this.closed) return;
+    try {
+      this.host.device.process(this, r);
+    } catch (e) {
+      const err = e instanceof VhostUserError ? e : new VhostUserError('VHOST_RING_BROKEN', (e as Error).message, { cause: e });
+      this.host.report('violation', violationInfo(this.id, err));
+      this.close(err);
+    }
+  }
+
+  isReady(r: Vring): boolean {
+    if (!r.started || !r.enabled) return false;
+    if (!r.hasQueue) this.rebuild(r);
+    return r.hasQueue;
+  }
+
+  pop(r: Vring): Chain | null {
+    if (!this.isReady(r)) return null;
+    return r.take();
+  }
+
+  private updatePolling(): void {
+    const need = this.rings.some((r) => r.started && r.kickPolled);
+    if (need && this.pollTimer === null) {
+      this.pollTimer = setInterval(() => {
+        for (const r of this.rings) if (r.started && r.kickPolled) this.onKick(r);
+      }, 1);
+    } else if (!need && this.pollTimer !== null) {
+      clearInterval(this.pollTimer);
+      this.pollTimer = null;
+    }
+  }
+
+  /** RESET_OWNER (everything, memory too) or RESET_DEVICE / status 0 (the device). */
+  private reset(owner: boolean): void {
+    for (const r of this.rings) r.release();
+    this.rings.forEach((_, i) => (this.rings[i] = new Vring(i)));
+    this.ackedFeatures = null;
+    this.status = 0;
+    if (owner) {
+      this.protocolFeatures = 0n;
+      this.ownerSet = false;
+      this.memory.clear();
+    }
+    this.updatePolling();
+  }
+
+  /** Ends the session: closes the socket, every ring fd and every mapping. */
+  close(reason?: VhostUserError): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.pollTimer) clearInterval(this.pollTimer);
+    this.pollTimer = null;
+    for (const r of this.rings) r.release();
+    this.memory.close();
+    this.conn.close(reason);
+  }
+}

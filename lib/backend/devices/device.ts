@@ -1,0 +1,25 @@
+/**
+ * What a reference back-end device model sees of a connection, and what the
+ * session needs of a device model. Device models never see the session itself.
+ */
+import type { BackendMemory } from '../backend-memory.js';
+import type { Chain, Vring } from '../vring-state.js';
+
+/** The session's rings, as a device model uses them. */
+export interface DeviceRings {
+  readonly memory: BackendMemory;
+  readonly rings: readonly Vring[];
+  /** Started, enabled and with a queue model (built now if it can be). */
+  isReady(r: Vring): boolean;
+  /** The next available chain, or null when the ring is not ready or empty. */
+  pop(r: Vring): Chain | null;
+}
+
+export interface DeviceModel {
+  /** Device-specific feature bits offered in GET_FEATURES. */
+  readonly features: bigint;
+  /** Config space (GET_CONFIG). */
+  configSpace(): Uint8Array;
+  /** Serves a kicked ring. */
+  process(s: DeviceRings, r: Vring): void;
+}

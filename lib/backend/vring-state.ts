@@ -1,0 +1,244 @@
+/**
+ * One vring as the reference back-end sees it (vhost-user.rst, 'Starting and
+ * stopping rings'): its size, addresses and base as set by the front-end, its
+ * kick, call and err fds, whether it is enabled and started, and the device
+ * queue model (split or packed) built over mapped memory once everything is
+ * known. Each setter checks what the spec asks of that request for this ring.
+ */
+import { closeFd } from '../native/libc.js';
+import { VHOST_VRING_F_LOG } from '../protocol/constants.js';
+import { VringAddr, checkVringAddrAlignment } from '../protocol/payloads.js';
+import { FdNotifier } from '../transport/fd-notifier.js';
+import { PackedDeviceQueue, type PackedDeviceChain } from '../virtqueue/device/packed-device.js';
+import { SplitDeviceQueue, type DeviceChain } from '../virtqueue/device/split-device.js';
+import { PACKED_DESC_SIZE, PACKED_QUEUE_MAX_SIZE } from '../virtqueue/packed-layout.js';
+import { VIRTQUEUE_MAX_SIZE } from '../virtqueue/split-layout.js';
+import type { BackendMemory } from './backend-memory.js';
+import { violation } from './violation.js';
+
+/** A chain popped from either ring kind. */
+export interface Chain {
+  head: number;
+  descCount: number;
+  segments: { gpa: number; len: number; writable: boolean }[];
+  readableBytes: number;
+  writableBytes: number;
+}
+
+function fromSplit(c: DeviceChain): Chain {
+  return { head: c.head, descCount: 1, segments: c.segments, readableBytes: c.readableBytes, writableBytes: c.writableBytes };
+}
+
+function fromPacked(c: PackedDeviceChain): Chain {
+  return { head: c.id, descCount: c.descCount, segments: c.segments, readableBytes: c.readableBytes, writableBytes: c.writableBytes };
+}
+
+/** Ring area GPAs, once translated. */
+export interface RingAreas {
+  desc: number;
+  avail: number;
+  used: number;
+}
+
+export class Vring {
+  num = 0;
+  addr: VringAddr | null = null;
+  /** SET_VRING_BASE value, used when the device queue is (re)built. */
+  base = 0;
+  kick: FdNotifier | null = null;
+  /** NOFD kick: the ring is polled on a timer. */
+  kickPolled = false;
+  call: FdNotifier | null = null;
+  err: number | null = null;
+  enabled = false;
+  started = false;
+  split: SplitDeviceQueue | null = null;
+  packed: PackedDeviceQueue | null = null;
+  /** net TX: a chain taken from the ring, waiting for an RX buffer. */
+  pendingTx: Chain | null = null;
+
+  constructor(readonly index: number) {}
+
+  /** True when a device queue model (split or packed) is built. */
+  get hasQueue(): boolean {
+    return this.split !== null || this.packed !== null;
+  }
+
+  // ---------------------------------------------------------------- front-end requests
+
+  /** SET_VRING_NUM. */
+  setNum(num: number, packed: boolean, request: string): void {
+    if (this.started) throw violation('VHOST_INVALID_STATE', `ring ${this.index} is running; stop it (GET_VRING_BASE) first`, request);
+    const max = packed ? PACKED_QUEUE_MAX_SIZE : VIRTQUEUE_MAX_SIZE;
+    const pow2 = (num & (num - 1)) === 0;
+    if (num === 0 || num > max || (!packed && !pow2)) {
+      throw violation('VHOST_INVALID_PAYLOAD', `queue size ${num} is not ${packed ? '' : 'a power of 2 '}in 1..${max}`, request, `virtio 1.2 ${packed ? '§2.8' : '§2.7'}: Queue Size`);
+    }
+    this.num = num;
+    this.addr = null; // the addresses were checked against the old size
+  }
+
+  /** SET_VRING_ADDR; `logAll` tells whether VHOST_F_LOG_ALL was negotiated. */
+  setAddr(a: VringAddr, packed: boolean, logAll: boolean, memory: BackendMemory, request: string): void {
+    if (this.started) throw violation('VHOST_INVALID_STATE', `ring ${this.index} is running`, request);
+    if (a.flags & VHOST_VRING_F_LOG && !logAll) {
+      throw violation('VHOST_FEATURE_NOT_NEGOTIATED', 'VHOST_VRING_F_LOG without VHOST_F_LOG_ALL', request);
+    }
+    if (this.num === 0) throw violation('VHOST_INVALID_STATE', `SET_VRING_ADDR for ring ${this.index} before SET_VRING_NUM`, request);
+    checkVringAddrAlignment(a, packed, request);
+    this.translate(memory, a, packed, request);
+    this.addr = a;
+  }
+
+  /** SET_VRING_BASE. */
+  setBase(base: number, packed: boolean, request: string): void {
+    if (this.started) throw violation('VHOST_INVALID_STATE', `ring ${this.index} is running`, request);
+    if (packed) {
+      if (this.num !== 0 && ((base & 0x7fff) >= this.num || ((base >>> 16) & 0x7fff) >= this.num)) {
+        throw violation('VHOST_INVALID_PAYLOAD', `packed base 0x${base.toString(16)} is outside a ring of ${this.num}`, request);
+      }
+    } else if (base > 0xffff) {
+      throw violation('VHOST_INVALID_PAYLOAD', `split ring base ${base} does not fit 16 bits`, request);
+    }
+    this.base = base;
+  }
+
+  /** SET_VRING_KICK: `fd` null for NOFD (the ring is then polled). The caller starts the ring. */
+  setKick(fd: number | null, onKick: () => void): void {
+    this.kick?.close();
+    this.kick = null;
+    this.kickPolled = fd === null;
+    if (fd !== null) {
+      this.kick = new FdNotifier(fd);
+      this.kick.watch(onKick);
+    }
+  }
+
+  /** SET_VRING_CALL: `fd` null for NOFD. */
+  setCall(fd: number | null): void {
+    this.call?.close();
+    this.call = fd === null ? null : new FdNotifier(fd);
+  }
+
+  /** SET_VRING_ERR: `fd` null for NOFD. */
+  setErr(fd: number | null): void {
+    if (this.err !== null) closeFd(this.err);
+    this.err = fd;
+  }
+
+  /** GET_VRING_BASE: stop the ring, return its position; kick and call fds are released. */
+  stop(): number {
+    const base = this.position();
+    this.base = base;
+    this.started = false;
+    this.split = null;
+    this.packed = null;
+    this.pendingTx = null;
+    this.kick?.close();
+    this.kick = null;
+    this.kickPolled = false;
+    this.call?.close();
+    this.call = null;
+    return base;
+  }
+
+  // ---------------------------------------------------------------- device queue model
+
+  /** Checks the ring areas lie in mapped memory; returns their GPAs. */
+  translate(memory: BackendMemory, a: VringAddr, packed: boolean, request: string): RingAreas {
+    const n = this.num;
+    const sizes = packed
+      ? { desc: PACKED_DESC_SIZE * n, avail: 4, used: 4 }
+      : { desc: 16 * n, avail: 6 + 2 * n, used: 6 + 8 * n };
+    try {
+      return {
+        desc: memory.userToGpa(a.descUserAddr, sizes.desc),
+        avail: memory.userToGpa(a.availUserAddr, sizes.avail),
+        used: memory.userToGpa(a.usedUserAddr, sizes.used),
+      };
+    } catch (e) {
+      throw violation('VHOST_MEMORY_OUT_OF_RANGE', `ring ${this.index} addresses do not translate into mapped memory: ${(e as Error).message}`, request);
+    }
+  }
+
+  /** Builds the device queue model when the ring has its size and addresses (features and memory are the caller's to check). */
+  build(memory: BackendMemory, packed: boolean, eventIdx: boolean): void {
+    if (this.hasQueue) return;
+    if (this.addr === null || this.num === 0) return;
+    const gpa = this.translate(memory, this.addr, packed, 'SET_VRING_ADDR');
+    try {
+      if (packed) {
+        this.packed = new PackedDeviceQueue(memory, { size: this.num, desc: gpa.desc, driver: gpa.avail, device: gpa.used, end: gpa.used + 4 }, { eventIdx, base: this.base });
+      } else {
+        this.split = new SplitDeviceQueue(memory, { num: this.num, desc: gpa.desc, avail: gpa.avail, used: gpa.used, end: gpa.used + 6 + 8 * this.num }, { eventIdx, base: this.base & 0xffff });
+      }
+    } catch (e) {
+      throw violation('VHOST_INVALID_PAYLOAD', `ring ${this.index} cannot be set up: ${(e as Error).message}`, 'SET_VRING_ADDR');
+    }
+  }
+
+  /** Drops the device queue model (its views die with the old mappings) keeping its position. */
+  detach(): void {
+    if (this.hasQueue) this.base = this.position();
+    this.split = null;
+    this.packed = null;
+    this.pendingTx = null;
+  }
+
+  /** The device's position, with a pending (taken but unused) TX chain given back. */
+  position(): number {
+    if (this.split) {
+      const held = this.pendingTx ? 1 : 0;
+      return (this.split.base - held) & 0xffff;
+    }
+    if (this.packed) {
+      const b = this.packed.base;
+      if (!this.pendingTx) return b;
+      let slot = (b & 0x7fff) - this.pendingTx.descCount;
+      let wrap = (b >>> 15) & 1;
+      if (slot < 0) {
+        slot += this.num;
+        wrap ^= 1;
+      }
+      return ((b & 0xffff0000) | slot | (wrap << 15)) >>> 0;
+    }
+    return this.base;
+  }
+
+  /** Closes every fd and drops the queue model (reset and session end). */
+  release(): void {
+    this.kick?.close();
+    this.call?.close();
+    if (this.err !== null) closeFd(this.err);
+    this.kick = null;
+    this.call = null;
+    this.err = null;
+    this.split = null;
+    this.packed = null;
+    this.started = false;
+    this.pendingTx = null;
+  }
+
+  // ---------------------------------------------------------------- chains
+
+  /** Pops the next available chain; the queue model must be built. */
+  take(): Chain | null {
+    if (this.split) {
+      const c = this.split.pop();
+      return c && fromSplit(c);
+    }
+    const c = this.packed!.pop();
+    return c && fromPacked(c);
+  }
+
+  push(c: Chain, len: number): void {
+    if (this.split) this.split.push(c.head, len);
+    else this.packed!.push(c.head, c.descCount, len);
+  }
+
+  /** Signals the call fd when the driver asked for it. */
+  notify(): void {
+    const q = this.split ?? this.packed;
+    if (q && q.needsCall()) this.call?.signal();
+  }
+}
