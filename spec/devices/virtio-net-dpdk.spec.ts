@@ -105,4 +105,31 @@ describe('virtio-net driver through dpdk-testpmd (io forwarding) @integration', 
       }
     });
   }
+
+  for (const eventIdx of [true, false]) {
+    it(`interrupt mode: frames arrive as events woken by the back-end's calls (event index ${eventIdx ? 'on' : 'off'})`, async () => {
+      backend = await startTestpmd({ queues: 1, forwardMode: 'io' });
+      net = await VirtioNet.open(backend.socketPath, { queueSize: 256, eventIdx });
+      const frames = makeFrames(0, 1000, 7);
+      const got: Uint8Array[] = [];
+      const done = new Promise<void>((resolve) =>
+        net!.on('frames', (_q, burst) => {
+          for (let i = 0; i < burst.count; i++) got.push(burst.frame(i));
+          if (got.length >= frames.length) resolve();
+        }),
+      );
+      net.startInterrupts();
+      for (let sent = 0; sent < frames.length; ) {
+        sent += net.sendBurst(frames.slice(sent, sent + 64));
+        await new Promise((r) => setTimeout(r, 1)); // no polling: only calls deliver frames
+      }
+      await Promise.race([done, new Promise((_, reject) => setTimeout(() => reject(new Error(`only ${got.length} frames by deadline`)), 10_000))]);
+      net.stopInterrupts();
+      expect(got.length).to.equal(1000);
+      got.forEach((f, i) => expect(Buffer.compare(Buffer.from(f), Buffer.from(frames[i]!)), `frame ${i}`).to.equal(0));
+      const c = net.counters(0);
+      expect(c.interrupts).to.be.greaterThan(0);
+      expect(c.interrupts).to.be.at.most(1000);
+    });
+  }
 });
