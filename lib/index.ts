@@ -47,4 +47,3 @@ export {
   type NetStats,
   type BlkStats,
 } from './backend/reference-backend.js';
-export { FdNotifier } from './transport/fd-notifier.js';

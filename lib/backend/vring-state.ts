@@ -8,7 +8,7 @@
 import { closeFd } from '../native/libc.js';
 import { VHOST_VRING_F_LOG } from '../protocol/constants.js';
 import { VringAddr, checkVringAddrAlignment } from '../protocol/payloads.js';
-import { FdNotifier } from '../transport/fd-notifier.js';
+import { EventFd } from '../transport/eventfd.js';
 import { PackedDeviceQueue, type PackedDeviceChain } from '../virtqueue/device/packed-device.js';
 import { SplitDeviceQueue, type DeviceChain } from '../virtqueue/device/split-device.js';
 import { PACKED_DESC_SIZE, PACKED_QUEUE_MAX_SIZE } from '../virtqueue/packed-layout.js';
@@ -45,10 +45,10 @@ export class Vring {
   addr: VringAddr | null = null;
   /** SET_VRING_BASE value, used when the device queue is (re)built. */
   base = 0;
-  kick: FdNotifier | null = null;
+  kick: EventFd | null = null;
   /** NOFD kick: the ring is polled on a timer. */
   kickPolled = false;
-  call: FdNotifier | null = null;
+  call: EventFd | null = null;
   err: number | null = null;
   enabled = false;
   started = false;
@@ -109,7 +109,7 @@ export class Vring {
     this.kick = null;
     this.kickPolled = fd === null;
     if (fd !== null) {
-      this.kick = new FdNotifier(fd);
+      this.kick = EventFd.adopt(fd);
       this.kick.watch(onKick);
     }
   }
@@ -117,7 +117,7 @@ export class Vring {
   /** SET_VRING_CALL: `fd` null for NOFD. */
   setCall(fd: number | null): void {
     this.call?.close();
-    this.call = fd === null ? null : new FdNotifier(fd);
+    this.call = fd === null ? null : EventFd.adopt(fd);
   }
 
   /** SET_VRING_ERR: `fd` null for NOFD. */

@@ -1,9 +1,16 @@
 /**
- * An eventfd (eventfd(2)): the kick, call and err notifiers of a vring. The
- * counter is read and written through one 8-byte buffer per eventfd, so
- * signalling allocates nothing.
+ * An eventfd (eventfd(2)): the kick, call and err notifiers of a vring, made here
+ * (`new EventFd()`) or received from the peer and owned from then on
+ * (`EventFd.adopt(fd)`). The counter is read and written through one 8-byte
+ * buffer, so signalling allocates nothing; watching uses a uv_poll watcher, so an
+ * idle eventfd holds no thread.
+ *
+ * A received fd may not be an eventfd at all (a hostile or buggy peer): reads and
+ * writes that fail report it instead of throwing, and a watcher whose fd cannot
+ * be read stops rather than spin on a level-triggered readiness.
  */
 import { constants as osConstants } from 'node:os';
+import { VhostUserError } from '../errors.js';
 import { C, closeFd, errno, libc, syscallError } from '../native/libc.js';
 import { shim, UV_READABLE, type FdWatcherHandle } from '../native/shim.js';
 
@@ -14,34 +21,67 @@ export class EventFd {
   private watcher: FdWatcherHandle | null = null;
   private closed = false;
 
-  constructor() {
-    const fd = libc.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
-    if (fd < 0) throw syscallError('eventfd');
+  /** Creates a new non-blocking eventfd, or takes ownership of `fd` (see adopt()). */
+  constructor(fd?: number) {
+    if (fd === undefined) {
+      fd = libc.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+      if (fd < 0) throw syscallError('eventfd');
+    }
     this.fd = fd;
   }
 
-  /** Adds 1 to the counter, waking whoever polls the fd. */
-  signal(): void {
+  /** Owns an fd that came from the peer: close() closes it. */
+  static adopt(fd: number): EventFd {
+    return new EventFd(fd);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Adds 1 to the counter, waking whoever polls the fd. False if the write failed (not an eventfd, closed). */
+  signal(): boolean {
+    if (this.closed) return false;
     this.counter[0] = 1n;
-    if (libc.write(this.fd, this.counterBytes, 8) !== 8 && errno() !== osConstants.errno.EAGAIN) throw syscallError('write(eventfd)');
+    return libc.write(this.fd, this.counterBytes, 8) === 8 || errno() === osConstants.errno.EAGAIN;
   }
 
-  /** Reads and resets the counter; 0 when nothing was signalled. */
+  /** Reads and resets the counter; 0 when nothing was signalled or the fd cannot be read. */
   consume(): bigint {
-    if (libc.read(this.fd, this.counterBytes, 8) !== 8) {
-      if (errno() === osConstants.errno.EAGAIN) return 0n;
-      throw syscallError('read(eventfd)');
-    }
-    return this.counter[0]!;
+    return this.readCounter() ?? 0n;
   }
 
-  /** Calls `handler` with the consumed count whenever the eventfd is signalled. */
+  /**
+   * null when the fd is not behaving as an eventfd: read(2) failed for a reason
+   * other than EAGAIN, or read a zero counter, which an eventfd never does (it
+   * says EAGAIN instead) but /dev/zero, always readable, would forever.
+   */
+  private readCounter(): bigint | null {
+    if (this.closed) return 0n;
+    if (libc.read(this.fd, this.counterBytes, 8) !== 8) return errno() === osConstants.errno.EAGAIN ? 0n : null;
+    const n = this.counter[0]!;
+    return n === 0n ? null : n;
+  }
+
+  /**
+   * Calls `handler` with the consumed count whenever the eventfd is signalled.
+   * Throws VHOST_INVALID_ARGUMENT when the fd cannot be polled at all (epoll
+   * refuses regular files and some devices).
+   */
   watch(handler: (count: bigint) => void): void {
-    this.watcher ??= new shim.FdWatcher(this.fd, () => {
-      const n = this.consume();
-      if (n > 0n) handler(n);
-    });
-    this.watcher.start(UV_READABLE);
+    if (this.closed) return;
+    try {
+      this.watcher ??= new shim.FdWatcher(this.fd, (status) => {
+        const n = status < 0 ? null : this.readCounter();
+        if (n === null) this.watcher?.stop();
+        else if (n > 0n) handler(n);
+      });
+      this.watcher.start(UV_READABLE);
+    } catch (cause) {
+      this.watcher?.close();
+      this.watcher = null;
+      throw new VhostUserError('VHOST_INVALID_ARGUMENT', `fd ${this.fd} cannot be watched: ${(cause as Error).message}`, { cause });
+    }
   }
 
   unwatch(): void {

@@ -186,6 +186,38 @@ describe('transport', () => {
     }
   });
 
+  it('eventfd: an adopted fd that cannot be polled (/dev/zero) is a typed error, not a crash', async () => {
+    const { openSync } = await import('node:fs');
+    const fake = EventFd.adopt(openSync('/dev/zero', 'r'));
+    try {
+      expect(() => fake.watch(() => undefined)).to.throw().with.property('code', 'VHOST_INVALID_ARGUMENT');
+    } finally {
+      fake.close();
+    }
+  });
+
+  it('eventfd: an adopted fd that reads like no eventfd (zero counter) stops its watcher instead of spinning', async () => {
+    const { libc, C } = await import('../../lib/native/libc.js');
+    const sv = new Int32Array(2);
+    expect(libc.socketpair(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_NONBLOCK | C.SOCK_CLOEXEC, 0, sv)).to.equal(0);
+    const fake = EventFd.adopt(sv[1]!);
+    const zeros = new Uint8Array(8);
+    try {
+      let calls = 0;
+      fake.watch(() => calls++);
+      expect(libc.write(sv[0]!, zeros, 8)).to.equal(8);
+      await settle(30);
+      expect(libc.write(sv[0]!, zeros, 8)).to.equal(8);
+      await settle(30);
+      expect(calls).to.equal(0);
+      // The watcher stopped after the first zero counter: the second write is still unread.
+      expect(libc.read(sv[1]!, new Uint8Array(16), 16)).to.equal(8);
+    } finally {
+      fake.close();
+      libc.close(sv[0]!);
+    }
+  });
+
   it('handles 64 idle watched eventfds without using the libuv threadpool', async () => {
     const fds = Array.from({ length: 64 }, () => new EventFd());
     let fired = 0;
