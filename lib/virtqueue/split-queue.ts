@@ -67,7 +67,12 @@ export class SplitVirtqueue implements Virtqueue {
   private readonly writableBytes: Float64Array;
   private readonly tokens: Uint32Array;
   private readonly inFlight: Uint8Array;
+  /** The batch (publish generation) a head was added in: published once < `batch`. */
+  private readonly addedIn: Float64Array;
   private outstandingCount = 0;
+  /** Chains published and not yet returned: the most completions the device may write. */
+  private visible = 0;
+  private batch = 0;
 
   /** Indirect tables: one per head, `indirectMax` descriptors each. */
   private readonly indirectMax: number;
@@ -118,6 +123,7 @@ export class SplitVirtqueue implements Virtqueue {
     this.writableBytes = new Float64Array(size);
     this.tokens = new Uint32Array(size);
     this.inFlight = new Uint8Array(size);
+    this.addedIn = new Float64Array(size);
 
     this.desc.fill(0);
     this.avail.fill(0);
@@ -204,6 +210,8 @@ export class SplitVirtqueue implements Virtqueue {
     const oldIdx = this.publishedIdx;
     if (newIdx === oldIdx) return false;
     Atomics.store(this.avail, 1, newIdx);
+    this.visible += (newIdx - oldIdx) & 0xffff;
+    this.batch++;
     this.publishedIdx = newIdx;
     if (this.eventIdx) {
       // §2.7.10.1 vring_need_event: kick iff avail_event lies in (old, new].
@@ -222,8 +230,8 @@ export class SplitVirtqueue implements Virtqueue {
     const usedIdx = Atomics.load(this.usedU16, 1);
     const pending = (usedIdx - this.lastUsedIdx) & 0xffff;
     if (pending === 0) return 0;
-    if (pending > this.outstandingCount) {
-      return this.fail(ringError('VHOST_RING_IDX_JUMP', this.index, `used.idx moved by ${pending} with ${this.outstandingCount} buffers outstanding`, 'virtio 1.2 §2.7.8: the device returns only buffers made available'));
+    if (pending > this.visible) {
+      return this.fail(ringError('VHOST_RING_IDX_JUMP', this.index, `used.idx moved by ${pending} with ${this.visible} published buffers outstanding`, 'virtio 1.2 §2.7.8: the device returns only buffers made available'));
     }
     const n = pending < max ? pending : max;
     const size = this.size;
@@ -235,7 +243,8 @@ export class SplitVirtqueue implements Virtqueue {
       if (id >= size) {
         return this.fail(ringError('VHOST_RING_ID_OUT_OF_RANGE', this.index, `used id ${id} with queue size ${size}`, 'virtio 1.2 §2.7.8: id is the head of a descriptor chain'));
       }
-      if (this.inFlight[id] === 0) {
+      // A head added since the last publish() was never given to the device.
+      if (this.inFlight[id] === 0 || this.addedIn[id]! >= this.batch) {
         return this.fail(ringError('VHOST_RING_ID_NOT_OUTSTANDING', this.index, `used id ${id} is not outstanding`, 'virtio 1.2 §2.7.8: each buffer is used once'));
       }
       if (len > this.writableBytes[id]!) {
@@ -274,6 +283,7 @@ export class SplitVirtqueue implements Virtqueue {
   private expose(head: number, token: number): void {
     this.tokens[head] = token;
     this.inFlight[head] = 1;
+    this.addedIn[head] = this.batch;
     this.outstandingCount++;
     this.avail[2 + (this.availIdx & this.mask)] = head;
     this.availIdx = (this.availIdx + 1) & 0xffff;
@@ -282,6 +292,7 @@ export class SplitVirtqueue implements Virtqueue {
   private release(head: number): void {
     this.inFlight[head] = 0;
     this.outstandingCount--;
+    this.visible--;
     let d = head;
     for (let k = this.chainLength[head]!; k > 0; k--) {
       this.freeStack[this.freeTop++] = d;
