@@ -10,8 +10,8 @@ export type FrontendKind = 'dpdk' | 'ours';
 export const DIRECTIONS: readonly Direction[] = ['tx', 'rx'];
 export const FRONTENDS: readonly FrontendKind[] = ['dpdk', 'ours'];
 
-/** Ethernet header + IPv4 + UDP: the smallest frame DPDK's txonly engine builds. */
-export const MIN_FRAME_SIZE = 42;
+/** The minimum Ethernet frame without FCS; both sides send Ethernet/IPv4/UDP frames of at least this. */
+export const MIN_FRAME_SIZE = 60;
 /** 1500-byte MTU plus the 14-byte Ethernet header (no FCS): one mbuf, no jumbo setup. */
 export const MAX_FRAME_SIZE = 1514;
 

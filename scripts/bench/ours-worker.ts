@@ -18,7 +18,7 @@ import { existsSync } from 'node:fs';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, type OptionSpecs } from '../../lib/cli/args.js';
-import { buildUdpFrame } from './frames.js';
+import { buildUdpFrameOfSize } from '../../lib/net/frame-builder.js';
 import { encodeMessage, EXIT_UNAVAILABLE, type WorkerMessage } from './worker-protocol.js';
 
 /** Reusable receive burst: frames i at `buffer[offsets[i] .. offsets[i] + lengths[i])`. */
@@ -108,7 +108,7 @@ function rxSlice(net: VirtioNetLike, rx: RxBurstLike, until: bigint, out: [numbe
 const SPECS = {
   socket: { type: 'string', valueName: 'PATH', description: 'vhost-user socket of the back-end' },
   direction: { type: 'enum', choices: ['tx', 'rx'], description: 'tx: send; rx: receive' },
-  size: { type: 'number', integer: true, min: 42, max: 65535, default: 64, description: 'frame size (tx)' },
+  size: { type: 'number', integer: true, min: 60, max: 9000, default: 64, description: 'frame size (tx)' },
   burst: { type: 'number', integer: true, min: 1, max: 512, default: 32, description: 'frames per burst' },
   queueSize: { type: 'number', integer: true, min: 64, max: 32768, default: 1024, description: 'virtqueue size' },
   maxMs: { type: 'number', integer: true, min: 1, default: 120_000, description: 'hard stop if the parent never says stop' },
@@ -146,7 +146,9 @@ async function main(): Promise<number> {
 
   const net = await openDriver(mod, o.socket, o.queueSize);
   try {
-    const frames = Array.from({ length: o.burst }, (_, i) => buildUdpFrame(o.size, i));
+    // RFC 2544 benchmark addresses and the discard port, as DPDK's txonly sends.
+    const endpoints = { srcIp: '198.18.0.1', dstIp: '198.18.0.2', srcPort: 9, dstPort: 9 };
+    const frames = Array.from({ length: o.burst }, (_, i) => buildUdpFrameOfSize(o.size, i, endpoints));
     const rx = o.direction === 'rx' ? makeRxBurst(mod, net, o.burst) : undefined;
     emit({ type: 'ready', info: { pid: process.pid, direction: o.direction, size: o.size, burst: o.burst, queueSize: o.queueSize } });
     await started;
