@@ -6,6 +6,11 @@ const Mocha = require('mocha');
 class SpecWithSummary extends Mocha.reporters.Spec {
   constructor(runner, options) {
     super(runner, options);
+    // A retried test must not pass silently: say what the failed attempt said.
+    runner.on(Mocha.Runner.constants.EVENT_TEST_RETRY, (test, err) => {
+      const first = String((err && err.message) || err).split('\n').slice(0, 3).join(' | ');
+      process.stdout.write(`      retrying after a failed attempt: ${test.fullTitle()}: ${first}\n`);
+    });
     runner.once(Mocha.Runner.constants.EVENT_RUN_END, () => {
       const s = runner.stats;
       process.stdout.write(`\ntests: ${s.passes} passed, ${s.failures} failed, ${s.pending} skipped\n`);
