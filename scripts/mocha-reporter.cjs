@@ -8,8 +8,8 @@ class SpecWithSummary extends Mocha.reporters.Spec {
     super(runner, options);
     // A retried test must not pass silently: say what the failed attempt said.
     runner.on(Mocha.Runner.constants.EVENT_TEST_RETRY, (test, err) => {
-      const first = String((err && err.message) || err).split('\n').slice(0, 3).join(' | ');
-      process.stdout.write(`      retrying after a failed attempt: ${test.fullTitle()}: ${first}\n`);
+      const message = String((err && err.message) || err).split('\n').slice(0, 40).join('\n        ');
+      process.stdout.write(`      retrying after a failed attempt: ${test.fullTitle()}:\n        ${message}\n`);
     });
     runner.once(Mocha.Runner.constants.EVENT_RUN_END, () => {
       const s = runner.stats;
