@@ -283,8 +283,11 @@ export async function startTestpmd(opts: TestpmdOptions = {}): Promise<TestpmdBa
     },
     ready: opts.client
       ? initialised
-      : async (b) => (await isSocket(socketPath)) && (!interactive || initialised(b)),
-    readyLabel: opts.client ? 'EAL and port initialisation' : `socket ${socketPath}`,
+      : // The socket appears while testpmd is still starting its port; a front-end that
+        // completes its setup before "start packet forwarding" can leave a queue that
+        // testpmd never polls (seen ~1 in 20 full-suite runs). Wait for both.
+        async (b) => (await isSocket(socketPath)) && initialised(b),
+    readyLabel: opts.client ? 'EAL and port initialisation' : `socket ${socketPath} and testpmd's start-up`,
   });
   prompt?.consumePrompt();
   return new TestpmdBackend(proc, prompt, filePrefix, args);

@@ -55,10 +55,10 @@ async function loopback(net: VirtioNet, perQueue: Uint8Array[][], window: number
 
 describe('virtio-net driver through dpdk-testpmd (io forwarding) @integration', function () {
   this.timeout(60_000);
-  // Once in ~30 runs of this suite (a full-suite run on a fresh clone, never in
-  // isolation) testpmd forwarded nothing at all on a queue; the message carries
-  // testpmd's output. One retry, reported by the test reporter, keeps that from
-  // hiding a systematic failure, which fails twice.
+  // testpmd once forwarded nothing on a queue when the driver finished its setup
+  // before testpmd had started forwarding (its socket appears earlier); startTestpmd
+  // now waits for that. One retry stays as a safety net for such start-up races: the
+  // reporter prints every retry with testpmd's output, and a real failure fails twice.
   this.retries(1);
   let backend: TestpmdBackend | null = null;
   let net: VirtioNet | null = null;
