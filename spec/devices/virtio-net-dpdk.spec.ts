@@ -8,7 +8,6 @@ import { RxBurst, VirtioNet, type RingKind, type VirtioNetOptions } from '../../
 import { startTestpmd, type TestpmdBackend } from '../../lib/launch/dpdk-testpmd.js';
 import { skipWithout } from '../helpers/backends.js';
 import { resourceSnapshot, settle } from '../helpers/resources.js';
-import { ringFactories } from '../helpers/rings.js';
 
 /** Deterministic frames: Ethernet header, queue and sequence number, then seeded bytes. */
 function makeFrames(queue: number, count: number, seed: number): Uint8Array[] {
@@ -87,10 +86,8 @@ describe('virtio-net driver through dpdk-testpmd (io forwarding) @integration', 
   ];
   for (const { ring, eventIdx } of cases) {
     it(`10,000 frames of 60-1514 bytes on 2 queue pairs come back intact (${ring} ring, event index ${eventIdx ? 'on' : 'off'})`, async function () {
-      const createQueue = ringFactories[ring];
-      if (!createQueue) this.skip();
       backend = await startTestpmd({ queues: 2, forwardMode: 'io', extraArgs: ['--rxq=2', '--txq=2'] });
-      const options: VirtioNetOptions = { queuePairs: 2, queueSize: 256, ring, eventIdx, createQueue };
+      const options: VirtioNetOptions = { queuePairs: 2, queueSize: 256, ring, eventIdx };
       net = await VirtioNet.open(backend.socketPath, options);
       expect(net.queuePairs).to.equal(2);
       const perQueue = [makeFrames(0, 5000, 1 + (ring === 'packed' ? 10 : 0) + (eventIdx ? 1 : 0)), makeFrames(1, 5000, 99)];

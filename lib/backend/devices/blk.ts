@@ -2,6 +2,7 @@
  * The reference back-end's 'blk' device: a file or a memfd served as a
  * virtio-blk disk (IN, OUT, FLUSH and GET_ID requests; 512-byte sectors).
  */
+import { BLK_CONFIG_SIZE, SECTOR_SIZE } from '../../devices/blk/blk-config.js';
 import { closeSync, fsyncSync, openSync, readSync, writeSync, fstatSync } from 'node:fs';
 import { VhostUserError } from '../../errors.js';
 import { C, closeFd, libc, syscallError } from '../../native/libc.js';
@@ -22,8 +23,6 @@ export interface BlkImageOptions {
   blkSize?: number;
 }
 
-const BLK_CONFIG_BYTES = 60;
-const SECTOR = 512;
 const BLK_T_IN = 0;
 const BLK_T_OUT = 1;
 const BLK_T_FLUSH = 4;
@@ -52,15 +51,15 @@ export class BlkImage {
         throw new VhostUserError('VHOST_INVALID_ARGUMENT', `cannot open blk image ${options.blkImage}: ${code ?? String(cause)}`, { errno: code, cause });
       }
       const size = fstatSync(fd).size;
-      if (size < SECTOR) {
+      if (size < SECTOR_SIZE) {
         closeSync(fd);
-        throw new VhostUserError('VHOST_INVALID_ARGUMENT', `blk image ${options.blkImage} is smaller than one ${SECTOR}-byte sector`);
+        throw new VhostUserError('VHOST_INVALID_ARGUMENT', `blk image ${options.blkImage} is smaller than one ${SECTOR_SIZE}-byte sector`);
       }
-      return new BlkImage(fd, size - (size % SECTOR));
+      return new BlkImage(fd, size - (size % SECTOR_SIZE));
     }
     const size = options.blkSize ?? 64 * 2 ** 20;
-    if (!Number.isSafeInteger(size) || size < SECTOR || size % SECTOR !== 0) {
-      throw new VhostUserError('VHOST_INVALID_ARGUMENT', `blk size ${size} must be a positive multiple of ${SECTOR}`);
+    if (!Number.isSafeInteger(size) || size < SECTOR_SIZE || size % SECTOR_SIZE !== 0) {
+      throw new VhostUserError('VHOST_INVALID_ARGUMENT', `blk size ${size} must be a positive multiple of ${SECTOR_SIZE}`);
     }
     const fd = libc.memfd_create('vhost-user-ref-blk', C.MFD_CLOEXEC);
     if (fd < 0) throw syscallError('memfd_create');
@@ -111,11 +110,11 @@ export class BlkDevice implements DeviceModel {
   }
 
   configSpace(): Uint8Array {
-    const c = new Uint8Array(BLK_CONFIG_BYTES);
+    const c = new Uint8Array(BLK_CONFIG_SIZE);
     const dv = new DataView(c.buffer);
-    dv.setBigUint64(0, BigInt(Math.floor(this.image.capacity / SECTOR)), true);
+    dv.setBigUint64(0, BigInt(Math.floor(this.image.capacity / SECTOR_SIZE)), true);
     dv.setUint32(12, BLK_SEG_MAX, true);
-    dv.setUint32(20, SECTOR, true);
+    dv.setUint32(20, SECTOR_SIZE, true);
     dv.setUint16(34, this.queueNum, true);
     return c;
   }
@@ -158,9 +157,9 @@ export class BlkDevice implements DeviceModel {
           const isIn = type === BLK_T_IN;
           const data = isIn ? dataOut : dataIn;
           const len = data.reduce((a, g) => a + g.len, 0);
-          if (len % SECTOR !== 0 || sector * BigInt(SECTOR) + BigInt(len) > BigInt(image.capacity)) status = BLK_S_IOERR;
+          if (len % SECTOR_SIZE !== 0 || sector * BigInt(SECTOR_SIZE) + BigInt(len) > BigInt(image.capacity)) status = BLK_S_IOERR;
           else {
-            let pos = Number(sector) * SECTOR;
+            let pos = Number(sector) * SECTOR_SIZE;
             for (const g of data) {
               if (isIn) image.read(mem.bytes(g.gpa, g.len), pos);
               else image.write(mem.bytes(g.gpa, g.len), pos);

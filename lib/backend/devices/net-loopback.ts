@@ -2,6 +2,8 @@
  * The reference back-end's 'net' device: a loopback. A frame sent on TX ring
  * 2i+1 comes back on RX ring 2i with a fresh virtio_net_hdr.
  */
+import { NET_CONFIG_SIZE } from '../../devices/net/net-config.js';
+import { VIRTIO_NET_HDR_SIZE } from '../../devices/net/virtio-net-hdr.js';
 import { VirtioNetFeature, bit } from '../../protocol/constants.js';
 import type { Vring } from '../vring-state.js';
 import type { DeviceModel, DeviceRings } from './device.js';
@@ -15,12 +17,10 @@ export interface NetStats {
   rxTooSmall: number;
 }
 
-const NET_HDR = 12;
-const NET_CONFIG_BYTES = 24;
 
 export class NetLoopback implements DeviceModel {
   readonly features: bigint;
-  private readonly scratch = new Uint8Array(NET_HDR);
+  private readonly scratch = new Uint8Array(VIRTIO_NET_HDR_SIZE);
 
   /** `queueNum` counts virtqueues (two per queue pair); `stats` is updated in place. */
   constructor(
@@ -35,7 +35,7 @@ export class NetLoopback implements DeviceModel {
   }
 
   configSpace(): Uint8Array {
-    const c = new Uint8Array(NET_CONFIG_BYTES);
+    const c = new Uint8Array(NET_CONFIG_SIZE);
     const dv = new DataView(c.buffer);
     c.set(this.mac, 0);
     dv.setUint16(6, 1, true); // VIRTIO_NET_S_LINK_UP
@@ -59,20 +59,20 @@ export class NetLoopback implements DeviceModel {
       const t = tx.pendingTx ?? s.pop(tx);
       if (t === null) break;
       tx.pendingTx = null;
-      if (t.readableBytes < NET_HDR) {
+      if (t.readableBytes < VIRTIO_NET_HDR_SIZE) {
         // A chain shorter than the header (CVE-2022-2132 class): completed, not forwarded.
         this.stats.txErrors++;
         tx.push(t, 0);
         txDone++;
         continue;
       }
-      const frameLen = t.readableBytes - NET_HDR;
+      const frameLen = t.readableBytes - VIRTIO_NET_HDR_SIZE;
       const x = s.pop(rx);
       if (x === null) {
         tx.pendingTx = t;
         break;
       }
-      if (x.writableBytes < NET_HDR + frameLen || x.readableBytes !== 0) {
+      if (x.writableBytes < VIRTIO_NET_HDR_SIZE + frameLen || x.readableBytes !== 0) {
         this.stats.rxTooSmall++;
         rx.push(x, 0);
         tx.push(t, 0);
@@ -101,7 +101,7 @@ export class NetLoopback implements DeviceModel {
         }
       };
       write(hdr);
-      let skip = NET_HDR;
+      let skip = VIRTIO_NET_HDR_SIZE;
       for (const seg of t.segments) {
         if (seg.writable) break;
         if (skip >= seg.len) {
@@ -111,7 +111,7 @@ export class NetLoopback implements DeviceModel {
         write(mem.bytes(seg.gpa + skip, seg.len - skip));
         skip = 0;
       }
-      rx.push(x, NET_HDR + frameLen);
+      rx.push(x, VIRTIO_NET_HDR_SIZE + frameLen);
       tx.push(t, 0);
       rxDone++;
       txDone++;

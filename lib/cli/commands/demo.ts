@@ -14,7 +14,6 @@ import { ReferenceBackend } from '../../backend/reference-backend.js';
 import { RxBurst, VirtioNet, type RingKind } from '../../devices/net/virtio-net.js';
 import { buildUdpFrameOfSize, framePayloadIntact, frameSequence } from '../../net/frame-builder.js';
 import { featureNames, protocolFeatureNames } from '../../protocol/constants.js';
-import { PackedVirtqueue } from '../../virtqueue/packed-queue.js';
 import { defineCommand } from '../command.js';
 import { toJson } from '../format.js';
 import { rate, yieldToLoop } from './net-common.js';
@@ -52,7 +51,6 @@ export default defineCommand({
         ring,
         eventIdx: args.eventIdx,
         timeoutMs: args.timeout,
-        ...(ring === 'packed' ? { createQueue: (_k: RingKind, o: ConstructorParameters<typeof PackedVirtqueue>[0]) => new PackedVirtqueue(o) } : {}),
       });
       const total = args.frames;
       const seen = new Uint8Array(total);

@@ -12,21 +12,13 @@ export const netOptions = {
 } as const satisfies OptionSpecs;
 
 export async function openNet(args: { socket: string; queues: number; ring: string; queueSize: number; timeout: number }): Promise<VirtioNet> {
-  const ring = args.ring as RingKind;
-  const createQueue = ring === 'packed' ? await packedFactory() : undefined;
   return VirtioNet.open(args.socket, {
     queuePairs: args.queues,
     queueSize: args.queueSize,
-    ring,
+    ring: args.ring as RingKind,
     timeoutMs: args.timeout,
     connect: { timeoutMs: args.timeout },
-    ...(createQueue ? { createQueue } : {}),
   });
-}
-
-async function packedFactory() {
-  const { PackedVirtqueue } = await import('../../virtqueue/packed-queue.js');
-  return (_kind: RingKind, o: ConstructorParameters<typeof PackedVirtqueue>[0]) => new PackedVirtqueue(o);
 }
 
 export interface RateSummary {

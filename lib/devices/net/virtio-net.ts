@@ -20,6 +20,7 @@ import { GuestMemory } from '../../memory/guest-memory.js';
 import { bit, hasBit, ProtocolFeature, VirtioFeature, VirtioNetFeature } from '../../protocol/constants.js';
 import { EventFd } from '../../transport/eventfd.js';
 import type { ConnectOptions } from '../../transport/unix-stream.js';
+import { PackedVirtqueue } from '../../virtqueue/packed-queue.js';
 import { SplitVirtqueue } from '../../virtqueue/split-queue.js';
 import type { Virtqueue, VirtqueueOptions } from '../../virtqueue/virtqueue.js';
 import { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig } from './net-config.js';
@@ -46,10 +47,7 @@ export interface VirtioNetOptions extends VhostUserClientOptions {
   txSlotSize?: number;
   /** Send NET_SET_MTU when the back-end offers MTU. */
   mtu?: number;
-  /**
-   * Builds a virtqueue for a ring kind other than split (the packed ring plugs in
-   * here); the default knows split rings only.
-   */
+  /** Replaces how virtqueues are built (fault injection); by default split or packed per `ring`. */
   createQueue?: (kind: RingKind, options: VirtqueueOptions) => Virtqueue;
   /** How long to keep retrying the connect (when `open` is given a socket path). */
   connect?: ConnectOptions;
@@ -219,7 +217,8 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
 
     const eventIdx = hasBit(features, VirtioFeature.VIRTIO_RING_F_EVENT_IDX);
     const createQueue = options.createQueue ?? defaultCreateQueue;
-    const ringBytes = alignUp(SplitVirtqueue.footprint(queueSize), PAGE) * 2 + PAGE;
+    const footprint = ring === 'packed' ? PackedVirtqueue.footprint(queueSize) : SplitVirtqueue.footprint(queueSize);
+    const ringBytes = alignUp(footprint, PAGE) * 2 + PAGE;
     const pairBytes = ringBytes + alignUp(queueSize * txSlotSize, PAGE) + alignUp(queueSize * rxBufferSize + MERGE_AREA, PAGE);
     const memory = GuestMemory.create({ size: alignUp(pairBytes * wantPairs, 2 * 1024 * 1024) });
     opened.push(memory);
@@ -509,8 +508,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
 }
 
 function defaultCreateQueue(kind: RingKind, options: VirtqueueOptions): Virtqueue {
-  if (kind !== 'split') throw new VhostUserError('VHOST_INVALID_ARGUMENT', `no ${kind} virtqueue implementation was given`);
-  return new SplitVirtqueue(options);
+  return kind === 'packed' ? new PackedVirtqueue(options) : new SplitVirtqueue(options);
 }
 
 function alignUp(n: number, to: number): number {

@@ -14,6 +14,7 @@
  * flags are written last with Atomics.store, which also orders that store before
  * the read of the Driver Event Suppression structure in needsCall().
  */
+import type { DescSegment } from './split-device.js';
 import { VhostUserError } from '../../errors.js';
 import type { GuestMemoryAccess } from '../../memory/guest-memory-access.js';
 import {
@@ -32,11 +33,8 @@ import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '..
 const TWO_32 = 0x100000000;
 const U32_MAX = 0xffffffff;
 
-export interface PackedDescSegment {
-  gpa: number;
-  len: number;
-  writable: boolean;
-}
+/** The same shape as the split model's segments. */
+export type PackedDescSegment = DescSegment;
 
 export interface PackedDeviceChain {
   /** Buffer id (from the last descriptor of the list, §2.8.6): what push() returns. */
