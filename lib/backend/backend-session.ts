@@ -24,7 +24,9 @@ import { Config, MemoryTable, SingleMemoryRegion, U64, VringState, decodeVringFd
 import { frontendRequestSpec, type RequestSpec } from '../protocol/requests.js';
 import type { Connection, VhostUserMessage } from '../transport/connection.js';
 import { closeAll } from '../transport/msg-scratch.js';
+import { EventFd } from '../transport/eventfd.js';
 import { BackendMemory } from './backend-memory.js';
+import type { Fault, FaultPlan } from './faults.js';
 import type { DeviceModel, DeviceRings } from './devices/device.js';
 import { Refusal, violation, violationInfo, type ViolationInfo } from './violation.js';
 import { Vring, type Chain } from './vring-state.js';
@@ -44,9 +46,14 @@ export interface SessionHost {
   readonly queueNum: number;
   readonly maxMemSlots: number;
   readonly device: DeviceModel;
+  /** Faults to inject (faults.ts). */
+  readonly faults: FaultPlan;
   /** Reports a violation (the session then closes) or a refusal. */
   report(kind: 'violation' | 'refused', info: ViolationInfo): void;
 }
+
+/** A reply size field no front-end may wait for (fault 'huge-size'). */
+const HUGE_SIZE = 1 << 30;
 
 export class BackendSession implements DeviceRings {
   readonly memory: BackendMemory;
@@ -57,6 +64,8 @@ export class BackendSession implements DeviceRings {
   status = 0;
   closed = false;
   private pollTimer: NodeJS.Timeout | null = null;
+  /** Replies held back by a 'late-reply' fault. */
+  private readonly lateReplies = new Set<NodeJS.Timeout>();
 
   constructor(
     readonly id: number,
@@ -64,7 +73,11 @@ export class BackendSession implements DeviceRings {
     private readonly host: SessionHost,
   ) {
     this.memory = new BackendMemory(host.maxMemSlots);
-    this.rings = Array.from({ length: host.queueNum }, (_, index) => new Vring(index));
+    this.rings = Array.from({ length: host.queueNum }, (_, index) => this.newRing(index));
+  }
+
+  private newRing(index: number): Vring {
+    return new Vring(index, this.host.faults.isEmpty ? null : (i) => this.host.faults.takeRingFault(this.id, i));
   }
 
   get packed(): boolean {
@@ -92,13 +105,23 @@ export class BackendSession implements DeviceRings {
       return;
     }
     const name = frontendRequestName(m.request);
+    const fault = this.host.faults.isEmpty ? null : this.takeFault(m, name);
+    if (fault?.name === 'disconnect-before') {
+      closeAll(m.fds);
+      return this.close();
+    }
+    if (fault?.name === 'nak') {
+      closeAll(m.fds);
+      return this.conn.send(m.request, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, U64.encode(1n));
+    }
     let spec: RequestSpec | undefined;
     try {
       spec = this.validate(m, name);
       const reply = this.handle(spec, m);
       if (this.closed) return;
-      if (reply !== undefined) this.conn.send(m.request, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, reply);
-      else if (m.flags & VHOST_USER_NEED_REPLY_MASK) this.ack(m, 0n);
+      if (reply !== undefined) this.reply(m.request, reply, fault);
+      else if (m.flags & VHOST_USER_NEED_REPLY_MASK) this.ack(m, 0n, fault);
+      if (fault?.name === 'disconnect-after') this.close();
     } catch (e) {
       closeAll(m.fds);
       m.fds = [];
@@ -119,11 +142,54 @@ export class BackendSession implements DeviceRings {
     }
   }
 
-  private ack(m: VhostUserMessage, value: bigint): void {
+  private ack(m: VhostUserMessage, value: bigint, fault: Fault | null = null): void {
     if (!this.hasProtocol(ProtocolFeature.REPLY_ACK)) {
       throw violation('VHOST_BAD_FLAGS', 'NEED_REPLY set but REPLY_ACK was not negotiated', frontendRequestName(m.request), "vhost-user.rst, 'REPLY_ACK'");
     }
-    this.conn.send(m.request, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, U64.encode(value));
+    this.reply(m.request, U64.encode(value), fault);
+  }
+
+  /** The fault planned for this request, if any (faults.ts). */
+  private takeFault(m: VhostUserMessage, name: string): Fault | null {
+    const spec = frontendRequestSpec(m.request);
+    const needReply = (m.flags & VHOST_USER_NEED_REPLY_MASK) !== 0 && this.hasProtocol(ProtocolFeature.REPLY_ACK);
+    const replies = needReply || (spec !== undefined && spec.reply !== null && (spec.replyIfFeature === undefined || this.hasProtocol(spec.replyIfFeature)));
+    return this.host.faults.takeMessageFault(this.id, name, replies, needReply);
+  }
+
+  /** Sends a reply (or ack), broken the way `fault` says. */
+  private reply(request: number, body: Uint8Array, fault: Fault | null): void {
+    const flags = VHOST_USER_VERSION | VHOST_USER_REPLY_MASK;
+    switch (fault?.name) {
+      case 'wrong-code':
+        return this.conn.send(request === R.GET_FEATURES ? R.GET_PROTOCOL_FEATURES : R.GET_FEATURES, flags, body);
+      case 'wrong-flags':
+        return this.conn.send(request, VHOST_USER_VERSION, body);
+      case 'wrong-size':
+        return this.conn.send(request, flags, body.length >= 4 ? body.subarray(0, body.length - 4) : new Uint8Array(4));
+      case 'huge-size':
+        return this.conn.sendHeaderOnly(request, flags, HUGE_SIZE);
+      case 'unexpected-fds': {
+        const e = new EventFd();
+        try {
+          return this.conn.send(request, flags, body, [e.fd]);
+        } finally {
+          e.close();
+        }
+      }
+      case 'no-reply':
+        return;
+      case 'late-reply': {
+        const timer = setTimeout(() => {
+          this.lateReplies.delete(timer);
+          if (!this.closed) this.conn.send(request, flags, body);
+        }, fault.delayMs ?? 1000);
+        this.lateReplies.add(timer);
+        return;
+      }
+      default:
+        return this.conn.send(request, flags, body);
+    }
   }
 
   /** Header, code, feature, payload size and fd count: everything the table says. */
@@ -383,6 +449,7 @@ export class BackendSession implements DeviceRings {
 
   isReady(r: Vring): boolean {
     if (!r.started || !r.enabled) return false;
+    if (!this.host.faults.isEmpty && this.host.faults.ringStopped(this.id, r.index)) return false;
     if (!r.hasQueue) this.rebuild(r);
     return r.hasQueue;
   }
@@ -407,7 +474,7 @@ export class BackendSession implements DeviceRings {
   /** RESET_OWNER (everything, memory too) or RESET_DEVICE / status 0 (the device). */
   private reset(owner: boolean): void {
     for (const r of this.rings) r.release();
-    this.rings.forEach((_, i) => (this.rings[i] = new Vring(i)));
+    this.rings.forEach((_, i) => (this.rings[i] = this.newRing(i)));
     this.ackedFeatures = null;
     this.status = 0;
     if (owner) {
@@ -424,6 +491,8 @@ export class BackendSession implements DeviceRings {
     this.closed = true;
     if (this.pollTimer) clearInterval(this.pollTimer);
     this.pollTimer = null;
+    for (const t of this.lateReplies) clearTimeout(t);
+    this.lateReplies.clear();
     for (const r of this.rings) r.release();
     this.memory.close();
     this.conn.close(reason);

@@ -32,12 +32,14 @@ import { VirtioFeature, bit, type DeviceKind } from '../protocol/constants.js';
 import { Connection } from '../transport/connection.js';
 import { UnixListener } from '../transport/unix-listener.js';
 import { BackendSession } from './backend-session.js';
+import { FaultPlan, formatFault, type Fault } from './faults.js';
 import { BlkDevice, BlkImage, type BlkStats } from './devices/blk.js';
 import type { DeviceModel } from './devices/device.js';
 import { NetLoopback, type NetStats } from './devices/net-loopback.js';
 import { violationInfo, type ViolationInfo } from './violation.js';
 
 export type { ViolationInfo } from './violation.js';
+export { FAULT_NAMES, MESSAGE_FAULTS, RING_FAULTS, parseFault, formatFault, type Fault, type FaultName } from './faults.js';
 export type { NetStats } from './devices/net-loopback.js';
 export type { BlkStats } from './devices/blk.js';
 
@@ -55,6 +57,8 @@ export interface ReferenceBackendOptions {
   mac?: Uint8Array;
   /** net: MTU in config space (default 1500). */
   mtu?: number;
+  /** Faults to inject (faults.ts): each fires once, on its first match, unless `repeat`. */
+  faults?: readonly Fault[];
   /** Pending accept wait before re-arming (ms); only for tests. */
   acceptTimeoutMs?: number;
 }
@@ -67,6 +71,8 @@ export interface ReferenceBackendEvents {
   violation: (info: ViolationInfo) => void;
   /** A well-formed request was refused (nack sent when REPLY_ACK asked for one). */
   refused: (info: ViolationInfo) => void;
+  /** A fault was injected on connection `connection` (`text` as `--fault` takes it). */
+  fault: (connection: number, fault: Fault, text: string) => void;
   /** An internal failure (listener error); the back-end keeps going when it can. */
   error: (error: VhostUserError) => void;
 }
@@ -93,6 +99,8 @@ export class ReferenceBackend extends EventEmitter<ReferenceBackendEvents> {
   private readonly image: BlkImage | null;
   private readonly model: DeviceModel;
   private readonly acceptTimeoutMs: number;
+  /** The faults planned and which fired. */
+  readonly faults: FaultPlan;
   private session: BackendSession | null = null;
   private closed = false;
 
@@ -112,6 +120,7 @@ export class ReferenceBackend extends EventEmitter<ReferenceBackendEvents> {
         : new BlkDevice(image!, this.queueNum, this.blk);
     this.features = COMMON_FEATURES | this.model.features;
     this.acceptTimeoutMs = options.acceptTimeoutMs ?? 2 ** 31 - 1;
+    this.faults = new FaultPlan(options.faults ?? [], (f, connection) => this.emit('fault', connection, f, formatFault(f)));
     this.listener = UnixListener.listen(path);
   }
 
@@ -180,6 +189,7 @@ export class ReferenceBackend extends EventEmitter<ReferenceBackendEvents> {
         queueNum: this.queueNum,
         maxMemSlots: this.maxMemSlots,
         device: this.model,
+        faults: this.faults,
         report: (kind, info) => (kind === 'violation' ? this.emit('violation', info) : this.emit('refused', info)),
       });
       this.session = session;

@@ -14,7 +14,11 @@ import { SplitDeviceQueue, type DeviceChain } from '../virtqueue/device/split-de
 import { PACKED_DESC_SIZE, PACKED_QUEUE_MAX_SIZE } from '../virtqueue/packed-layout.js';
 import { VIRTQUEUE_MAX_SIZE } from '../virtqueue/split-layout.js';
 import type { BackendMemory } from './backend-memory.js';
+import type { Fault } from './faults.js';
 import { violation } from './violation.js';
+
+/** Asks the fault plan whether the next completion on ring `index` is to be corrupted. */
+export type RingFaultSource = (index: number) => Fault | null;
 
 /** A chain popped from either ring kind. */
 export interface Chain {
@@ -57,7 +61,10 @@ export class Vring {
   /** net TX: a chain taken from the ring, waiting for an RX buffer. */
   pendingTx: Chain | null = null;
 
-  constructor(readonly index: number) {}
+  constructor(
+    readonly index: number,
+    private readonly ringFault: RingFaultSource | null = null,
+  ) {}
 
   /** True when a device queue model (split or packed) is built. */
   get hasQueue(): boolean {
@@ -232,8 +239,48 @@ export class Vring {
   }
 
   push(c: Chain, len: number): void {
+    const fault = this.ringFault?.(this.index) ?? null;
+    if (fault !== null) return this.pushCorrupt(fault, c, len);
     if (this.split) this.split.push(c.head, len);
     else this.packed!.push(c.head, c.descCount, len);
+  }
+
+  /**
+   * Completes `c` the way a buggy device would (faults.ts, RING_FAULTS). 'Not
+   * outstanding' uses the id half a ring away from the chain's: outstanding only
+   * when more than half the ring is in flight (a full RX ring), so target a TX ring
+   * for a deterministic fault.
+   */
+  private pushCorrupt(fault: Fault, c: Chain, len: number): void {
+    const size = this.num;
+    const other = (c.head + (size >> 1)) % size;
+    const s = this.split;
+    const p = this.packed!;
+    switch (fault.name) {
+      case 'used-id-out-of-range':
+        return s ? s.pushRaw(size, len) : p.push(size, c.descCount, len);
+      case 'used-id-not-outstanding':
+        return s ? s.pushRaw(other, len) : p.push(other, c.descCount, len);
+      case 'used-len-too-large':
+        return s ? s.push(c.head, c.writableBytes + 1) : p.push(c.head, c.descCount, c.writableBytes + 1);
+      case 'used-duplicate':
+        if (s) {
+          s.push(c.head, len);
+          return s.pushRaw(c.head, len);
+        }
+        p.push(c.head, c.descCount, len);
+        return p.push(c.head, c.descCount, len);
+      case 'used-idx-jump':
+        if (s) {
+          s.push(c.head, len);
+          return s.setUsedIdx(s.usedIndex + size + 1);
+        }
+        // Packed rings have no index: one completion more than was made available.
+        p.push(c.head, c.descCount, len);
+        return p.pushRaw(p.usedSlot, c.head, len, p.usedFlags);
+      default:
+        throw new Error(`${fault.name} is not a used-ring fault`);
+    }
   }
 
   /** Signals the call fd when the driver asked for it. */

@@ -89,10 +89,15 @@ export class FrontendChannel extends EventEmitter<FrontendChannelEvents> {
   }
 
   /** Breaks the channel from above, e.g. when a reply decodes but says something impossible. */
-  fail(error: VhostUserError): void {
+  fail(cause: VhostUserError): void {
     if (this.brokenBy) return;
-    this.brokenBy = error;
     const w = this.waiter;
+    // A lost connection is reported against the request that was waiting for its reply.
+    const error =
+      w && cause.request === undefined && cause.code !== 'VHOST_CLIENT_CLOSED'
+        ? new VhostUserError(cause.code, `${w.spec.name}: ${cause.message}`, { request: w.spec.name, errno: cause.errno, rule: cause.rule, cause })
+        : cause;
+    this.brokenBy = error;
     this.waiter = null;
     if (w) {
       clearTimeout(w.timer);

@@ -25,3 +25,8 @@ export {
   startQemuStorageDaemon,
   type QemuStorageDaemonOptions,
 } from './qemu-storage-daemon.js';
+export {
+  ReferenceBackendProcess,
+  startReferenceBackend,
+  type ReferenceBackendProcessOptions,
+} from './reference-backend.js';

@@ -75,6 +75,17 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.stream.send(bytes, fds);
   }
 
+  /**
+   * Sends a header announcing `size` payload bytes and no payload: what a broken
+   * or hostile peer does. Only fault injection (lib/backend/faults.ts) uses it.
+   */
+  sendHeaderOnly(request: number, flags: number, size: number): void {
+    if (this.closed) throw new VhostUserError('VHOST_DISCONNECTED', 'connection is closed');
+    const bytes = new Uint8Array(VHOST_USER_HDR_SIZE);
+    encodeHeader({ request, flags, size }, bytes, 0);
+    this.stream.send(bytes, []);
+  }
+
   /** Closes the socket and any fds of a half-received message. Emits `close` once. */
   close(error?: VhostUserError): void {
     if (this.closed) return;

@@ -283,6 +283,27 @@ export class PackedVirtqueue implements Virtqueue {
     return (at - old + cycle) % cycle < (now - old + cycle) % cycle;
   }
 
+  resumeBase(): number {
+    this.checkUsable();
+    // Walk the used descriptors not yet reaped, by our own chain lengths (§2.8.6), without consuming them.
+    let slot = this.nextUsed;
+    let wrap = this.usedWrap;
+    for (let seen = 0; ; seen++) {
+      const flags = Atomics.load(this.desc16, (slot << 3) + FLAGS16);
+      if (((flags >> 7) & 1) !== wrap || ((flags >> 15) & 1) !== wrap) break;
+      const id = this.desc16[(slot << 3) + ID16]!;
+      if (seen >= this.visible || id >= this.size || this.inFlight[id] === 0) {
+        return this.fail(ringError('VHOST_RING_IDX_JUMP', this.index, `used descriptor at slot ${slot} (id ${id}) beyond the ${this.visible} buffers outstanding`, 'virtio 1.2 §2.8.22: the device returns only buffers made available'));
+      }
+      slot += this.descCount[id]!;
+      if (slot >= this.size) {
+        slot -= this.size;
+        wrap ^= 1;
+      }
+    }
+    return (slot | (wrap << 15) | (slot << 16) | (wrap << 31)) >>> 0;
+  }
+
   hasUsed(): boolean {
     this.checkUsable();
     return this.usedAt(this.nextUsed);

@@ -221,6 +221,16 @@ export class SplitVirtqueue implements Virtqueue {
     return (Atomics.load(this.usedU16, 0) & VRING_USED_F_NO_NOTIFY) === 0;
   }
 
+  resumeBase(): number {
+    this.checkUsable();
+    const usedIdx = Atomics.load(this.usedU16, 1);
+    const done = (usedIdx - this.lastUsedIdx) & 0xffff;
+    if (done > this.visible) {
+      return this.fail(ringError('VHOST_RING_IDX_JUMP', this.index, `used.idx moved by ${done} with ${this.visible} published buffers outstanding`, 'virtio 1.2 §2.7.8: the device returns only buffers made available'));
+    }
+    return usedIdx;
+  }
+
   hasUsed(): boolean {
     return Atomics.load(this.usedU16, 1) !== this.lastUsedIdx;
   }

@@ -110,6 +110,17 @@ export interface Virtqueue {
    * or the packed encoding of avail/used positions and wrap counters.
    */
   readonly vringBase: number;
+
+  /**
+   * Where a new device should resume when the old one vanished without
+   * answering GET_VRING_BASE (a crash): just past the last completion it wrote,
+   * reaped or not. Buffers made available after that are processed again by the
+   * new device. Assumes the device completes in order, as every vhost-user net
+   * back-end does; QEMU makes the same assumption when it restores last_avail_idx
+   * from the used index (virtio_queue_restore_last_avail_idx). Throws a
+   * VHOST_RING_* error if the used ring shows more completions than are outstanding.
+   */
+  resumeBase(): number;
 }
 
 export function ringError(code: VhostErrorCode, index: number, message: string, rule: string, cause?: unknown): VhostUserError {

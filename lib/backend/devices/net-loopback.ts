@@ -111,8 +111,11 @@ export class NetLoopback implements DeviceModel {
         write(mem.bytes(seg.gpa + skip, seg.len - skip));
         skip = 0;
       }
-      rx.push(x, VIRTIO_NET_HDR_SIZE + frameLen);
+      // TX completes before RX: should this process die between the two, the frame
+      // is lost (the TX buffer is done) rather than sent again by a front-end that
+      // resumes the TX ring from its used index, so no frame is delivered twice.
       tx.push(t, 0);
+      rx.push(x, VIRTIO_NET_HDR_SIZE + frameLen);
       rxDone++;
       txDone++;
       this.stats.frames++;

@@ -2,7 +2,8 @@
  * `vhost-user serve`: runs the reference back-end (lib/backend/reference-backend.ts)
  * until SIGINT or SIGTERM, printing one line (or JSON object) per connection event.
  */
-import { ReferenceBackend } from '../../backend/reference-backend.js';
+import { FAULT_NAMES, parseFault, ReferenceBackend } from '../../backend/reference-backend.js';
+import { UsageError } from '../args.js';
 import { defineCommand } from '../command.js';
 
 export default defineCommand({
@@ -12,17 +13,34 @@ export default defineCommand({
     'Listens on --socket and serves one front-end connection after another with the strict reference\n' +
     'back-end: a net loopback (frames sent on TX ring 2i come back on RX ring 2i) or a blk disk over\n' +
     '--image or a memfd of --size bytes. Protocol violations close the connection and are reported;\n' +
-    'the next connection is served. Prints one line per event (--json: one JSON object per line).',
+    'the next connection is served. Prints one line per event (--json: one JSON object per line).\n' +
+    '\n' +
+    '--fault NAME[@TARGET][,...] makes it misbehave once (every time with --fault-repeat), for testing\n' +
+    'front-ends: TARGET is a request name for message faults (disconnect-before@SET_MEM_TABLE) and a\n' +
+    'ring index for ring faults (used-idx-jump@1). Faults: ' + FAULT_NAMES.join(', ') + '.',
   options: {
     socket: { type: 'string', required: true, valueName: 'PATH', description: 'socket path to listen on' },
     device: { type: 'enum', choices: ['net', 'blk'], default: 'net', description: 'device to serve' },
     image: { type: 'string', valueName: 'FILE', description: 'blk: disk image file (read-write)' },
     size: { type: 'number', integer: true, min: 512, valueName: 'BYTES', description: 'blk without --image: memfd disk size (default 64 MiB)' },
     queues: { type: 'number', integer: true, min: 1, max: 256, valueName: 'N', description: 'virtqueues offered (default: net 8, blk 1)' },
+    fault: { type: 'string', valueName: 'NAME[@TARGET]', description: 'inject faults, comma-separated (see above)' },
+    faultRepeat: { type: 'boolean', description: 'fire each fault on every match, not only the first' },
+    lateMs: { type: 'number', integer: true, min: 0, default: 1000, valueName: 'MS', description: 'delay of the late-reply fault' },
     json: { type: 'boolean', description: 'print JSON lines' },
   },
   async run(args, io) {
+    let faults;
+    try {
+      faults = (args.fault ?? '')
+        .split(',')
+        .filter((t) => t !== '')
+        .map((t) => ({ ...parseFault(t.trim()), delayMs: args.lateMs, repeat: args.faultRepeat }));
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
     const backend = ReferenceBackend.listen(args.socket, {
+      faults,
       device: args.device as 'net' | 'blk',
       ...(args.image !== undefined ? { blkImage: args.image } : {}),
       ...(args.size !== undefined ? { blkSize: args.size } : {}),
@@ -41,6 +59,7 @@ export default defineCommand({
       const stats = backend.device === 'net' ? { ...backend.net } : { ...backend.blk };
       emit('disconnect', { connection: id, reason: reason?.code ?? null, stats }, `connection ${id}: closed${reason ? ` (${reason.code})` : ''}; ${Object.entries(stats).map(([k, v]) => `${k} ${v}`).join(', ')}`);
     });
+    backend.on('fault', (id, _f, text) => emit('fault', { connection: id, fault: text }, `connection ${id}: injected fault ${text}`));
     backend.on('error', (e) => emit('error', { code: e.code, message: e.message }, `error ${e.code}: ${e.message}`));
     const signal = await new Promise<string>((resolve) => {
       const on = (s: NodeJS.Signals) => {

@@ -19,6 +19,7 @@ import { VhostUserError } from '../../errors.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { bit, hasBit, ProtocolFeature, VirtioFeature, VirtioNetFeature } from '../../protocol/constants.js';
 import { EventFd } from '../../transport/eventfd.js';
+import type { UnixListener } from '../../transport/unix-listener.js';
 import type { ConnectOptions } from '../../transport/unix-stream.js';
 import { PackedVirtqueue } from '../../virtqueue/packed-queue.js';
 import { SplitVirtqueue } from '../../virtqueue/split-queue.js';
@@ -51,6 +52,40 @@ export interface VirtioNetOptions extends VhostUserClientOptions {
   createQueue?: (kind: RingKind, options: VirtqueueOptions) => Virtqueue;
   /** How long to keep retrying the connect (when `open` is given a socket path). */
   connect?: ConnectOptions;
+  /**
+   * Survive the back-end going away: connect again (client mode, `open(path)`) or
+   * accept again (server mode, `accept(listener)`), replay the device state and
+   * resume the rings. `true` takes the defaults.
+   */
+  reconnect?: boolean | ReconnectOptions;
+}
+
+export interface ReconnectOptions {
+  /** Give up (and emit `disconnect`) when no back-end is back within this time (default 30 000 ms). */
+  timeoutMs?: number;
+  /** First pause between attempts (default 50 ms), doubled after each failure. */
+  initialDelayMs?: number;
+  /** Longest pause between attempts (default 1000 ms). */
+  maxDelayMs?: number;
+}
+
+/** What a reconnect found and did, per queue pair. */
+export interface ReconnectReport {
+  /** Connections tried, the successful one included. */
+  attempts: number;
+  /** From noticing the loss to the device running again. */
+  downMs: number;
+  /** The error that ended the previous connection. */
+  cause: VhostUserError;
+  queues: {
+    /** TX buffers the new back-end processes again (made available, never completed by the old one). */
+    txResumed: number;
+    /** RX buffers handed to the new back-end again. */
+    rxResumed: number;
+    /** Ring positions sent with SET_VRING_BASE. */
+    txBase: number;
+    rxBase: number;
+  }[];
 }
 
 /** A burst of received frames: `count` frames at buffer[offsets[i] .. + lengths[i]). */
@@ -111,14 +146,22 @@ interface QueuePair {
 export interface VirtioNetEvents {
   /** A burst arrived (interrupt mode, see startInterrupts()). The burst is valid during the call only. */
   frames: (queue: number, burst: RxBurst) => void;
+  /** The back-end is gone for good (or reconnecting gave up). */
   disconnect: (error: VhostUserError) => void;
+  /** With `reconnect`: the back-end went away; attempts to get it back start now. */
+  reconnecting: (cause: VhostUserError) => void;
+  /** With `reconnect`: a back-end is serving the rings again. */
+  reconnect: (report: ReconnectReport) => void;
 }
+
+/** Gets a fresh connection to a back-end, within `timeoutMs`. */
+type Connector = (timeoutMs: number) => Promise<VhostUserClient>;
 
 const PAGE = 4096;
 const MERGE_AREA = 65536;
 
 export class VirtioNet extends EventEmitter<VirtioNetEvents> {
-  readonly client: VhostUserClient;
+  private current: VhostUserClient;
   readonly memory: GuestMemory;
   /** Features acknowledged with SET_FEATURES. */
   readonly features: bigint;
@@ -133,7 +176,11 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   private readonly mrgRxbuf: boolean;
   private readonly reapTokens: Uint32Array;
   private readonly reapLengths: Uint32Array;
+  private readonly options: VirtioNetOptions;
+  private readonly connector: Connector | null;
   private closed = false;
+  /** Reconnects completed. */
+  reconnects = 0;
 
   private constructor(init: {
     client: VhostUserClient;
@@ -145,9 +192,13 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     rxBufferSize: number;
     txSlotSize: number;
     config: NetConfig | null;
+    options: VirtioNetOptions;
+    connector: Connector | null;
   }) {
     super();
-    this.client = init.client;
+    this.current = init.client;
+    this.options = init.options;
+    this.connector = init.connector;
     this.memory = init.memory;
     this.features = init.features;
     this.pairs = init.pairs;
@@ -160,7 +211,12 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     this.mrgRxbuf = hasBit(init.features, VirtioNetFeature.VIRTIO_NET_F_MRG_RXBUF);
     this.reapTokens = new Uint32Array(init.queueSize);
     this.reapLengths = new Uint32Array(init.queueSize);
-    this.client.on('disconnect', (e) => this.emit('disconnect', e));
+    this.watch(this.current);
+  }
+
+  /** The connection in use (a new one after each reconnect). */
+  get client(): VhostUserClient {
+    return this.current;
   }
 
   /**
@@ -169,18 +225,34 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
    * back-end speaks STATUS. On failure everything opened here is closed again.
    */
   static async open(target: string | VhostUserClient, options: VirtioNetOptions = {}): Promise<VirtioNet> {
-    const client = typeof target === 'string' ? await VhostUserClient.connect(target, options) : target;
+    if (typeof target !== 'string') {
+      if (options.reconnect) throw new VhostUserError('VHOST_INVALID_ARGUMENT', 'reconnect needs a socket path or a listener to get a new connection from, not a client');
+      return VirtioNet.start(target, options, null, false);
+    }
+    const connector: Connector = (timeoutMs) => VhostUserClient.connect(target, { ...options, connect: { ...options.connect, timeoutMs } });
+    const client = await VhostUserClient.connect(target, options);
+    return VirtioNet.start(client, options, connector, true);
+  }
+
+  /** Server mode: waits for a back-end to connect to `listener` (DPDK `client=1`); with `reconnect`, for the next one after it goes away. */
+  static async accept(listener: UnixListener, options: VirtioNetOptions & { acceptTimeoutMs?: number } = {}): Promise<VirtioNet> {
+    const connector: Connector = (timeoutMs) => VhostUserClient.accept(listener, { ...options, acceptTimeoutMs: timeoutMs });
+    const client = await VhostUserClient.accept(listener, options);
+    return VirtioNet.start(client, options, connector, true);
+  }
+
+  private static async start(client: VhostUserClient, options: VirtioNetOptions, connector: Connector | null, ownsClient: boolean): Promise<VirtioNet> {
     const opened: { close(): void }[] = [];
     try {
-      return await VirtioNet.setUp(client, options, opened);
+      return await VirtioNet.setUp(client, options, opened, connector);
     } catch (e) {
       for (const r of opened.reverse()) r.close();
-      if (typeof target === 'string') client.close();
+      if (ownsClient) client.close();
       throw e;
     }
   }
 
-  private static async setUp(client: VhostUserClient, options: VirtioNetOptions, opened: { close(): void }[]): Promise<VirtioNet> {
+  private static async setUp(client: VhostUserClient, options: VirtioNetOptions, opened: { close(): void }[], connector: Connector | null): Promise<VirtioNet> {
     const negotiated = await client.negotiate();
     const offered = negotiated.features;
     const ring = options.ring ?? 'split';
@@ -258,42 +330,99 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
         counters: new Float64Array(COUNTERS),
       });
     }
+    // Where the device starts: before the RX buffers filled in next, which it must see.
+    const bases = new Map(pairs.flatMap((p) => [[p.rx, p.rx.vringBase] as const, [p.tx, p.tx.vringBase] as const]));
     for (const pair of pairs) {
-      for (const [vq, kick, call] of [
-        [pair.rx, pair.rxKick, pair.rxCall],
-        [pair.tx, pair.txKick, pair.txCall],
-      ] as const) {
-        const a = vq.addresses;
-        await client.setVringNum(vq.index, queueSize);
-        await client.setVringAddr({
-          index: vq.index,
-          descUserAddr: memory.userAddr(a.desc),
-          availUserAddr: memory.userAddr(a.driver),
-          usedUserAddr: memory.userAddr(a.device),
-        });
-        await client.setVringBase(vq.index, vq.vringBase);
-        await client.setVringCall(vq.index, call.fd);
-        await client.setVringKick(vq.index, kick.fd);
-      }
-      // Fill the RX ring before the device starts looking at it.
       for (let s = 0; s < queueSize; s++) pair.rx.addBuffer(pair.rxPoolGpa + s * rxBufferSize, rxBufferSize, true, s);
       pair.rx.publish();
     }
-    if (hasBit(features, VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)) {
-      for (const pair of pairs) {
-        await client.setVringEnable(pair.rx.index, true);
-        await client.setVringEnable(pair.tx.index, true);
-      }
-    }
-    for (const pair of pairs) pair.rxKick.signal();
+    await startRings(client, pairs, memory, features, (vq) => bases.get(vq)!);
     let config: NetConfig | null = null;
     if (client.hasProtocolFeature(ProtocolFeature.CONFIG)) {
       config = decodeNetConfig(await client.getConfig(0, NET_CONFIG_SIZE), features);
     }
-    if (client.hasProtocolFeature(ProtocolFeature.STATUS)) {
-      await client.setStatus(0x1 | 0x2 | 0x8 | 0x4); // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+    if (client.hasProtocolFeature(ProtocolFeature.STATUS)) await client.setStatus(DRIVER_OK_STATUS);
+    return new VirtioNet({ client, memory, features, pairs, queueSize, ring, rxBufferSize, txSlotSize, config, options, connector });
+  }
+
+  // ------------------------------------------------------------ reconnect
+
+  private watch(client: VhostUserClient): void {
+    client.once('disconnect', (e) => {
+      if (this.closed || client !== this.current) return;
+      if (this.options.reconnect && this.connector) void this.reconnect(e);
+      else this.emit('disconnect', e);
+    });
+  }
+
+  /**
+   * Gets a back-end again and replays what the device had (QEMU's vhost-user
+   * reconnect does the same: vhost_dev_start on a fresh vhost_dev): features,
+   * protocol features, memory table, then every ring with its size, addresses,
+   * eventfds and a base resuming after the last completion the old back-end
+   * wrote (Virtqueue.resumeBase). The packet path keeps working meanwhile:
+   * sendBurst fills the ring until it is full, receiveBurst returns what was
+   * completed before the loss.
+   */
+  private async reconnect(cause: VhostUserError): Promise<void> {
+    const o = this.options.reconnect === true ? {} : (this.options.reconnect as ReconnectOptions);
+    const t0 = Date.now();
+    const deadline = t0 + (o.timeoutMs ?? 30_000);
+    let delay = o.initialDelayMs ?? 50;
+    let last: VhostUserError = cause;
+    this.emit('reconnecting', cause);
+    for (let attempts = 1; !this.closed; attempts++) {
+      let client: VhostUserClient | null = null;
+      try {
+        client = await this.connector!(Math.max(1, deadline - Date.now()));
+        if (this.closed) break;
+        const queues = await this.replay(client);
+        if (this.closed) break;
+        this.current.close();
+        this.current = client;
+        this.watch(client);
+        if (client.isBroken) throw client.error!;
+        this.reconnects++;
+        this.emit('reconnect', { attempts, downMs: Date.now() - t0, cause, queues });
+        return;
+      } catch (e) {
+        client?.close();
+        last = e instanceof VhostUserError ? e : new VhostUserError('VHOST_INVALID_STATE', String(e), { cause: e });
+        // A ring the old back-end corrupted cannot be resumed by any back-end.
+        if (last.code.startsWith('VHOST_RING_')) break;
+      }
+      if (Date.now() + delay >= deadline) break;
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, o.maxDelayMs ?? 1000);
     }
-    return new VirtioNet({ client, memory, features, pairs, queueSize, ring, rxBufferSize, txSlotSize, config });
+    if (this.closed) return;
+    const code = last.code.startsWith('VHOST_RING_') || last.code === 'VHOST_CONNECT_TIMEOUT' ? last.code : 'VHOST_DISCONNECTED';
+    this.emit('disconnect', new VhostUserError(code, `reconnecting gave up after ${Date.now() - t0} ms: ${last.toLine()}`, { request: last.request, cause: last }));
+  }
+
+  /** Sets the device up on a fresh connection, resuming every ring; returns the per-pair report. */
+  private async replay(client: VhostUserClient): Promise<ReconnectReport['queues']> {
+    const negotiated = await client.negotiate();
+    const missing = this.features & ~negotiated.features;
+    if (missing !== 0n) {
+      throw new VhostUserError('VHOST_FEATURE_NOT_NEGOTIATED', `the back-end no longer offers features 0x${missing.toString(16)} the device runs with`, { request: 'GET_FEATURES' });
+    }
+    await client.setFeatures(this.features);
+    const mtu = this.options.mtu;
+    if (mtu !== undefined && client.hasProtocolFeature(ProtocolFeature.MTU) && hasBit(this.features, VirtioNetFeature.VIRTIO_NET_F_MTU)) await client.netSetMtu(mtu);
+    await client.setMemTable(this.memory);
+    const report: ReconnectReport['queues'] = [];
+    const bases = new Map<Virtqueue, number>();
+    for (const pair of this.pairs) {
+      const txBase = pair.tx.resumeBase();
+      const rxBase = pair.rx.resumeBase();
+      bases.set(pair.tx, txBase).set(pair.rx, rxBase);
+      report.push({ txBase, rxBase, txResumed: resumed(pair.tx, txBase), rxResumed: resumed(pair.rx, rxBase) });
+    }
+    await startRings(client, this.pairs, this.memory, this.features, (vq) => bases.get(vq)!);
+    for (const pair of this.pairs) pair.txKick.signal();
+    if (client.hasProtocolFeature(ProtocolFeature.STATUS)) await client.setStatus(DRIVER_OK_STATUS);
+    return report;
   }
 
   /** The largest frame sendBurst() accepts. */
@@ -505,6 +634,49 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     if (p === undefined) throw new VhostUserError('VHOST_INVALID_ARGUMENT', `queue pair ${queue} does not exist (${this.queuePairs} configured)`);
     return p;
   }
+}
+
+const DRIVER_OK_STATUS = 0x1 | 0x2 | 0x8 | 0x4; // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+
+/**
+ * Programs every ring of every pair (size, addresses, `base`, call and kick
+ * eventfds), enables them when PROTOCOL_FEATURES was negotiated, and kicks the RX
+ * rings so the back-end sees the buffers already there.
+ */
+async function startRings(client: VhostUserClient, pairs: readonly QueuePair[], memory: GuestMemory, features: bigint, base: (vq: Virtqueue) => number): Promise<void> {
+  for (const pair of pairs) {
+    for (const [vq, kick, call] of [
+      [pair.rx, pair.rxKick, pair.rxCall],
+      [pair.tx, pair.txKick, pair.txCall],
+    ] as const) {
+      const a = vq.addresses;
+      await client.setVringNum(vq.index, vq.size);
+      await client.setVringAddr({
+        index: vq.index,
+        descUserAddr: memory.userAddr(a.desc),
+        availUserAddr: memory.userAddr(a.driver),
+        usedUserAddr: memory.userAddr(a.device),
+      });
+      await client.setVringBase(vq.index, base(vq));
+      await client.setVringCall(vq.index, call.fd);
+      await client.setVringKick(vq.index, kick.fd);
+    }
+  }
+  if (hasBit(features, VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)) {
+    for (const pair of pairs) {
+      await client.setVringEnable(pair.rx.index, true);
+      await client.setVringEnable(pair.tx.index, true);
+    }
+  }
+  for (const pair of pairs) pair.rxKick.signal();
+}
+
+/** Buffers between the resume position and what the driver has published: processed again by the new device. */
+function resumed(vq: Virtqueue, base: number): number {
+  if (!vq.packed) return (vq.vringBase - base) & 0xffff;
+  const size = vq.size;
+  const pos = (b: number) => (b & 0x7fff) + (((b >>> 15) & 1) === 1 ? size : 0);
+  return (pos(vq.vringBase) - pos(base) + 2 * size) % (2 * size);
 }
 
 function defaultCreateQueue(kind: RingKind, options: VirtqueueOptions): Virtqueue {

@@ -61,6 +61,11 @@ export class SplitDeviceQueue {
     return this.lastAvailIdx;
   }
 
+  /** The used.idx this device last published. */
+  get usedIndex(): number {
+    return this.usedIdx;
+  }
+
   /** Takes the next available chain, or null when the driver has published nothing new. */
   pop(): DeviceChain | null {
     const availIdx = Atomics.load(this.avail, 1);
