@@ -12,7 +12,7 @@ import { RxBurst, VirtioNet, type RingKind } from '../../lib/devices/net/virtio-
 import { VhostUserError } from '../../lib/errors.js';
 import { GuestMemory } from '../../lib/memory/guest-memory.js';
 import { buildUdpFrameOfSize } from '../../lib/net/frame-builder.js';
-import { resourceSnapshot, settle } from '../helpers/resources.js';
+import { resourceSnapshot, settle, timerCount } from '../helpers/resources.js';
 import { tempSocketPath } from '../helpers/socket-pair.js';
 
 const TIMEOUT_MS = 300;
@@ -20,7 +20,9 @@ const TIMEOUT_MS = 300;
 /** Runs `body` against a back-end with `faults`, then checks nothing leaked and a fresh connection works. */
 async function withFaultyBackend(faults: Fault[], body: (path: string, backend: ReferenceBackend) => Promise<void>): Promise<void> {
   const tmp = tempSocketPath();
+  await settle(0); // mocha arms the test's own timeout timer once the test function has returned
   const before = resourceSnapshot();
+  const timers = timerCount();
   const backend = ReferenceBackend.listen(tmp.path, { device: 'net', faults });
   try {
     await body(tmp.path, backend);
@@ -43,6 +45,7 @@ async function withFaultyBackend(faults: Fault[], body: (path: string, backend: 
   }
   await settle();
   expect(before.leaked()).to.deep.equal({ fds: 0, maps: 0 });
+  expect(timerCount(), 'timers left running').to.be.at.most(timers);
 }
 
 async function rejection(p: Promise<unknown>): Promise<VhostUserError> {

@@ -10,13 +10,13 @@ import path from 'node:path';
 import { rm } from 'node:fs/promises';
 import { RxBurst, VirtioNet, type ReconnectReport, type RingKind } from '../../lib/devices/net/virtio-net.js';
 import { VhostUserError } from '../../lib/errors.js';
-import { makeTempDir } from '../../lib/launch/backend-process.js';
+import { liveBackends, makeTempDir } from '../../lib/launch/backend-process.js';
 import { startTestpmd, type TestpmdBackend } from '../../lib/launch/dpdk-testpmd.js';
 import { startReferenceBackend, type ReferenceBackendProcess } from '../../lib/launch/reference-backend.js';
 import { buildUdpFrameOfSize, framePayloadIntact, frameSequence } from '../../lib/net/frame-builder.js';
 import { UnixListener } from '../../lib/transport/unix-listener.js';
 import { skipWithout } from '../helpers/backends.js';
-import { resourceSnapshot, settle } from '../helpers/resources.js';
+import { resourceSnapshot, settle, timerCount } from '../helpers/resources.js';
 
 const FRAME_SIZE = 128;
 
@@ -87,8 +87,11 @@ describe('virtio-net reconnect after the back-end is killed mid-traffic', functi
   const backends: { stop(): Promise<void> }[] = [];
   let net: VirtioNet | null = null;
 
+  let timers: number;
   beforeEach(async () => {
+    await settle(0); // so mocha's timer for this hook is armed, as it is for afterEach's below
     snap = resourceSnapshot();
+    timers = timerCount();
     dir = await makeTempDir('vhost-reconnect-');
   });
   afterEach(async () => {
@@ -98,6 +101,8 @@ describe('virtio-net reconnect after the back-end is killed mid-traffic', functi
     await rm(dir, { recursive: true, force: true });
     await settle();
     expect(snap.leaked()).to.deep.equal({ fds: 0, maps: 0 });
+    expect(liveBackends(), 'back-end processes left running').to.have.length(0);
+    expect(timerCount(), 'timers left running').to.be.at.most(timers);
   });
 
   // 'busy': killed while it works through a backlog of 400 frames; 'stopped': SIGSTOPped first,

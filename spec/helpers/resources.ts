@@ -29,6 +29,11 @@ export function resourceSnapshot(): { fds: number; maps: number; leaked(): { fds
   return { fds, maps, leaked: () => ({ fds: fdCount() - fds, maps: mapCount() - maps }) };
 }
 
+/** Timers (setTimeout/setInterval) alive in this process. */
+export function timerCount(): number {
+  return process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+}
+
 /** Lets pending uv_close callbacks and timers run. */
 export function settle(ms = 20): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
