@@ -28,6 +28,7 @@ import {
 import {
   Config,
   decodePackedVringBase,
+  Inflight,
   encodePayload,
   encodeVringFdIndex,
   Log,
@@ -108,6 +109,21 @@ export interface VringBase {
   num: number;
   /** The packed-ring reading of `num`, when VIRTIO_F_RING_PACKED was set with SET_FEATURES. */
   packed: PackedVringBase | null;
+}
+
+/**
+ * The shared inflight-tracking area (INFLIGHT_SHMFD): the back-end allocates it
+ * (GET_INFLIGHT_FD) and records there which descriptors it is working on; the
+ * front-end keeps the fd and hands it to a restarted back-end (SET_INFLIGHT_FD),
+ * which resubmits what was in flight (vhost-user.rst, "Inflight I/O tracking").
+ * The fd belongs to whoever holds this object: closeInflight() releases it.
+ */
+export interface InflightArea {
+  fd: number;
+  mmapSize: bigint;
+  mmapOffset: bigint;
+  numQueues: number;
+  queueSize: number;
 }
 
 export interface VhostUserClientEvents {
@@ -420,6 +436,33 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
     const payload = new Uint8Array(8);
     payload.set(mac, 0);
     await this.request(R.SEND_RARP, { payload });
+  }
+
+  /**
+   * GET_INFLIGHT_FD: asks the back-end for an inflight area for `numQueues` rings
+   * of `queueSize`. The returned fd is the caller's (keep it across reconnects,
+   * close it with closeInflight). A back-end that allocates nothing (mmap size 0)
+   * sends no fd: the result then has fd -1.
+   */
+  async getInflightFd(numQueues: number, queueSize: number): Promise<InflightArea> {
+    const payload = encodePayload(Inflight, { mmapSize: 0n, mmapOffset: 0n, numQueues, queueSize }, 'GET_INFLIGHT_FD');
+    const reply = await this.request(R.GET_INFLIGHT_FD, { payload, reply: Inflight });
+    const v = reply!.value as Inflight;
+    const fd = reply!.fds[0] ?? -1;
+    if ((fd < 0) !== (v.mmapSize === 0n)) {
+      if (fd >= 0) closeFd(fd);
+      const error = new VhostUserError('VHOST_INVALID_PAYLOAD', `GET_INFLIGHT_FD: mmap size ${v.mmapSize} ${fd < 0 ? 'without' : 'with'} an fd`, { request: 'GET_INFLIGHT_FD', rule: 'vhost-user.rst, "VHOST_USER_GET_INFLIGHT_FD": the reply carries the shared memory fd' });
+      this.channel.fail(error);
+      throw error;
+    }
+    return { fd, mmapSize: v.mmapSize, mmapOffset: v.mmapOffset, numQueues: v.numQueues || numQueues, queueSize: v.queueSize || queueSize };
+  }
+
+  /** SET_INFLIGHT_FD: hands an inflight area (from getInflightFd, maybe of an earlier connection) to the back-end. */
+  async setInflightFd(area: InflightArea): Promise<void> {
+    if (area.fd < 0) throw new VhostUserError('VHOST_INVALID_ARGUMENT', 'SET_INFLIGHT_FD needs the area\'s fd', { request: 'SET_INFLIGHT_FD' });
+    const payload = encodePayload(Inflight, area, 'SET_INFLIGHT_FD');
+    await this.request(R.SET_INFLIGHT_FD, { payload, fds: [area.fd], ordered: true });
   }
 
   /** Opens the back-end request channel: a socketpair whose far end goes to the back-end. */
