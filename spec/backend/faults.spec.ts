@@ -24,8 +24,13 @@ async function withFaultyBackend(faults: Fault[], body: (path: string, backend: 
   const before = resourceSnapshot();
   const timers = timerCount();
   const backend = ReferenceBackend.listen(tmp.path, { device: 'net', faults });
+  const unhandled: unknown[] = [];
+  const onUnhandled = (reason: unknown) => unhandled.push(reason);
+  process.on('unhandledRejection', onUnhandled);
   try {
     await body(tmp.path, backend);
+    await settle();
+    expect(unhandled, 'unhandled rejections').to.deep.equal([]);
     expect(backend.faults.fired.length, 'the fault fired').to.be.greaterThan(0);
     // Usable again: the next connection is served without the fault.
     const net = await VirtioNet.open(tmp.path, { timeoutMs: 2000 });
@@ -40,6 +45,7 @@ async function withFaultyBackend(faults: Fault[], body: (path: string, backend: 
       net.close();
     }
   } finally {
+    process.off('unhandledRejection', onUnhandled);
     backend.close();
     tmp.cleanup();
   }
