@@ -176,8 +176,8 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
   }
 
   /** Server mode: wait for a back-end to connect to `listener` (DPDK `client=1`). */
-  static async accept(listener: UnixListener, options: VhostUserClientOptions & { acceptTimeoutMs?: number } = {}): Promise<VhostUserClient> {
-    return new VhostUserClient(new Connection(await listener.accept(options.acceptTimeoutMs)), options);
+  static async accept(listener: UnixListener, options: VhostUserClientOptions & { acceptTimeoutMs?: number; signal?: AbortSignal } = {}): Promise<VhostUserClient> {
+    return new VhostUserClient(new Connection(await listener.accept(options.acceptTimeoutMs, options.signal)), options);
   }
 
   /** Features acknowledged with SET_FEATURES, or null before it. */

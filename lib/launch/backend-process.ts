@@ -161,7 +161,9 @@ export class BackendProcess {
       stream.on('data', (chunk: string) => this.#capture(key, chunk));
     }
     this.exited = new Promise((resolve) => {
+      let drain: NodeJS.Timeout | undefined;
       const settle = (code: number | null, signal: NodeJS.Signals | null) => {
+        clearTimeout(drain);
         this.#reaped = true;
         this.#status ??= { code, signal };
         resolve(this.#status);
@@ -170,7 +172,7 @@ export class BackendProcess {
       // 'close' waits for stdout/stderr to drain; do not hang if something else holds the pipes.
       child.once('exit', (code, signal) => {
         this.#reaped = true;
-        setTimeout(() => settle(code, signal), STDIO_DRAIN_MS).unref();
+        drain = setTimeout(() => settle(code, signal), STDIO_DRAIN_MS).unref();
       });
     });
     owned.add(this);

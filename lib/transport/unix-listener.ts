@@ -35,9 +35,10 @@ export class UnixListener {
     return new UnixListener(fd, path);
   }
 
-  /** Waits for the next back-end connection, at most `timeoutMs`. One accept() at a time. */
-  accept(timeoutMs = 30000): Promise<UnixStream> {
+  /** Waits for the next back-end connection, at most `timeoutMs` or until `signal` aborts. One accept() at a time. */
+  accept(timeoutMs = 30000, signal?: AbortSignal): Promise<UnixStream> {
     if (this.closed) return Promise.reject(new VhostUserError('VHOST_CLIENT_CLOSED', 'listener is closed'));
+    if (signal?.aborted) return Promise.reject(new VhostUserError('VHOST_CLIENT_CLOSED', 'accept aborted'));
     if (this.waiting) return Promise.reject(new VhostUserError('VHOST_BUSY', 'an accept() is already waiting'));
     const immediate = this.tryAccept();
     if (immediate) return Promise.resolve(immediate);
@@ -46,8 +47,11 @@ export class UnixListener {
         () => finish(new VhostUserError('VHOST_CONNECT_TIMEOUT', `no back-end connected to ${this.path} within ${timeoutMs} ms`)),
         timeoutMs,
       );
+      const onAbort = () => finish(new VhostUserError('VHOST_CLIENT_CLOSED', 'accept aborted'));
+      signal?.addEventListener('abort', onAbort, { once: true });
       const finish = (err: VhostUserError | null, stream?: UnixStream) => {
         clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
         this.waiting = null;
         this.watcher?.stop();
         if (err) reject(err);

@@ -20,6 +20,7 @@ export interface ConnectOptions {
   /** First retry delay; doubles up to maxDelayMs (defaults 10 and 500 ms). */
   initialDelayMs?: number;
   maxDelayMs?: number;
+  /** Stops retrying (VHOST_CONNECT_FAILED); a pending pause between retries ends at once. */
   signal?: AbortSignal;
 }
 
@@ -77,7 +78,11 @@ export class UnixStream {
           errno: errnoName(err),
         });
       }
-      await sleep(Math.min(delay, left));
+      // An abort ends the pause early (the timer is cleared) and is reported at the top of the loop.
+      await sleep(Math.min(delay, left), undefined, { signal: options.signal }).catch(() => undefined);
+      if (options.signal?.aborted) {
+        throw new VhostUserError('VHOST_CONNECT_FAILED', `connect ${path}: aborted`, { cause: options.signal.reason });
+      }
       delay = Math.min(delay * 2, options.maxDelayMs ?? 500);
     }
   }

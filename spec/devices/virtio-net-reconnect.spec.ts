@@ -16,7 +16,7 @@ import { startReferenceBackend, type ReferenceBackendProcess } from '../../lib/l
 import { buildUdpFrameOfSize, framePayloadIntact, frameSequence } from '../../lib/net/frame-builder.js';
 import { UnixListener } from '../../lib/transport/unix-listener.js';
 import { skipWithout } from '../helpers/backends.js';
-import { resourceSnapshot, settle, timerCount } from '../helpers/resources.js';
+import { leakedAfter, resourceSnapshot, settle, timerCount } from '../helpers/resources.js';
 
 const FRAME_SIZE = 128;
 
@@ -99,8 +99,7 @@ describe('virtio-net reconnect after the back-end is killed mid-traffic', functi
     net = null;
     for (const b of backends.splice(0)) await b.stop();
     await rm(dir, { recursive: true, force: true });
-    await settle();
-    expect(snap.leaked()).to.deep.equal({ fds: 0, maps: 0 });
+    expect(await leakedAfter(snap)).to.deep.equal({ fds: 0, maps: 0 });
     expect(liveBackends(), 'back-end processes left running').to.have.length(0);
     expect(timerCount(), 'timers left running').to.be.at.most(timers);
   });
@@ -159,6 +158,23 @@ describe('virtio-net reconnect after the back-end is killed mid-traffic', functi
     expect(['VHOST_CONNECT_TIMEOUT', 'VHOST_DISCONNECTED']).to.include(err.code);
     expect(err.message).to.match(/reconnecting gave up/);
     expect(Date.now() - t0).to.be.below(3000);
+  });
+
+  it('close() while reconnecting stops the attempts and leaves no fd, mapping or timer', async () => {
+    const socketPath = path.join(dir, 'ref.sock');
+    const backend = await startReferenceBackend({ socketPath });
+    backends.push(backend);
+    net = await VirtioNet.open(socketPath, { timeoutMs: 1000, reconnect: { timeoutMs: 20_000, initialDelayMs: 200 } });
+    const reconnecting = new Promise<VhostUserError>((r) => net!.once('reconnecting', r));
+    let gaveUp = false;
+    net.once('disconnect', () => (gaveUp = true));
+    await backend.kill9();
+    expect((await reconnecting).code).to.equal('VHOST_DISCONNECTED');
+    await settle(300); // attempts are under way (the stale socket refuses them)
+    net.close();
+    net = null;
+    await settle(100);
+    expect(gaveUp, 'no disconnect event after close()').to.equal(false);
   });
 
   describe('@integration dpdk-testpmd', () => {

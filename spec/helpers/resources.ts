@@ -34,6 +34,21 @@ export function timerCount(): number {
   return process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
 }
 
+/**
+ * Waits (up to `ms`) for fds and mappings to come back to the snapshot, then
+ * returns what is still leaked. Child-process pipes and uv handles close a few
+ * event-loop turns after the call that releases them; on a loaded 2-core
+ * machine that can take longer than one settle(). A real leak stays.
+ */
+export async function leakedAfter(snap: ReturnType<typeof resourceSnapshot>, ms = 1000): Promise<{ fds: number; maps: number }> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const l = snap.leaked();
+    if ((l.fds <= 0 && l.maps <= 0) || Date.now() >= deadline) return l;
+    await settle(10);
+  }
+}
+
 /** Lets pending uv_close callbacks and timers run. */
 export function settle(ms = 20): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));

@@ -154,8 +154,8 @@ export interface VirtioNetEvents {
   reconnect: (report: ReconnectReport) => void;
 }
 
-/** Gets a fresh connection to a back-end, within `timeoutMs`. */
-type Connector = (timeoutMs: number) => Promise<VhostUserClient>;
+/** Gets a fresh connection to a back-end, within `timeoutMs`, unless `signal` aborts first. */
+type Connector = (timeoutMs: number, signal: AbortSignal) => Promise<VhostUserClient>;
 
 const PAGE = 4096;
 const MERGE_AREA = 65536;
@@ -179,6 +179,10 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   private readonly options: VirtioNetOptions;
   private readonly connector: Connector | null;
   private closed = false;
+  /** Ends the pause between reconnect attempts (close() calls it). */
+  private stopWaiting: (() => void) | null = null;
+  /** Aborts a connect or accept under way when close() is called. */
+  private readonly closing = new AbortController();
   /** Reconnects completed. */
   reconnects = 0;
 
@@ -229,14 +233,14 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
       if (options.reconnect) throw new VhostUserError('VHOST_INVALID_ARGUMENT', 'reconnect needs a socket path or a listener to get a new connection from, not a client');
       return VirtioNet.start(target, options, null, false);
     }
-    const connector: Connector = (timeoutMs) => VhostUserClient.connect(target, { ...options, connect: { ...options.connect, timeoutMs } });
+    const connector: Connector = (timeoutMs, signal) => VhostUserClient.connect(target, { ...options, connect: { ...options.connect, timeoutMs, signal } });
     const client = await VhostUserClient.connect(target, options);
     return VirtioNet.start(client, options, connector, true);
   }
 
   /** Server mode: waits for a back-end to connect to `listener` (DPDK `client=1`); with `reconnect`, for the next one after it goes away. */
   static async accept(listener: UnixListener, options: VirtioNetOptions & { acceptTimeoutMs?: number } = {}): Promise<VirtioNet> {
-    const connector: Connector = (timeoutMs) => VhostUserClient.accept(listener, { ...options, acceptTimeoutMs: timeoutMs });
+    const connector: Connector = (timeoutMs, signal) => VhostUserClient.accept(listener, { ...options, acceptTimeoutMs: timeoutMs, signal });
     const client = await VhostUserClient.accept(listener, options);
     return VirtioNet.start(client, options, connector, true);
   }
@@ -374,10 +378,10 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     for (let attempts = 1; !this.closed; attempts++) {
       let client: VhostUserClient | null = null;
       try {
-        client = await this.connector!(Math.max(1, deadline - Date.now()));
-        if (this.closed) break;
+        client = await this.connector!(Math.max(1, deadline - Date.now()), this.closing.signal);
+        if (this.closed) return client.close();
         const queues = await this.replay(client);
-        if (this.closed) break;
+        if (this.closed) return client.close();
         this.current.close();
         this.current = client;
         this.watch(client);
@@ -391,8 +395,12 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
         // A ring the old back-end corrupted cannot be resumed by any back-end.
         if (last.code.startsWith('VHOST_RING_')) break;
       }
+      if (this.closed) return;
       if (Date.now() + delay >= deadline) break;
-      await new Promise((r) => setTimeout(r, delay));
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => (this.stopWaiting = null, resolve()), delay);
+        this.stopWaiting = () => (clearTimeout(timer), resolve());
+      });
       delay = Math.min(delay * 2, o.maxDelayMs ?? 1000);
     }
     if (this.closed) return;
@@ -624,6 +632,8 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.stopWaiting?.();
+    this.closing.abort();
     this.client.close();
     for (const p of this.pairs) for (const f of [p.rxKick, p.txKick, p.rxCall, p.txCall]) f.close();
     this.memory.close();
