@@ -12,6 +12,7 @@ export {
   type Negotiated,
   type VringAddrOptions,
   type VringBase,
+  type InflightArea,
 } from './client/vhost-user-client.js';
 export type { TraceEvent, TraceHook } from './client/trace.js';
 export type { HostNotifier } from './client/backend-channel.js';
@@ -28,7 +29,17 @@ export * from './launch/index.js';
 export { SplitVirtqueue, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY } from './virtqueue/split-queue.js';
 export { SplitDeviceQueue, type DeviceChain, type DescSegment } from './virtqueue/device/split-device.js';
 export * from './virtqueue/virtqueue.js';
-export { VirtioNet, RxBurst, NetCounter, type NetCounters, type VirtioNetOptions, type RingKind } from './devices/net/virtio-net.js';
+export {
+  VirtioNet,
+  RxBurst,
+  NetCounter,
+  type NetCounters,
+  type VirtioNetOptions,
+  type VirtioNetEvents,
+  type RingKind,
+  type ReconnectOptions,
+  type ReconnectReport,
+} from './devices/net/virtio-net.js';
 export * from './devices/net/virtio-net-hdr.js';
 export { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig } from './devices/net/net-config.js';
 export { decodeBlkConfig, BLK_CONFIG_SIZE, type BlkConfig } from './devices/blk/blk-config.js';
