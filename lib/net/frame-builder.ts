@@ -25,6 +25,9 @@ const ETHERTYPE_IPV4 = 0x0800;
 const IPPROTO_UDP = 17;
 const PAYLOAD_OFFSET = UDP_FRAME_OVERHEAD;
 
+/** PATTERN[k] = k & 0xff: the payload of sequence number s is PATTERN[s & 0xff ...], copied or compared in one native call. */
+const PATTERN = Uint8Array.from({ length: MAX_FRAME_SIZE + 256 }, (_, k) => k & 0xff);
+
 export interface UdpEndpoints {
   /** `02:00:00:00:00:01` form or 6 bytes. Default 02:00:00:00:00:01 (locally administered). */
   srcMac?: string | Uint8Array;
@@ -143,8 +146,67 @@ export function buildUdpFrameOfSize(frameSize: number, seq: number, endpoints: U
   if (!Number.isInteger(seq) || seq < 0 || seq > 0xffffffff) throw invalid(`sequence number must be a u32, got ${seq}`);
   const frame = buildUdpFrame({ ipId: seq & 0xffff, ...endpoints, payloadLength: frameSize - UDP_FRAME_OVERHEAD });
   new DataView(frame.buffer).setUint32(PAYLOAD_OFFSET, seq);
-  for (let i = PAYLOAD_OFFSET + 4, b = seq & 0xff; i < frameSize; i++, b = (b + 1) & 0xff) frame[i] = b;
+  writePattern(frame, seq);
   return frame;
+}
+
+/** Payload bytes after the sequence number: byte i is (seq + i) & 0xff. */
+function writePattern(frame: Uint8Array, seq: number): void {
+  const b = seq & 0xff;
+  frame.set(PATTERN.subarray(b, b + frame.length - PAYLOAD_OFFSET - 4), PAYLOAD_OFFSET + 4);
+}
+
+/**
+ * {@link buildUdpFrameOfSize} for many frames of one size: the headers are laid
+ * out once, and `write(seq, into)` fills a caller's buffer with the frame for
+ * `seq` (IPv4 id and header checksum, sequence number, payload pattern), so a
+ * traffic loop can reuse a few buffers instead of building a frame per packet.
+ * The bytes are those of buildUdpFrameOfSize(frameSize, seq, endpoints).
+ */
+export class UdpFrameTemplate {
+  private readonly template: Uint8Array;
+  /** One's-complement sum of the IPv4 header with id and checksum zero. */
+  private readonly ipSum: number;
+
+  constructor(
+    readonly frameSize: number,
+    endpoints: UdpEndpoints = {},
+  ) {
+    this.template = buildUdpFrameOfSize(frameSize, 0, { ...endpoints, ipId: 0 });
+    const ip = ETH_HEADER_SIZE;
+    this.template[ip + 10] = 0;
+    this.template[ip + 11] = 0;
+    let sum = 0;
+    for (let i = ip; i < ip + IPV4_HEADER_SIZE; i += 2) sum += (this.template[i]! << 8) | this.template[i + 1]!;
+    this.ipSum = sum;
+  }
+
+  /** A new frame for `seq` (allocates). */
+  frame(seq: number): Uint8Array {
+    return this.write(seq, new Uint8Array(this.frameSize));
+  }
+
+  /** Writes the frame for `seq` into `into` (at least frameSize bytes) and returns the frameSize-byte view of it. */
+  write(seq: number, into: Uint8Array): Uint8Array {
+    if (into.length < this.frameSize) throw invalid(`a ${into.length}-byte buffer cannot hold a ${this.frameSize}-byte frame`);
+    const f = into.length === this.frameSize ? into : into.subarray(0, this.frameSize);
+    f.set(this.template.subarray(0, PAYLOAD_OFFSET));
+    const ip = ETH_HEADER_SIZE;
+    const id = seq & 0xffff;
+    f[ip + 4] = id >>> 8;
+    f[ip + 5] = id & 0xff;
+    let sum = this.ipSum + id;
+    while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+    sum = ~sum & 0xffff;
+    f[ip + 10] = sum >>> 8;
+    f[ip + 11] = sum & 0xff;
+    f[PAYLOAD_OFFSET] = seq >>> 24;
+    f[PAYLOAD_OFFSET + 1] = (seq >>> 16) & 0xff;
+    f[PAYLOAD_OFFSET + 2] = (seq >>> 8) & 0xff;
+    f[PAYLOAD_OFFSET + 3] = seq & 0xff;
+    writePattern(f, seq);
+    return f;
+  }
 }
 
 /** Offset of the UDP payload if `frame` is Ethernet/IPv4 (no options)/UDP with at least 4 payload bytes. */
@@ -159,15 +221,13 @@ function udpPayloadOffset(frame: Uint8Array): number | undefined {
 export function frameSequence(frame: Uint8Array): number | undefined {
   const off = udpPayloadOffset(frame);
   if (off === undefined) return undefined;
-  return new DataView(frame.buffer, frame.byteOffset, frame.length).getUint32(off);
+  return ((frame[off]! << 24) | (frame[off + 1]! << 16) | (frame[off + 2]! << 8) | frame[off + 3]!) >>> 0;
 }
 
 /** Whether a {@link buildUdpFrameOfSize} frame's payload pattern is intact (false for any other frame). */
 export function framePayloadIntact(frame: Uint8Array): boolean {
   const seq = frameSequence(frame);
   if (seq === undefined) return false;
-  for (let i = PAYLOAD_OFFSET + 4, b = seq & 0xff; i < frame.length; i++, b = (b + 1) & 0xff) {
-    if (frame[i] !== b) return false;
-  }
-  return true;
+  const b = seq & 0xff;
+  return Buffer.compare(frame.subarray(PAYLOAD_OFFSET + 4), PATTERN.subarray(b, b + frame.length - PAYLOAD_OFFSET - 4)) === 0;
 }

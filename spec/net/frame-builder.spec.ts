@@ -5,7 +5,9 @@ import {
   frameSequence,
   framePayloadIntact,
   internetChecksum,
+  UdpFrameTemplate,
 } from '../../lib/net/frame-builder.js';
+import { VhostUserError } from '../../lib/errors.js';
 
 /** Ones'-complement sum of the 20-byte IPv4 header, checksum included: 0xffff when the checksum is right (RFC 1071). */
 function ipHeaderSum(frame: Uint8Array): number {
@@ -83,6 +85,9 @@ describe('frame builder', () => {
       expect(ipHeaderSum(f)).to.equal(0xffff);
       expect(frameSequence(f)).to.equal(seq);
       expect(new DataView(f.buffer).getUint32(42, false)).to.equal(seq);
+      for (let i = 46; i < size; i++) {
+        if (f[i] !== ((seq + i - 46) & 0xff)) expect.fail(`payload byte ${i} is ${f[i]}, not (seq + ${i - 46}) & 0xff`);
+      }
       expect(framePayloadIntact(f)).to.equal(true);
     }
   });
@@ -132,5 +137,24 @@ describe('frame builder', () => {
     expectInvalid(() => buildUdpFrame({ payloadLength: 65_536 - 28 }));
     expectInvalid(() => buildUdpFrame({ payloadLength: 1, fill: 256 }));
     expect(buildUdpFrame({ payloadLength: 65_535 - 28 }).length).to.equal(14 + 65_535);
+  });
+
+  describe('UdpFrameTemplate', () => {
+    it('writes exactly the bytes buildUdpFrameOfSize builds, for any size, sequence number and endpoints', () => {
+      const endpoints = { srcMac: '02:aa:bb:cc:dd:ee', dstIp: '192.168.7.9', srcPort: 4242 };
+      for (const size of [60, 64, 333, 1514, 9000]) {
+        const t = new UdpFrameTemplate(size, endpoints);
+        const buf = new Uint8Array(9000);
+        for (const seq of [0, 1, 255, 0xffff, 0x10000, 0x12345678, 0xffffffff]) {
+          const expected = buildUdpFrameOfSize(size, seq, endpoints);
+          expect(t.write(seq, buf)).to.deep.equal(expected);
+          expect(t.frame(seq)).to.deep.equal(expected);
+        }
+      }
+    });
+
+    it('refuses a buffer smaller than the frame with VHOST_INVALID_ARGUMENT', () => {
+      expect(() => new UdpFrameTemplate(100).write(1, new Uint8Array(99))).to.throw(VhostUserError).with.property('code', 'VHOST_INVALID_ARGUMENT');
+    });
   });
 });
