@@ -131,6 +131,8 @@ interface QueuePair {
   /** TX pool: slot s at txPool + s * txSlotSize. */
   txPoolGpa: number;
   txBytes: Uint8Array;
+  /** Per slot: the frame area after its virtio_net_hdr (maxFrameSize bytes), for sendInPlace(). */
+  txFrames: Uint8Array[];
   txFree: Uint16Array;
   txFreeTop: number;
   rxPoolGpa: number;
@@ -324,6 +326,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
         txCall: fds[3],
         txPoolGpa,
         txBytes: memory.bytes(txPoolGpa, queueSize * txSlotSize),
+        txFrames: Array.from({ length: queueSize }, (_, s) => memory.bytes(txPoolGpa + s * txSlotSize + VIRTIO_NET_HDR_SIZE, txSlotSize - VIRTIO_NET_HDR_SIZE)),
         txFree,
         txFreeTop: queueSize,
         rxPoolGpa,
@@ -476,6 +479,42 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     if (pair.tx.publish()) {
       pair.txKick.signal();
       c[NetCounter.kicks]!++;
+    }
+    return sent;
+  }
+
+  /**
+   * Zero-copy TX: for up to `count` free TX slots of `queue`, calls
+   * `fill(frame, i)` with the slot's frame area (maxFrameSize bytes of guest
+   * memory) and transmits the number of bytes it returns. The area still holds
+   * what was last written to that slot, so a sender whose frames share a payload
+   * may rewrite only the headers, as DPDK's txonly does with its mbufs. Returns
+   * how many frames were sent; fewer than `count` when the ring is full. A length
+   * outside 0..maxFrameSize is VHOST_INVALID_ARGUMENT (frames filled before it are sent).
+   */
+  sendInPlace(count: number, fill: (frame: Uint8Array, index: number) => number, queue = 0): number {
+    const pair = this.pair(queue);
+    this.reclaimTx(pair);
+    const max = this.txSlotSize - VIRTIO_NET_HDR_SIZE;
+    const c = pair.counters;
+    let sent = 0;
+    try {
+      for (; sent < count && pair.txFreeTop > 0; sent++) {
+        const slot = pair.txFree[pair.txFreeTop - 1]!;
+        const len = fill(pair.txFrames[slot]!, sent);
+        if (!(Number.isInteger(len) && len >= 0 && len <= max)) {
+          throw new VhostUserError('VHOST_INVALID_ARGUMENT', `sendInPlace: fill returned length ${len}; a frame is 0..${max} bytes`);
+        }
+        pair.txFreeTop--;
+        pair.tx.addBuffer(pair.txPoolGpa + slot * this.txSlotSize, VIRTIO_NET_HDR_SIZE + len, false, slot);
+        c[NetCounter.txPackets]!++;
+        c[NetCounter.txBytes]! += len;
+      }
+    } finally {
+      if (pair.tx.publish()) {
+        pair.txKick.signal();
+        c[NetCounter.kicks]!++;
+      }
     }
     return sent;
   }
