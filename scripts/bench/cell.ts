@@ -7,7 +7,7 @@ import os from 'node:os';
 import { startTestpmd, type TestpmdBackend } from '../../lib/launch/dpdk-testpmd.js';
 import { startVirtioUserTestpmd } from './dpdk-frontend.js';
 import { renderCommand, type BenchFrontend, type SenderTotals } from './frontend.js';
-import type { Direction, FrontendKind } from './options.js';
+import type { Direction, FrontendKind, TxMode } from './options.js';
 import { OursWorker } from './ours.js';
 import { foreignCpuPercent, snapshot, stealPercent, topForeign } from './cpu.js';
 import { midpoint, rateBetween, type CounterSample } from './rate.js';
@@ -21,6 +21,8 @@ export interface CellSpec {
   warmupMs: number;
   queueSize: number;
   burst: number;
+  /** How our worker fills TX frames (default 'copy'). */
+  txMode?: TxMode;
   frontendCore: number;
   backendCore: number;
 }
@@ -191,6 +193,7 @@ async function startFrontend(spec: CellSpec, socketPath: string): Promise<BenchF
     frameSize: spec.frameSize,
     burst: spec.burst,
     queueSize: spec.queueSize,
+    txMode: spec.txMode ?? 'copy',
     core: spec.frontendCore,
     // Generous: the parent says stop long before; this only bounds an orphan.
     maxMs: spec.warmupMs + spec.durationMs + 60_000,

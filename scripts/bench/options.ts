@@ -6,6 +6,8 @@ import { formatHelp, parseArgs, UsageError, type OptionSpecs } from '../../lib/c
 
 export type Direction = 'tx' | 'rx';
 export type FrontendKind = 'dpdk' | 'ours';
+/** How our TX cells fill frames: copied from prepared frames (sendBurst), or written in the slots (sendInPlace). */
+export type TxMode = 'copy' | 'in-place';
 
 export const DIRECTIONS: readonly Direction[] = ['tx', 'rx'];
 export const FRONTENDS: readonly FrontendKind[] = ['dpdk', 'ours'];
@@ -57,6 +59,11 @@ export const BENCH_SPECS = {
     type: 'number', integer: true, min: 0, max: 10, default: 2, valueName: 'N',
     description: 'extra attempts for a disturbed run (then the least disturbed attempt is kept, and flagged)',
   },
+  txMode: {
+    type: 'enum', choices: ['copy', 'in-place'], default: 'copy',
+    description: "our tx cells: 'copy' sends prepared frames with sendBurst (every byte copied into the ring); " +
+      "'in-place' rewrites only the headers in the TX slots with sendInPlace, the work DPDK's txonly does with its mbufs",
+  },
   json: { type: 'boolean', description: 'print one JSON document on stdout (progress stays on stderr)' },
 } as const satisfies OptionSpecs;
 
@@ -76,6 +83,7 @@ export interface BenchOptions {
   /** % of one CPU other programs may use during a run before it counts as disturbed. */
   maxForeignPct: number;
   retries: number;
+  txMode: TxMode;
   json: boolean;
 }
 
@@ -161,6 +169,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
     backendCore,
     maxForeignPct: o.maxForeign,
     retries: o.retries,
+    txMode: o.txMode as TxMode,
     json: o.json,
   };
 }

@@ -9,7 +9,7 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { findExecutable } from '../../lib/launch/backend-process.js';
 import { renderCommand, type BenchFrontend, type SenderTotals } from './frontend.js';
-import type { Direction } from './options.js';
+import type { Direction, TxMode } from './options.js';
 import type { CounterSample } from './rate.js';
 import { decodeMessage, type WorkerMessage } from './worker-protocol.js';
 
@@ -21,6 +21,8 @@ export interface OursWorkerOptions {
   frameSize: number;
   burst: number;
   queueSize: number;
+  /** TX: 'copy' (sendBurst of prepared frames) or 'in-place' (sendInPlace, headers only); default 'copy'. */
+  txMode?: TxMode;
   /** CPU to pin the worker to. */
   core: number;
   /** Hard stop for the worker's loop (it also stops on `stop` or when its stdin closes). */
@@ -46,6 +48,7 @@ export function workerArgs(o: Omit<OursWorkerOptions, 'socketPath' | 'core' | 'r
     '--burst', String(o.burst),
     '--queue-size', String(o.queueSize),
     '--max-ms', String(o.maxMs),
+    ...(o.txMode && o.txMode !== 'copy' ? ['--tx-mode', o.txMode] : []),
   ];
 }
 

@@ -180,6 +180,8 @@ export interface BenchMeta {
   retries?: number;
   queueSize: number;
   burst: number;
+  /** How our TX cells filled frames (absent: 'copy'). */
+  txMode?: 'copy' | 'in-place';
   cores: { frontend: number; backend: number };
   /** How Gbit/s is computed. */
   gbpsBasis: string;
@@ -281,6 +283,9 @@ export function formatTable(cases: readonly CaseSummary[], meta: BenchMeta): str
     `Gbit/s: ${GBPS_BASIS}.`,
     `Pollers: frontend on CPU ${meta.cores.frontend}, back-end forwarding lcore on CPU ${meta.cores.backend}; ` +
       `queue size ${meta.queueSize}, burst ${meta.burst}.`,
+    meta.txMode === 'in-place'
+      ? 'Our tx: sendInPlace, headers rewritten in the TX slots (zero copy), as DPDK txonly rewrites headers in its mbufs.'
+      : 'Our tx: sendBurst, every frame byte copied into the TX slot (DPDK txonly writes only headers): see --tx-mode in-place.',
   );
   const bottlenecks: string[][] = [];
   for (const c of cases) {

@@ -72,6 +72,7 @@ describe('scripts/bench options', () => {
       backendCore: 1,
       maxForeignPct: 10,
       retries: 2,
+      txMode: 'copy',
       json: false,
     });
   });
@@ -270,6 +271,8 @@ describe('scripts/bench command lines', () => {
     const a = workerArgs({ socketPath: '/s', direction: 'rx', frameSize: 1500, burst: 64, queueSize: 1024, maxMs: 9000 });
     expect(a[0]).to.equal(WORKER_PATH);
     expect(a.slice(1).join(' ')).to.equal('--socket /s --direction rx --size 1500 --burst 64 --queue-size 1024 --max-ms 9000');
+    const inPlace = workerArgs({ socketPath: '/s', direction: 'tx', frameSize: 1500, burst: 32, queueSize: 1024, maxMs: 9000, txMode: 'in-place' });
+    expect(inPlace.slice(-2)).to.deep.equal(['--tx-mode', 'in-place']);
   });
 
   it('renders commands for humans', () => {
