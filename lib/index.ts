@@ -58,3 +58,25 @@ export {
   type NetStats,
   type BlkStats,
 } from './backend/reference-backend.js';
+export {
+  FAULT_NAMES,
+  MESSAGE_FAULTS,
+  RING_FAULTS,
+  parseFault,
+  formatFault,
+  type Fault,
+  type FaultName,
+} from './backend/faults.js';
+export {
+  runConformance,
+  allChecks,
+  formatJson as formatConformanceJson,
+  formatJunit as formatConformanceJunit,
+  formatText as formatConformanceText,
+  type Check,
+  type CheckContext,
+  type CheckResult,
+  type ConformanceDevice,
+  type ConformanceOptions,
+  type ConformanceReport,
+} from './conformance/index.js';

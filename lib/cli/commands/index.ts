@@ -5,6 +5,7 @@ import netSend from './net-send.js';
 import probe from './probe.js';
 import serve from './serve.js';
 import demo from './demo.js';
+import conformance from './conformance.js';
 
 // Each command's options type differs; dispatch only needs the common shape.
-export const commands: readonly Command<any>[] = [probe, netSend, netRecv, serve, demo];
+export const commands: readonly Command<any>[] = [probe, netSend, netRecv, serve, demo, conformance];

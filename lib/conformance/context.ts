@@ -1,0 +1,144 @@
+/**
+ * What a check gets to work with: the socket, the device, a deadline per reply,
+ * and factories for connections, guest memory and eventfds that it never has to
+ * clean up itself. Everything made through the context is closed when the check
+ * ends, passes, fails or times out (close() also wakes every pending sleep, so a
+ * check that overran its deadline unwinds instead of running on).
+ */
+import { VhostUserClient, type Negotiated, type NegotiateOptions } from '../client/vhost-user-client.js';
+import { VhostUserError } from '../errors.js';
+import { GuestMemory, type GuestMemoryOptions } from '../memory/guest-memory.js';
+import { EventFd } from '../transport/eventfd.js';
+import type { ConformanceDevice } from './check.js';
+import { Evidence, traceLine } from './evidence.js';
+import { RawSession } from './raw-session.js';
+
+export interface CheckContext {
+  readonly socketPath: string;
+  readonly device: ConformanceDevice;
+  /** Deadline for each reply, and how long a back-end gets to refuse (NAK or close). */
+  readonly timeoutMs: number;
+  /** The back-end's pid when known (spawned by the suite): enables fd-leak checks. */
+  readonly backendPid: number | null;
+  /** Adds a line to the evidence (messages are added by the connections themselves). */
+  note(line: string): void;
+  /** A VhostUserClient whose messages go into the evidence. */
+  client(): Promise<VhostUserClient>;
+  /** A client that has run the handshake (VhostUserClient.negotiate). */
+  negotiated(options?: NegotiateOptions): Promise<{ client: VhostUserClient; n: Negotiated }>;
+  /** A raw connection (see RawSession). */
+  raw(): Promise<RawSession>;
+  memory(options: GuestMemoryOptions): GuestMemory;
+  eventFd(): EventFd;
+  /** Registers anything with close() to be closed when the check ends. */
+  own<T extends { close(): void }>(resource: T): T;
+  /** Waits; rejects once the check is over (timed out). */
+  sleep(ms: number): Promise<void>;
+  /** Polls `predicate` every few ms until it holds (true) or `ms` pass (false). */
+  until(predicate: () => boolean, ms: number): Promise<boolean>;
+}
+
+/** @internal The runner's implementation; close() releases everything in reverse order. */
+export class CheckRun implements CheckContext {
+  readonly evidence = new Evidence();
+  private readonly owned: { close(): void }[] = [];
+  private readonly sleepers = new Set<() => void>();
+  private closed = false;
+
+  constructor(
+    readonly socketPath: string,
+    readonly device: ConformanceDevice,
+    readonly timeoutMs: number,
+    readonly backendPid: number | null,
+  ) {}
+
+  note(line: string): void {
+    this.evidence.add(`- ${line}`);
+  }
+
+  async client(): Promise<VhostUserClient> {
+    this.checkOpen();
+    const client = await VhostUserClient.connect(this.socketPath, {
+      timeoutMs: this.timeoutMs,
+      connect: { timeoutMs: this.timeoutMs },
+      trace: (e) => this.evidence.add(traceLine(e)),
+    });
+    // A broken client is a finding the check reports; the event itself needs no listener.
+    client.on('disconnect', (e) => this.evidence.add(`x ${e.code}: ${e.message}`));
+    return this.own(client);
+  }
+
+  async negotiated(options?: NegotiateOptions): Promise<{ client: VhostUserClient; n: Negotiated }> {
+    const client = await this.client();
+    return { client, n: await client.negotiate(options) };
+  }
+
+  async raw(): Promise<RawSession> {
+    this.checkOpen();
+    return this.own(await RawSession.open(this.socketPath, this.evidence, this.timeoutMs));
+  }
+
+  memory(options: GuestMemoryOptions): GuestMemory {
+    this.checkOpen();
+    return this.own(GuestMemory.create(options));
+  }
+
+  eventFd(): EventFd {
+    this.checkOpen();
+    return this.own(new EventFd());
+  }
+
+  own<T extends { close(): void }>(resource: T): T {
+    if (this.closed) {
+      resource.close();
+      this.checkOpen();
+    }
+    this.owned.push(resource);
+    return resource;
+  }
+
+  sleep(ms: number): Promise<void> {
+    this.checkOpen();
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.sleepers.delete(done);
+        if (this.closed) reject(overrun());
+        else resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.sleepers.add(done);
+    });
+  }
+
+  async until(predicate: () => boolean, ms: number): Promise<boolean> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      if (predicate()) return true;
+      if (Date.now() >= deadline) return false;
+      await this.sleep(Math.min(5, Math.max(1, deadline - Date.now())));
+    }
+  }
+
+  /** Closes what the check opened, newest first, and ends pending sleeps. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const r of this.owned.splice(0).reverse()) {
+      try {
+        r.close();
+      } catch {
+        // one failed close must not keep the others open
+      }
+    }
+    for (const wake of [...this.sleepers]) wake();
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw overrun();
+  }
+}
+
+function overrun(): VhostUserError {
+  return new VhostUserError('VHOST_TIMEOUT', 'the check ran past its deadline');
+}

@@ -1,0 +1,125 @@
+/**
+ * `vhost-user conformance` end to end: the built CLI as a child process, starting
+ * its back-end with --spawn (the reference back-end through `vhost-user serve`, or
+ * one that crashes), in each output format.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { expect } from 'chai';
+import { allChecks, appliesTo } from '../../lib/conformance/index.js';
+import { cli, expectOneErrorLine } from '../helpers/cli.js';
+
+const MAIN = fileURLToPath(new URL('../../lib/cli/main.js', import.meta.url));
+const CRASHING = fileURLToPath(new URL('./crashing-backend.js', import.meta.url));
+
+interface JsonReport {
+  backend: { name: string; device: string; spawned: boolean; crashes: number; restarts: number };
+  checks: { id: string; rule: string; status: string; detail: string; evidence: string[] }[];
+  summary: { pass: number; fail: number; skip: number };
+}
+
+describe('cli conformance (child process)', function () {
+  this.timeout(60_000);
+  let dir: string;
+  let socket: string;
+  const serve = (extra = '') => `${process.execPath} ${MAIN} serve --socket ${socket} --device net ${extra}`;
+
+  beforeEach(() => {
+    dir = mkdtempSync(path.join(tmpdir(), 'vhost-conformance-test-'));
+    socket = path.join(dir, 'net.sock');
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('--help lists the options; a bad option value exits 2 with one line', async () => {
+    const help = await cli(['conformance', '--help']);
+    expect(help.status).to.equal(0);
+    for (const opt of ['--socket PATH', '--device net|blk|fs|generic', '--spawn CMD', '--format text|json|junit', '--only PATTERN', '--strict']) expect(help.stdout).to.contain(opt);
+    const bad = await cli(['conformance', '--socket', socket, '--format', 'yaml']);
+    expect(bad.status).to.equal(2);
+    expectOneErrorLine(bad, 'VHOST_INVALID_ARGUMENT');
+    const noFile = await cli(['conformance', '--socket', socket, '--output', path.join(dir, 'x')]);
+    expect(noFile.status).to.equal(2);
+    expectOneErrorLine(noFile, 'VHOST_INVALID_ARGUMENT');
+    // Nothing matches: refused before any back-end is started or connected to.
+    const none = await cli(['conformance', '--socket', socket, '--device', 'blk', '--only', 'rarp', '--spawn', 'exit 3']);
+    expect(none.status).to.equal(2);
+    expectOneErrorLine(none, 'VHOST_INVALID_ARGUMENT');
+    expect(none.stderr).to.contain("no check matches --only 'rarp' for device blk");
+    const spawnFails = await cli(['conformance', '--socket', socket, '--spawn', 'exit 3']);
+    expect(spawnFails.status).to.equal(1);
+    expectOneErrorLine(spawnFails, 'VHOST_SPAWN_FAILED');
+  });
+
+  it('--spawn the reference back-end, --format json: every net check ran, none failed, the back-end is stopped', async () => {
+    const r = await cli(['conformance', '--socket', socket, '--device', 'net', '--spawn', serve(), '--format', 'json']);
+    expect(r.status, r.stderr).to.equal(0);
+    const report = JSON.parse(r.stdout) as JsonReport;
+    expect(report.backend).to.include({ device: 'net', spawned: true, crashes: 0, restarts: 0 });
+    expect(report.checks.map((c) => c.id)).to.deep.equal(allChecks.filter((c) => appliesTo(c, 'net')).map((c) => c.id));
+    expect(report.summary.fail).to.equal(0);
+    expect(report.summary.pass + report.summary.skip).to.equal(report.checks.length);
+    // With the pid known, the fd-leak check ran against the child.
+    expect(report.checks.find((c) => c.id === 'leak.set-vring-kick')!.status).to.equal('pass');
+    for (const c of report.checks) expect(Object.keys(c)).to.include.members(['id', 'rule', 'status', 'detail']);
+  });
+
+  it('text output: one line per check, then the summary; exit 0 despite failures, 1 with --strict', async () => {
+    const args = ['conformance', '--socket', socket, '--device', 'net', '--spawn', serve('--fault nak@SET_VRING_ENABLE --fault-repeat'), '--only', 'handshake.version,reply-ack.SET_VRING_ENABLE'];
+    const r = await cli(args);
+    expect(r.status, r.stderr).to.equal(0);
+    const lines = r.stdout.split('\n');
+    expect(lines[0]).to.match(/^PASS handshake\.version-1 \(\d+ ms\)$/);
+    expect(lines[1]).to.match(/^FAIL reply-ack\.SET_VRING_ENABLE \(\d+ ms\): VHOST_NACK \[SET_VRING_ENABLE\]/);
+    expect(r.stdout).to.contain('  rule: vhost-user.rst, \'VHOST_USER_PROTOCOL_F_REPLY_ACK\'');
+    expect(r.stdout).to.match(/ {4}< SET_VRING_ENABLE flags=0x5 size=8 0x1\n/);
+    expect(r.stdout).to.match(/\n2 checks against .* \(net\): 1 passed, 1 failed, 0 skipped in [\d.]+ s; back-end restarted 1 time\(s\), 0 after a crash\n$/);
+    const strict = await cli([...args, '--strict']);
+    expect(strict.status).to.equal(1);
+    expect(strict.stderr).to.equal('vhost-user: conformance: 1 of 2 checks failed (--strict)\n');
+  });
+
+  it('--format junit --output FILE: one testcase per check, failures with evidence, skips with reasons', async () => {
+    const out = path.join(dir, 'junit.xml');
+    const r = await cli(['conformance', '--socket', socket, '--device', 'net', '--spawn', serve('--fault nak@SET_VRING_ENABLE --fault-repeat'), '--only', 'reply-ack,log', '--format', 'junit', '--output', out]);
+    expect(r.status, r.stderr).to.equal(0);
+    expect(r.stdout).to.equal('');
+    const xml = readFileSync(out, 'utf8');
+    const ids = allChecks.filter((c) => appliesTo(c, 'net') && (c.id.startsWith('reply-ack') || c.id.startsWith('log'))).map((c) => c.id);
+    expect(xml.match(/<testcase /g)).to.have.length(ids.length);
+    expect(xml).to.match(/^<\?xml version="1.0" encoding="UTF-8"\?>\n<testsuites name="vhost-user conformance" tests="\d+" failures="1" skipped="\d+"/);
+    expect(xml).to.contain('<testcase classname="conformance.reply-ack" name="reply-ack.SET_VRING_ENABLE"');
+    expect(xml).to.match(/<failure message="VHOST_NACK \[SET_VRING_ENABLE\][^"]*" type="finding">rule: vhost-user.rst/);
+    expect(xml).to.contain('&lt; SET_VRING_ENABLE flags=0x5 size=8 0x1');
+    expect(xml).to.contain('<skipped message="protocol feature LOG_SHMFD not offered"/>');
+  });
+
+  it('a back-end that crashes is a finding of the check that crashed it, and is restarted for the next check', async () => {
+    const spawn = `${process.execPath} ${CRASHING} ${socket}`;
+    const r = await cli(['conformance', '--socket', socket, '--device', 'net', '--spawn', spawn, '--only', 'handshake.version,negative.request-code,handshake.get-features', '--timeout', '500', '--format', 'json']);
+    expect(r.status, r.stderr).to.equal(0);
+    const report = JSON.parse(r.stdout) as JsonReport;
+    expect(report.checks.map((c) => [c.id, c.status])).to.deep.equal([
+      ['handshake.get-features', 'pass'],
+      ['handshake.version-1', 'pass'],
+      ['negative.request-code-0', 'fail'],
+      ['negative.request-code-unknown', 'fail'],
+    ]);
+    for (const c of report.checks.slice(2)) {
+      expect(c.detail).to.match(/^the back-end \(pid \d+\) was killed by SIGKILL during the check/);
+      expect(c.detail).to.contain('crashing on request code');
+      expect(c.evidence.some((l) => l.startsWith('back-end output: crashing on'))).to.equal(true);
+    }
+    expect(report.backend).to.include({ crashes: 2, restarts: 2 });
+  });
+
+  it('a socket nobody serves: each check fails within its deadline, exit 0', async () => {
+    const r = await cli(['conformance', '--socket', socket, '--only', 'handshake.get-features,reconnect.mid-handshake', '--timeout', '300', '--format', 'json']);
+    expect(r.status, r.stderr).to.equal(0);
+    const report = JSON.parse(r.stdout) as JsonReport;
+    expect(report.checks.map((c) => c.status)).to.deep.equal(['fail', 'fail']);
+    for (const c of report.checks) expect(c.detail).to.match(/^VHOST_CONNECT_TIMEOUT/);
+    expect(r.ms).to.be.below(5000);
+  });
+});
