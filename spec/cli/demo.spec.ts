@@ -5,7 +5,8 @@ import { expect } from 'chai';
 import type { CliIo } from '../../lib/cli/command.js';
 import { main } from '../../lib/cli/main.js';
 import { VirtioNet, RxBurst } from '../../lib/devices/net/virtio-net.js';
-import { buildUdpFrameOfSize, framePayloadIntact } from '../../lib/net/frame-builder.js';
+import { buildUdpFrameOfSize, framePayloadIntact, frameSequence } from '../../lib/net/frame-builder.js';
+import { readPcapFrames } from '../../lib/pcap/pcap-reader.js';
 import { cli, expectOneErrorLine } from '../helpers/cli.js';
 import { resourceSnapshot, settle } from '../helpers/resources.js';
 import { tempSocketPath } from '../helpers/socket-pair.js';
@@ -51,6 +52,21 @@ describe('cli demo and serve', function () {
     expect(r.stdout).to.match(/lost 0, corrupt 0, duplicated 0/);
     expect(r.stdout).to.match(/^features: .*VIRTIO_F_VERSION_1/m);
     expect(r.stdout).to.match(/OK: every frame came back intact/);
+  });
+
+  it('demo --pcap OUT: every frame that came back is in the capture, intact', async () => {
+    const tmp = tempSocketPath('frames.pcap');
+    try {
+      const r = await cli(['demo', '--frames', '500', '--size', '300', '--pcap', tmp.path, '--json']);
+      expect(r.status, r.stderr).to.equal(0);
+      expect(JSON.parse(r.stdout)).to.include({ ok: true, pcap: tmp.path });
+      const frames = readPcapFrames(tmp.path);
+      expect(frames).to.have.length(500);
+      expect(frames.every((f) => f.length === 300 && framePayloadIntact(f))).to.equal(true);
+      expect(new Set(frames.map((f) => frameSequence(f))).size).to.equal(500);
+    } finally {
+      tmp.cleanup();
+    }
   });
 
   it('serve --json: reports connections and stops cleanly on SIGTERM with exit 0', async () => {

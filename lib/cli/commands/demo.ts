@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ReferenceBackend } from '../../backend/reference-backend.js';
 import { RxBurst, VirtioNet, type RingKind } from '../../devices/net/virtio-net.js';
+import { PcapWriter } from '../../pcap/pcap-writer.js';
 import { framePayloadIntact, frameSequence, UdpFrameTemplate } from '../../net/frame-builder.js';
 import { featureNames, protocolFeatureNames } from '../../protocol/constants.js';
 import { defineCommand } from '../command.js';
@@ -35,6 +36,7 @@ export default defineCommand({
     ring: { type: 'enum', choices: ['split', 'packed'], default: 'split', description: 'virtqueue layout' },
     eventIdx: { type: 'boolean', default: true, description: 'negotiate VIRTIO_RING_F_EVENT_IDX (--event-idx=false to turn off)' },
     timeout: { type: 'number', integer: true, min: 1, default: 5000, valueName: 'MS', description: 'give up after this long without progress' },
+    pcap: { type: 'string', valueName: 'OUT', description: 'write every frame that came back to this pcap file (tshark -r OUT)' },
     json: { type: 'boolean', description: 'print one JSON object' },
   },
   async run(args, io) {
@@ -44,6 +46,7 @@ export default defineCommand({
     const violations: string[] = [];
     backend.on('violation', (v) => violations.push(`${v.code}${v.request ? ` [${v.request}]` : ''}: ${v.message}`));
     let net: VirtioNet | null = null;
+    const pcap = args.pcap ? await PcapWriter.open(args.pcap) : null;
     try {
       const ring = args.ring as RingKind;
       net = await VirtioNet.open(socket, {
@@ -85,6 +88,7 @@ export default defineCommand({
             progress = true;
             for (let i = 0; i < n; i++) {
               const frame = b.buffer.subarray(b.offsets[i]!, b.offsets[i]! + b.lengths[i]!);
+              pcap?.write(frame);
               const seq = frameSequence(frame);
               if (frame.length !== args.size || seq === undefined || seq >= total || !framePayloadIntact(frame)) corrupt++;
               else if (seen[seq]) duplicates++;
@@ -119,6 +123,7 @@ export default defineCommand({
         corrupt,
         duplicates,
         violations,
+        pcap: args.pcap ?? null,
         seconds,
         mpps: rx.mpps,
         gbps: rx.gbps,
@@ -139,6 +144,7 @@ export default defineCommand({
       }
       return ok ? 0 : 1;
     } finally {
+      await pcap?.close();
       net?.close();
       backend.close();
       rmSync(dir, { recursive: true, force: true });
