@@ -20,12 +20,13 @@ import {
   frontendRequestName,
   hasBit,
 } from '../protocol/constants.js';
-import { Config, MemoryTable, SingleMemoryRegion, U64, VringState, decodeVringFdIndex, VringAddr } from '../protocol/payloads.js';
+import { Config, Log, MemoryTable, SingleMemoryRegion, U64, VringState, decodeVringFdIndex, VringAddr } from '../protocol/payloads.js';
 import { frontendRequestSpec, type RequestSpec } from '../protocol/requests.js';
 import type { Connection, VhostUserMessage } from '../transport/connection.js';
 import { closeAll } from '../transport/msg-scratch.js';
 import { EventFd } from '../transport/eventfd.js';
 import { BackendMemory } from './backend-memory.js';
+import { DirtyLog } from './dirty-log.js';
 import type { Fault, FaultPlan } from './faults.js';
 import type { DeviceModel, DeviceRings } from './devices/device.js';
 import { Refusal, violation, violationInfo, type ViolationInfo } from './violation.js';
@@ -33,6 +34,7 @@ import { Vring, type Chain } from './vring-state.js';
 
 export const PROTOCOL_OFFERED =
   bit(ProtocolFeature.MQ) |
+  bit(ProtocolFeature.LOG_SHMFD) |
   bit(ProtocolFeature.REPLY_ACK) |
   bit(ProtocolFeature.CONFIG) |
   bit(ProtocolFeature.STATUS) |
@@ -63,6 +65,8 @@ export class BackendSession implements DeviceRings {
   protocolFeatures = 0n;
   status = 0;
   closed = false;
+  /** The dirty log from SET_LOG_BASE (LOG_SHMFD), or null. */
+  private log: DirtyLog | null = null;
   private pollTimer: NodeJS.Timeout | null = null;
   /** Replies held back by a 'late-reply' fault. */
   private readonly lateReplies = new Set<NodeJS.Timeout>();
@@ -77,7 +81,19 @@ export class BackendSession implements DeviceRings {
   }
 
   private newRing(index: number): Vring {
-    return new Vring(index, this.host.faults.isEmpty ? null : (i) => this.host.faults.takeRingFault(this.id, i));
+    const r = new Vring(index, this.host.faults.isEmpty ? null : (i) => this.host.faults.takeRingFault(this.id, i));
+    r.log = this.loggingLog();
+    return r;
+  }
+
+  /** The log rings write to: set, and VHOST_F_LOG_ALL negotiated. */
+  private loggingLog(): DirtyLog | null {
+    return this.log !== null && this.acked(VirtioFeature.VHOST_F_LOG_ALL) ? this.log : null;
+  }
+
+  private applyLog(): void {
+    const log = this.loggingLog();
+    for (const r of this.rings) r.log = log;
   }
 
   get packed(): boolean {
@@ -271,6 +287,7 @@ export class BackendSession implements DeviceRings {
           throw violation('VHOST_INVALID_STATE', 'features changed while rings are running', name);
         }
         this.ackedFeatures = f;
+        this.applyLog();
         // vhost-user.rst, 'Ring states': without PROTOCOL_FEATURES rings are enabled at once.
         if (!hasBit(f, VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)) for (const r of this.rings) r.enabled = true;
         for (const r of this.rings) this.rebuild(r);
@@ -378,6 +395,31 @@ export class BackendSession implements DeviceRings {
         if (r.enabled) this.onKick(r);
         return undefined;
       }
+      case R.SET_LOG_BASE: {
+        const l = Log.decode(m.payload, name);
+        const fd = m.fds[0];
+        m.fds = [];
+        if (fd === undefined || !this.hasProtocol(ProtocolFeature.LOG_SHMFD)) {
+          if (fd !== undefined) closeAll([fd]);
+          throw new Refusal('VHOST_FEATURE_NOT_NEGOTIATED', 'only a shared-memory log (LOG_SHMFD, with its fd) is supported', { request: name });
+        }
+        let log: DirtyLog;
+        try {
+          log = DirtyLog.map(fd, l.mmapSize, l.mmapOffset, name);
+        } finally {
+          closeAll([fd]);
+        }
+        this.log?.close();
+        this.log = log;
+        this.applyLog();
+        // vhost-user.rst: with LOG_SHMFD the back-end replies once the log is mapped.
+        return U64.encode(0n);
+      }
+      case R.SET_LOG_FD:
+        // The log-change eventfd: nothing here waits on it.
+        closeAll(m.fds);
+        m.fds = [];
+        return undefined;
       case R.GET_CONFIG: {
         const c = Config.decode(m.payload, name);
         const space = host.device.configSpace();
@@ -481,6 +523,8 @@ export class BackendSession implements DeviceRings {
       this.protocolFeatures = 0n;
       this.ownerSet = false;
       this.memory.clear();
+      this.log?.close();
+      this.log = null;
     }
     this.updatePolling();
   }
@@ -495,6 +539,8 @@ export class BackendSession implements DeviceRings {
     this.lateReplies.clear();
     for (const r of this.rings) r.release();
     this.memory.close();
+    this.log?.close();
+    this.log = null;
     this.conn.close(reason);
   }
 }

@@ -83,7 +83,8 @@ const COMMON_FEATURES =
   bit(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES) |
   bit(VirtioFeature.VIRTIO_RING_F_EVENT_IDX) |
   bit(VirtioFeature.VIRTIO_RING_F_INDIRECT_DESC) |
-  bit(VirtioFeature.VIRTIO_F_RING_PACKED);
+  bit(VirtioFeature.VIRTIO_F_RING_PACKED) |
+  bit(VirtioFeature.VHOST_F_LOG_ALL);
 
 export class ReferenceBackend extends EventEmitter<ReferenceBackendEvents> {
   readonly path: string;

@@ -14,6 +14,7 @@ import { SplitDeviceQueue, type DeviceChain } from '../virtqueue/device/split-de
 import { PACKED_DESC_SIZE, PACKED_QUEUE_MAX_SIZE } from '../virtqueue/packed-layout.js';
 import { VIRTQUEUE_MAX_SIZE } from '../virtqueue/split-layout.js';
 import type { BackendMemory } from './backend-memory.js';
+import type { DirtyLog } from './dirty-log.js';
 import type { Fault } from './faults.js';
 import { violation } from './violation.js';
 
@@ -60,6 +61,10 @@ export class Vring {
   packed: PackedDeviceQueue | null = null;
   /** net TX: a chain taken from the ring, waiting for an RX buffer. */
   pendingTx: Chain | null = null;
+  /** Set while VHOST_F_LOG_ALL is negotiated and a log is shared: every write is logged there. */
+  log: DirtyLog | null = null;
+  /** Ring area GPAs while the queue model is built. */
+  private ringGpa: RingAreas | null = null;
 
   constructor(
     readonly index: number,
@@ -173,6 +178,7 @@ export class Vring {
     if (this.hasQueue) return;
     if (this.addr === null || this.num === 0) return;
     const gpa = this.translate(memory, this.addr, packed, 'SET_VRING_ADDR');
+    this.ringGpa = gpa;
     try {
       if (packed) {
         this.packed = new PackedDeviceQueue(memory, { size: this.num, desc: gpa.desc, driver: gpa.avail, device: gpa.used, end: gpa.used + 4 }, { eventIdx, base: this.base });
@@ -241,8 +247,42 @@ export class Vring {
   push(c: Chain, len: number): void {
     const fault = this.ringFault?.(this.index) ?? null;
     if (fault !== null) return this.pushCorrupt(fault, c, len);
-    if (this.split) this.split.push(c.head, len);
-    else this.packed!.push(c.head, c.descCount, len);
+    if (this.split) {
+      this.split.push(c.head, len);
+      if (this.log) this.logPush(c, len, (this.split.usedIndex - 1) & 0xffff);
+    } else {
+      const slot = this.packed!.usedSlot;
+      this.packed!.push(c.head, c.descCount, len);
+      if (this.log) this.logPush(c, len, slot);
+    }
+  }
+
+  /**
+   * Logs what completing `c` wrote (vhost-user.rst, "Migration"): the first `len`
+   * bytes of its writable segments, and, when the ring was set up with
+   * VHOST_VRING_F_LOG, the used entry and used.idx at log_guest_addr (split) or
+   * the descriptor written back in the ring (packed, whose used entries live in
+   * the descriptor ring).
+   */
+  private logPush(c: Chain, len: number, slot: number): void {
+    const log = this.log!;
+    let left = len;
+    for (const seg of c.segments) {
+      if (left <= 0) break;
+      if (!seg.writable) continue;
+      const n = Math.min(seg.len, left);
+      log.mark(seg.gpa, n);
+      left -= n;
+    }
+    const a = this.addr;
+    if (a === null || (a.flags & VHOST_VRING_F_LOG) === 0) return;
+    if (this.split) {
+      const used = Number(a.logGuestAddr);
+      log.mark(used + 4 + 8 * (slot % this.num), 8); // vring_used_elem
+      log.mark(used + 2, 2); // used.idx
+    } else {
+      log.mark(this.ringGpa!.desc + PACKED_DESC_SIZE * slot, PACKED_DESC_SIZE);
+    }
   }
 
   /**

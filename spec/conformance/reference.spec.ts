@@ -18,13 +18,11 @@ const REFERENCE_SKIPS = {
     'reply-ack.SEND_RARP',
     'reply-ack.NET_SET_MTU',
     'inflight.get-inflight-fd',
-    'log.dirty-pages',
     'rarp.send-rarp',
-    'negative.log-base-overflow',
     'negative.inband-without-deps',
     'leak.get-inflight-fd',
   ],
-  blk: ['reply-ack.SET_BACKEND_REQ_FD', 'inflight.get-inflight-fd', 'log.dirty-pages', 'negative.log-base-overflow', 'negative.inband-without-deps', 'leak.get-inflight-fd'],
+  blk: ['reply-ack.SET_BACKEND_REQ_FD', 'inflight.get-inflight-fd', 'negative.inband-without-deps', 'leak.get-inflight-fd'],
 } as const;
 
 async function withReference<T>(device: 'net' | 'blk', faults: Fault[], run: (path: string) => Promise<T>): Promise<T> {
