@@ -96,6 +96,11 @@ export class BackendSession implements DeviceRings {
     for (const r of this.rings) r.log = log;
   }
 
+  /** Protocol features offered: the common ones and the device's own. */
+  get offeredProtocol(): bigint {
+    return PROTOCOL_OFFERED | (this.host.device.protocolFeatures ?? 0n);
+  }
+
   get packed(): boolean {
     return this.acked(VirtioFeature.VIRTIO_F_RING_PACKED);
   }
@@ -304,10 +309,10 @@ export class BackendSession implements DeviceRings {
         this.reset(false);
         return undefined;
       case R.GET_PROTOCOL_FEATURES:
-        return U64.encode(PROTOCOL_OFFERED);
+        return U64.encode(this.offeredProtocol);
       case R.SET_PROTOCOL_FEATURES: {
         const f = U64.decode(m.payload, name);
-        if (f & ~PROTOCOL_OFFERED) throw violation('VHOST_INVALID_PAYLOAD', `protocol features 0x${f.toString(16)} include bits not offered`, name);
+        if (f & ~this.offeredProtocol) throw violation('VHOST_INVALID_PAYLOAD', `protocol features 0x${f.toString(16)} include bits not offered`, name);
         this.protocolFeatures = f;
         return undefined;
       }
@@ -414,6 +419,18 @@ export class BackendSession implements DeviceRings {
         this.applyLog();
         // vhost-user.rst: with LOG_SHMFD the back-end replies once the log is mapped.
         return U64.encode(0n);
+      }
+      case R.SEND_RARP: {
+        // vhost-user.rst: "The first 6 bytes of the payload contain the mac address of the guest".
+        const mac = m.payload.slice(0, 6);
+        if (!host.device.sendRarp) throw new Refusal('VHOST_NACK', 'this device has no network to announce on', { request: name });
+        host.device.sendRarp(this, mac);
+        return undefined;
+      }
+      case R.NET_SET_MTU: {
+        const mtu = U64.decode(m.payload, name);
+        if (!host.device.acceptsMtu?.(Number(mtu))) throw new Refusal('VHOST_NACK', `MTU ${mtu} refused (68..65535)`, { request: name });
+        return undefined;
       }
       case R.SET_LOG_FD:
         // The log-change eventfd: nothing here waits on it.

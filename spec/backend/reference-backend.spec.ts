@@ -394,7 +394,7 @@ describe('ReferenceBackend', function () {
         'VHOST_INVALID_PAYLOAD',
       ],
       ['GET_QUEUE_NUM before MQ is negotiated', (p) => p.send(R.GET_QUEUE_NUM), 'VHOST_FEATURE_NOT_NEGOTIATED'],
-      ['SEND_RARP (RARP never offered)', (p) => p.send(R.SEND_RARP, V1, new Uint8Array(8)), 'VHOST_FEATURE_NOT_NEGOTIATED'],
+      ['SET_BACKEND_REQ_FD (BACKEND_REQ never offered)', (p, fd) => p.send(R.SET_BACKEND_REQ_FD, V1, undefined, [fd]), 'VHOST_FEATURE_NOT_NEGOTIATED'],
       ['GET_INFLIGHT_FD (INFLIGHT_SHMFD never offered)', (p) => p.send(R.GET_INFLIGHT_FD, V1, new Uint8Array(24)), 'VHOST_FEATURE_NOT_NEGOTIATED'],
       ['SET_FEATURES with bits never offered', (p) => p.send(R.SET_FEATURES, V1, U64.encode(1n << 60n)), 'VHOST_INVALID_PAYLOAD'],
       ['NEED_REPLY without REPLY_ACK', (p) => p.send(R.SET_OWNER, V1 | NEED_REPLY), 'VHOST_BAD_FLAGS'],

@@ -13,15 +13,7 @@ import { tempSocketPath } from '../helpers/socket-pair.js';
 
 /** Checks the reference back-end cannot take part in: it does not offer these protocol features. */
 const REFERENCE_SKIPS = {
-  net: [
-    'reply-ack.SET_BACKEND_REQ_FD',
-    'reply-ack.SEND_RARP',
-    'reply-ack.NET_SET_MTU',
-    'inflight.get-inflight-fd',
-    'rarp.send-rarp',
-    'negative.inband-without-deps',
-    'leak.get-inflight-fd',
-  ],
+  net: ['reply-ack.SET_BACKEND_REQ_FD', 'inflight.get-inflight-fd', 'negative.inband-without-deps', 'leak.get-inflight-fd'],
   blk: ['reply-ack.SET_BACKEND_REQ_FD', 'inflight.get-inflight-fd', 'negative.inband-without-deps', 'leak.get-inflight-fd'],
 } as const;
 

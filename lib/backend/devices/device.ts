@@ -22,4 +22,10 @@ export interface DeviceModel {
   configSpace(): Uint8Array;
   /** Serves a kicked ring. */
   process(s: DeviceRings, r: Vring): void;
+  /** Device-specific protocol features offered on top of the common ones (net: RARP, MTU). */
+  readonly protocolFeatures?: bigint;
+  /** SEND_RARP (net, protocol feature RARP): announce `mac`. */
+  sendRarp?(s: DeviceRings, mac: Uint8Array): void;
+  /** NET_SET_MTU (net, protocol feature MTU): whether the MTU is acceptable. */
+  acceptsMtu?(mtu: number): boolean;
 }

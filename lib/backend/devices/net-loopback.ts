@@ -4,8 +4,9 @@
  */
 import { NET_CONFIG_SIZE } from '../../devices/net/net-config.js';
 import { VIRTIO_NET_HDR_SIZE } from '../../devices/net/virtio-net-hdr.js';
-import { VirtioNetFeature, bit } from '../../protocol/constants.js';
-import type { Vring } from '../vring-state.js';
+import { ProtocolFeature, VirtioNetFeature, bit } from '../../protocol/constants.js';
+import type { BackendMemory } from '../backend-memory.js';
+import type { Chain, Vring } from '../vring-state.js';
 import type { DeviceModel, DeviceRings } from './device.js';
 
 export interface NetStats {
@@ -18,9 +19,30 @@ export interface NetStats {
 }
 
 
+/** The frame a back-end broadcasts for SEND_RARP, padded to the 60-byte minimum (as DPDK's make_rarp_packet). */
+export function rarpFrame(mac: Uint8Array): Uint8Array {
+  const f = new Uint8Array(60);
+  f.fill(0xff, 0, 6); // broadcast
+  f.set(mac, 6);
+  f[12] = 0x80; // ethertype 0x8035: RARP
+  f[13] = 0x35;
+  const a = 14; // RFC 903: Ethernet hardware, IPv4 protocol, 6 + 4 byte addresses, op 3 (reverse request)
+  f.set([0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x03], a);
+  f.set(mac, a + 8); // sender hardware address; sender protocol address stays 0
+  f.set(mac, a + 18); // target hardware address; target protocol address stays 0
+  return f;
+}
+
 export class NetLoopback implements DeviceModel {
   readonly features: bigint;
+  /** SEND_RARP and NET_SET_MTU are served. */
+  readonly protocolFeatures = bit(ProtocolFeature.RARP) | bit(ProtocolFeature.MTU);
+  /** A RARP announcement waiting for an RX buffer on queue pair 0. */
+  private pendingRarp: Uint8Array | null = null;
   private readonly scratch = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+  /** Write position in the RX chain being filled (segment index, offset in it). */
+  private wi = 0;
+  private woff = 0;
 
   /** `queueNum` counts virtqueues (two per queue pair); `stats` is updated in place. */
   constructor(
@@ -49,8 +71,66 @@ export class NetLoopback implements DeviceModel {
     this.loopback(s, s.rings[2 * pair]!, s.rings[2 * pair + 1]!);
   }
 
+  /**
+   * SEND_RARP: announce `mac` as if the guest had sent the RARP frame DPDK
+   * builds; the loopback's "network" is the guest's own RX ring of pair 0.
+   */
+  sendRarp(s: DeviceRings, mac: Uint8Array): void {
+    this.pendingRarp = rarpFrame(mac);
+    this.process(s, s.rings[0]!);
+  }
+
+  /** NET_SET_MTU: any MTU a virtio-net device may have (§5.1.4.1: 68..65535) is accepted; frames are not cut to it. */
+  acceptsMtu(mtu: number): boolean {
+    return mtu >= 68 && mtu <= 65535;
+  }
+
+  /** Starts filling RX chain `x` with a fresh virtio_net_hdr (all zero, num_buffers = 1, §5.1.6.4). */
+  private startRx(mem: BackendMemory, x: Chain): void {
+    this.wi = 0;
+    this.woff = 0;
+    const hdr = this.scratch;
+    hdr.fill(0);
+    hdr[10] = 1;
+    this.write(mem, x, hdr);
+  }
+
+  /** Appends `src` to the RX chain `x` being filled (the caller checked it fits). */
+  private write(mem: BackendMemory, x: Chain, src: Uint8Array): void {
+    let done = 0;
+    while (done < src.length) {
+      const seg = x.segments[this.wi]!;
+      const n = Math.min(seg.len - this.woff, src.length - done);
+      if (n > 0) mem.bytes(seg.gpa + this.woff, n).set(src.subarray(done, done + n));
+      done += n;
+      this.woff += n;
+      if (this.woff === seg.len) {
+        this.wi++;
+        this.woff = 0;
+      }
+    }
+  }
+
+  /** Delivers a pending RARP frame when an RX buffer is there for it. */
+  private deliverRarp(s: DeviceRings, rx: Vring): void {
+    const frame = this.pendingRarp!;
+    const x = s.pop(rx);
+    if (x === null) return;
+    this.pendingRarp = null;
+    if (x.writableBytes < VIRTIO_NET_HDR_SIZE + frame.length || x.readableBytes !== 0) {
+      this.stats.rxTooSmall++;
+      rx.push(x, 0);
+    } else {
+      this.startRx(s.memory, x);
+      this.write(s.memory, x, frame);
+      rx.push(x, VIRTIO_NET_HDR_SIZE + frame.length);
+    }
+    rx.notify();
+  }
+
   /** Copies every frame from TX to RX until either runs dry; a TX chain without an RX buffer waits. */
   private loopback(s: DeviceRings, rx: Vring, tx: Vring): void {
+    if (this.pendingRarp !== null && rx.index === 0 && s.isReady(rx)) this.deliverRarp(s, rx);
     if (!s.isReady(tx) || !s.isReady(rx)) return;
     let txDone = 0;
     let rxDone = 0;
@@ -80,27 +160,7 @@ export class NetLoopback implements DeviceModel {
         txDone++;
         continue;
       }
-      // virtio_net_hdr: all zero, num_buffers = 1 (§5.1.6.4).
-      const hdr = this.scratch;
-      hdr.fill(0);
-      hdr[10] = 1;
-      let wi = 0;
-      let woff = 0;
-      const write = (src: Uint8Array): void => {
-        let done = 0;
-        while (done < src.length) {
-          const seg = x.segments[wi]!;
-          const n = Math.min(seg.len - woff, src.length - done);
-          if (n > 0) mem.bytes(seg.gpa + woff, n).set(src.subarray(done, done + n));
-          done += n;
-          woff += n;
-          if (woff === seg.len) {
-            wi++;
-            woff = 0;
-          }
-        }
-      };
-      write(hdr);
+      this.startRx(mem, x);
       let skip = VIRTIO_NET_HDR_SIZE;
       for (const seg of t.segments) {
         if (seg.writable) break;
@@ -108,7 +168,7 @@ export class NetLoopback implements DeviceModel {
           skip -= seg.len;
           continue;
         }
-        write(mem.bytes(seg.gpa + skip, seg.len - skip));
+        this.write(mem, x, mem.bytes(seg.gpa + skip, seg.len - skip));
         skip = 0;
       }
       // TX completes before RX: should this process die between the two, the frame
