@@ -82,17 +82,17 @@ describe('cli conformance (child process)', function () {
 
   it('--format junit --output FILE: one testcase per check, failures with evidence, skips with reasons', async () => {
     const out = path.join(dir, 'junit.xml');
-    const r = await cli(['conformance', '--socket', socket, '--device', 'net', '--spawn', serve('--fault nak@SET_VRING_ENABLE --fault-repeat'), '--only', 'reply-ack,rarp', '--format', 'junit', '--output', out]);
+    const r = await cli(['conformance', '--socket', socket, '--device', 'net', '--spawn', serve('--fault nak@SET_VRING_ENABLE --fault-repeat'), '--only', 'reply-ack,inflight', '--format', 'junit', '--output', out]);
     expect(r.status, r.stderr).to.equal(0);
     expect(r.stdout).to.equal('');
     const xml = readFileSync(out, 'utf8');
-    const ids = allChecks.filter((c) => appliesTo(c, 'net') && (c.id.startsWith('reply-ack') || c.id.startsWith('rarp'))).map((c) => c.id);
+    const ids = allChecks.filter((c) => appliesTo(c, 'net') && (c.id.startsWith('reply-ack') || c.id.startsWith('inflight'))).map((c) => c.id);
     expect(xml.match(/<testcase /g)).to.have.length(ids.length);
     expect(xml).to.match(/^<\?xml version="1.0" encoding="UTF-8"\?>\n<testsuites name="vhost-user conformance" tests="\d+" failures="1" skipped="\d+"/);
     expect(xml).to.contain('<testcase classname="conformance.reply-ack" name="reply-ack.SET_VRING_ENABLE"');
     expect(xml).to.match(/<failure message="VHOST_NACK \[SET_VRING_ENABLE\][^"]*" type="finding">rule: vhost-user.rst/);
     expect(xml).to.contain('&lt; SET_VRING_ENABLE flags=0x5 size=8 0x1');
-    expect(xml).to.contain('<skipped message="protocol feature RARP not offered"/>');
+    expect(xml).to.contain('<skipped message="protocol feature INFLIGHT_SHMFD not offered"/>');
   });
 
   it('a back-end that crashes is a finding of the check that crashed it, and is restarted for the next check', async () => {
