@@ -288,8 +288,11 @@ export class BackendSession implements DeviceRings {
       case R.SET_FEATURES: {
         const f = U64.decode(m.payload, name);
         if (f & ~host.features) throw violation('VHOST_INVALID_PAYLOAD', `features 0x${f.toString(16)} include bits not offered (0x${(f & ~host.features).toString(16)})`, name, "virtio 1.2 §3.1.1: the driver accepts only offered features");
-        if (this.rings.some((r) => r.started) && this.ackedFeatures !== null && f !== this.ackedFeatures) {
-          throw violation('VHOST_INVALID_STATE', 'features changed while rings are running', name);
+        // vhost-user.rst, 'Migration': "To start/stop logging ... the front-end may send
+        // VHOST_USER_SET_FEATURES with VHOST_F_LOG_ALL" while the rings run; nothing else may change.
+        const changed = this.ackedFeatures === null ? 0n : f ^ this.ackedFeatures;
+        if (this.rings.some((r) => r.started) && (changed & ~bit(VirtioFeature.VHOST_F_LOG_ALL)) !== 0n) {
+          throw violation('VHOST_INVALID_STATE', `features 0x${changed.toString(16)} changed while rings are running (only VHOST_F_LOG_ALL may)`, name);
         }
         this.ackedFeatures = f;
         this.applyLog();

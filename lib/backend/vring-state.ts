@@ -63,8 +63,7 @@ export class Vring {
   pendingTx: Chain | null = null;
   /** Set while VHOST_F_LOG_ALL is negotiated and a log is shared: every write is logged there. */
   log: DirtyLog | null = null;
-  /** Ring area GPAs while the queue model is built. */
-  private ringGpa: RingAreas | null = null;
+
 
   constructor(
     readonly index: number,
@@ -92,9 +91,18 @@ export class Vring {
 
   /** SET_VRING_ADDR; `logAll` tells whether VHOST_F_LOG_ALL was negotiated. */
   setAddr(a: VringAddr, packed: boolean, logAll: boolean, memory: BackendMemory, request: string): void {
-    if (this.started) throw violation('VHOST_INVALID_STATE', `ring ${this.index} is running`, request);
     if (a.flags & VHOST_VRING_F_LOG && !logAll) {
       throw violation('VHOST_FEATURE_NOT_NEGOTIATED', 'VHOST_VRING_F_LOG without VHOST_F_LOG_ALL', request);
+    }
+    if (this.started) {
+      // vhost-user.rst, 'Migration': logging is switched on a running ring with SET_VRING_ADDR
+      // and VHOST_VRING_F_LOG; the ring itself may not move.
+      const o = this.addr;
+      if (o === null || o.descUserAddr !== a.descUserAddr || o.availUserAddr !== a.availUserAddr || o.usedUserAddr !== a.usedUserAddr) {
+        throw violation('VHOST_INVALID_STATE', `ring ${this.index} is running: only its logging (flags, log_guest_addr) may change`, request);
+      }
+      this.addr = a;
+      return;
     }
     if (this.num === 0) throw violation('VHOST_INVALID_STATE', `SET_VRING_ADDR for ring ${this.index} before SET_VRING_NUM`, request);
     checkVringAddrAlignment(a, packed, request);
@@ -178,7 +186,6 @@ export class Vring {
     if (this.hasQueue) return;
     if (this.addr === null || this.num === 0) return;
     const gpa = this.translate(memory, this.addr, packed, 'SET_VRING_ADDR');
-    this.ringGpa = gpa;
     try {
       if (packed) {
         this.packed = new PackedDeviceQueue(memory, { size: this.num, desc: gpa.desc, driver: gpa.avail, device: gpa.used, end: gpa.used + 4 }, { eventIdx, base: this.base });
@@ -261,8 +268,9 @@ export class Vring {
    * Logs what completing `c` wrote (vhost-user.rst, "Migration"): the first `len`
    * bytes of its writable segments, and, when the ring was set up with
    * VHOST_VRING_F_LOG, the used entry and used.idx at log_guest_addr (split) or
-   * the descriptor written back in the ring (packed, whose used entries live in
-   * the descriptor ring).
+   * the descriptor written back at log_guest_addr + 16 * slot (packed, whose used
+   * entries overwrite descriptors: log_guest_addr is the descriptor ring, as DPDK
+   * reads it).
    */
   private logPush(c: Chain, len: number, slot: number): void {
     const log = this.log!;
@@ -281,7 +289,7 @@ export class Vring {
       log.mark(used + 4 + 8 * (slot % this.num), 8); // vring_used_elem
       log.mark(used + 2, 2); // used.idx
     } else {
-      log.mark(this.ringGpa!.desc + PACKED_DESC_SIZE * slot, PACKED_DESC_SIZE);
+      log.mark(Number(a.logGuestAddr) + PACKED_DESC_SIZE * slot, PACKED_DESC_SIZE);
     }
   }
 

@@ -14,10 +14,12 @@
  * Float64Array (large counts in object fields would be boxed).
  */
 import { EventEmitter } from 'eventemitter3';
-import { VhostUserClient, type VhostUserClientOptions } from '../../client/vhost-user-client.js';
+import { VhostUserClient, type VhostUserClientOptions, type VringAddrOptions } from '../../client/vhost-user-client.js';
 import { VhostUserError } from '../../errors.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
-import { bit, hasBit, ProtocolFeature, VirtioFeature, VirtioNetFeature } from '../../protocol/constants.js';
+import { bit, hasBit, ProtocolFeature, VHOST_VRING_F_LOG, VirtioFeature, VirtioNetFeature } from '../../protocol/constants.js';
+import { C, closeFd, libc, syscallError } from '../../native/libc.js';
+import { Mapping } from '../../native/mapping.js';
 import { EventFd } from '../../transport/eventfd.js';
 import type { UnixListener } from '../../transport/unix-listener.js';
 import type { ConnectOptions } from '../../transport/unix-stream.js';
@@ -160,6 +162,8 @@ export interface VirtioNetEvents {
 type Connector = (timeoutMs: number, signal: AbortSignal) => Promise<VhostUserClient>;
 
 const PAGE = 4096;
+/** VHOST_LOG_PAGE: one dirty-log bit per this many bytes of guest memory. */
+const LOG_PAGE = 4096;
 const MERGE_AREA = 65536;
 
 export class VirtioNet extends EventEmitter<VirtioNetEvents> {
@@ -180,6 +184,10 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   private readonly reapLengths: Uint32Array;
   private readonly options: VirtioNetOptions;
   private readonly connector: Connector | null;
+  /** Features the back-end offered (GET_FEATURES). */
+  private offered: bigint;
+  /** The dirty log shared with the back-end while logging (startDirtyLog). */
+  private dirtyLog: { fd: number; size: number; mapping: Mapping; bits: Uint8Array } | null = null;
   private closed = false;
   /** Ends the pause between reconnect attempts (close() calls it). */
   private stopWaiting: (() => void) | null = null;
@@ -200,8 +208,10 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     config: NetConfig | null;
     options: VirtioNetOptions;
     connector: Connector | null;
+    offered: bigint;
   }) {
     super();
+    this.offered = init.offered;
     this.current = init.client;
     this.options = init.options;
     this.connector = init.connector;
@@ -349,7 +359,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
       config = decodeNetConfig(await client.getConfig(0, NET_CONFIG_SIZE), features);
     }
     if (client.hasProtocolFeature(ProtocolFeature.STATUS)) await client.setStatus(DRIVER_OK_STATUS);
-    return new VirtioNet({ client, memory, features, pairs, queueSize, ring, rxBufferSize, txSlotSize, config, options, connector });
+    return new VirtioNet({ client, memory, features, pairs, queueSize, ring, rxBufferSize, txSlotSize, config, options, connector, offered });
   }
 
   // ------------------------------------------------------------ reconnect
@@ -411,6 +421,95 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     this.emit('disconnect', new VhostUserError(code, `reconnecting gave up after ${Date.now() - t0} ms: ${last.toLine()}`, { request: last.request, cause: last }));
   }
 
+  // ------------------------------------------------------------ dirty logging (migration)
+
+  /** Whether the back-end can log the pages it writes into shared memory: VHOST_F_LOG_ALL offered, LOG_SHMFD negotiated. */
+  get canLogDirty(): boolean {
+    return hasBit(this.offered, VirtioFeature.VHOST_F_LOG_ALL) && this.current.hasProtocolFeature(ProtocolFeature.LOG_SHMFD);
+  }
+
+  /** Whether dirty logging is on (startDirtyLog). */
+  get isLoggingDirty(): boolean {
+    return this.dirtyLog !== null;
+  }
+
+  /**
+   * Starts dirty-page logging the way QEMU does when a migration begins
+   * (vhost_dev_set_log): shares a log covering all of guest memory, one bit per
+   * 4 KiB page, as a memfd (SET_LOG_BASE, LOG_SHMFD), sets VHOST_F_LOG_ALL with
+   * SET_FEATURES, and switches every ring to logging its used ring (SET_VRING_ADDR
+   * with VHOST_VRING_F_LOG and log_guest_addr = the used ring's GPA). The rings keep
+   * running; vhost-user.rst, "Migration", allows both changes on running rings.
+   * Read the log with syncDirtyLog(). A reconnect replays the logging too.
+   */
+  async startDirtyLog(): Promise<void> {
+    if (this.dirtyLog) return;
+    if (!this.canLogDirty) {
+      throw new VhostUserError('VHOST_FEATURE_NOT_NEGOTIATED', 'dirty logging needs VHOST_F_LOG_ALL offered and LOG_SHMFD negotiated', { request: 'SET_LOG_BASE' });
+    }
+    const end = Math.max(...this.memory.regions.map((r) => r.guestPhysAddr + r.size));
+    const size = alignUp(Math.ceil(Math.ceil(end / LOG_PAGE) / 8), PAGE);
+    const fd = libc.memfd_create('vhost-user-dirty-log', C.MFD_CLOEXEC);
+    if (fd < 0) throw syscallError('memfd_create');
+    let mapping: Mapping | null = null;
+    try {
+      if (libc.ftruncate(fd, size) !== 0) throw syscallError('ftruncate');
+      mapping = Mapping.map(fd, size);
+      this.dirtyLog = { fd, size, mapping, bits: mapping.bytes(0, size) };
+      await this.applyDirtyLog(this.current, true);
+    } catch (e) {
+      this.dirtyLog = null;
+      mapping?.close();
+      closeFd(fd);
+      throw e;
+    }
+  }
+
+  /**
+   * The guest pages (GPA / 4096) the back-end wrote since the last call, in
+   * ascending order; their bits are cleared with an atomic exchange, so a write
+   * racing with the read is kept for the next call. Allocates: not for the packet path.
+   */
+  syncDirtyLog(): number[] {
+    const log = this.dirtyLog;
+    if (!log) throw new VhostUserError('VHOST_INVALID_STATE', 'dirty logging is not on (startDirtyLog)');
+    const pages: number[] = [];
+    const bits = log.bits;
+    for (let i = 0; i < bits.length; i++) {
+      if (bits[i] === 0) continue;
+      const v = Atomics.exchange(bits, i, 0);
+      for (let b = 0; b < 8; b++) if (v & (1 << b)) pages.push(i * 8 + b);
+    }
+    return pages;
+  }
+
+  /** Stops logging (rings unlogged, VHOST_F_LOG_ALL cleared), releases the log, and returns the pages dirtied since the last sync. */
+  async stopDirtyLog(): Promise<number[]> {
+    if (!this.dirtyLog) return [];
+    await this.applyDirtyLog(this.current, false);
+    const pages = this.syncDirtyLog();
+    this.releaseDirtyLog();
+    return pages;
+  }
+
+  /** Switches logging on `client` on (log base, LOG_ALL, logged rings) or off (the reverse). */
+  private async applyDirtyLog(client: VhostUserClient, on: boolean): Promise<void> {
+    const log = this.dirtyLog!;
+    if (on) await client.setLogBase(log.fd, BigInt(log.size));
+    await client.setFeatures(on ? this.features | bit(VirtioFeature.VHOST_F_LOG_ALL) : this.features);
+    for (const pair of this.pairs) {
+      for (const vq of [pair.rx, pair.tx]) await client.setVringAddr(ringAddr(this.memory, vq, on));
+    }
+  }
+
+  private releaseDirtyLog(): void {
+    const log = this.dirtyLog;
+    if (!log) return;
+    this.dirtyLog = null;
+    log.mapping.close();
+    closeFd(log.fd);
+  }
+
   /** Sets the device up on a fresh connection, resuming every ring; returns the per-pair report. */
   private async replay(client: VhostUserClient): Promise<ReconnectReport['queues']> {
     const negotiated = await client.negotiate();
@@ -431,6 +530,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
       report.push({ txBase, rxBase, txResumed: resumed(pair.tx, txBase), rxResumed: resumed(pair.rx, rxBase) });
     }
     await startRings(client, this.pairs, this.memory, this.features, (vq) => bases.get(vq)!);
+    if (this.dirtyLog) await this.applyDirtyLog(client, true);
     for (const pair of this.pairs) pair.txKick.signal();
     if (client.hasProtocolFeature(ProtocolFeature.STATUS)) await client.setStatus(DRIVER_OK_STATUS);
     return report;
@@ -661,6 +761,12 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     return out;
   }
 
+  /** Where a pair's packet buffers live in guest memory (GPA and length): TX slots, RX buffers. For migration experiments (which pages are which). */
+  bufferAreas(queue = 0): { tx: { gpa: number; length: number }; rx: { gpa: number; length: number } } {
+    const p = this.pair(queue);
+    return { tx: { gpa: p.txPoolGpa, length: p.txBytes.length }, rx: { gpa: p.rxPoolGpa, length: p.rxBytes.length } };
+  }
+
   /** The virtqueues of a pair, for inspection and fault-injection tests. */
   queues(queue = 0): { rx: Virtqueue; tx: Virtqueue } {
     const p = this.pair(queue);
@@ -674,6 +780,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     this.stopWaiting?.();
     this.closing.abort();
     this.client.close();
+    this.releaseDirtyLog();
     for (const p of this.pairs) for (const f of [p.rxKick, p.txKick, p.rxCall, p.txCall]) f.close();
     this.memory.close();
   }
@@ -698,14 +805,8 @@ async function startRings(client: VhostUserClient, pairs: readonly QueuePair[], 
       [pair.rx, pair.rxKick, pair.rxCall],
       [pair.tx, pair.txKick, pair.txCall],
     ] as const) {
-      const a = vq.addresses;
       await client.setVringNum(vq.index, vq.size);
-      await client.setVringAddr({
-        index: vq.index,
-        descUserAddr: memory.userAddr(a.desc),
-        availUserAddr: memory.userAddr(a.driver),
-        usedUserAddr: memory.userAddr(a.device),
-      });
+      await client.setVringAddr(ringAddr(memory, vq, false));
       await client.setVringBase(vq.index, base(vq));
       await client.setVringCall(vq.index, call.fd);
       await client.setVringKick(vq.index, kick.fd);
@@ -718,6 +819,23 @@ async function startRings(client: VhostUserClient, pairs: readonly QueuePair[], 
     }
   }
   for (const pair of pairs) pair.rxKick.signal();
+}
+
+/**
+ * SET_VRING_ADDR for `vq`; `logged`: VHOST_VRING_F_LOG with log_guest_addr where
+ * the device writes completions: the used ring (split, as QEMU sets it), the
+ * descriptor ring (packed, whose used entries overwrite descriptors; DPDK logs
+ * packed completions at log_guest_addr + slot * 16).
+ */
+function ringAddr(memory: GuestMemory, vq: Virtqueue, logged: boolean): VringAddrOptions {
+  const a = vq.addresses;
+  return {
+    index: vq.index,
+    descUserAddr: memory.userAddr(a.desc),
+    availUserAddr: memory.userAddr(a.driver),
+    usedUserAddr: memory.userAddr(a.device),
+    ...(logged ? { flags: VHOST_VRING_F_LOG, logGuestAddr: vq.packed ? a.desc : a.device } : {}),
+  };
 }
 
 /** Buffers between the resume position and what the driver has published: processed again by the new device. */
