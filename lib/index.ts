@@ -39,6 +39,7 @@ export {
   type RingKind,
   type ReconnectOptions,
   type ReconnectReport,
+  type HandOverReport,
 } from './devices/net/virtio-net.js';
 export * from './devices/net/virtio-net-hdr.js';
 export { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig } from './devices/net/net-config.js';

@@ -71,6 +71,16 @@ export interface ReconnectOptions {
   maxDelayMs?: number;
 }
 
+/** What handOver() did. */
+export interface HandOverReport {
+  /** Ring positions the old back-end reported (GET_VRING_BASE) and the new one was given, per queue pair. */
+  queues: { rxBase: number; txBase: number }[];
+  /** Whether SEND_RARP went to the new back-end (RARP negotiated and a MAC known). */
+  rarp: boolean;
+  /** From the first GET_VRING_BASE to the new back-end running. */
+  ms: number;
+}
+
 /** What a reconnect found and did, per queue pair. */
 export interface ReconnectReport {
   /** Connections tried, the successful one included. */
@@ -510,8 +520,50 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     closeFd(log.fd);
   }
 
-  /** Sets the device up on a fresh connection, resuming every ring; returns the per-pair report. */
-  private async replay(client: VhostUserClient): Promise<ReconnectReport['queues']> {
+  // ------------------------------------------------------------ hand-over (migration)
+
+  /**
+   * Hands the rings over to another back-end: the vhost-user part of a live
+   * migration, with both back-ends on this host. The current back-end stops each
+   * ring and reports where it got to (GET_VRING_BASE, vhost-user.rst "Starting and
+   * stopping rings"); the new one (a socket path, or a client already connected)
+   * gets the same device: features, protocol features, the same memfd memory, and
+   * every ring from exactly that base, then DRIVER_OK; finally SEND_RARP announces
+   * the guest's MAC when RARP is negotiated. Unlike a crash, nothing is processed
+   * twice or lost. The old connection is closed; dirty logging, if on, is stopped
+   * first. The old back-end must complete what it took before answering
+   * GET_VRING_BASE, as the spec asks.
+   */
+  async handOver(target: string | VhostUserClient, options: { mac?: Uint8Array } = {}): Promise<HandOverReport> {
+    const t0 = Date.now();
+    const old = this.current;
+    if (this.dirtyLog) await this.stopDirtyLog();
+    const bases = new Map<Virtqueue, number>();
+    for (const pair of this.pairs) {
+      for (const vq of [pair.rx, pair.tx]) bases.set(vq, (await old.getVringBase(vq.index)).num);
+    }
+    const client = typeof target === 'string' ? await VhostUserClient.connect(target, this.options) : target;
+    try {
+      await this.replay(client, bases);
+      const mac = options.mac ?? (this.config?.mac ? Uint8Array.from(this.config.mac.split(':'), (h) => parseInt(h, 16)) : null);
+      const rarp = mac !== null && client.hasProtocolFeature(ProtocolFeature.RARP);
+      if (rarp) await client.sendRarp(mac);
+      this.current = client;
+      this.watch(client);
+      old.close();
+      return { queues: this.pairs.map((p) => ({ rxBase: bases.get(p.rx)!, txBase: bases.get(p.tx)! })), rarp, ms: Date.now() - t0 };
+    } catch (e) {
+      if (typeof target === 'string') client.close();
+      throw e;
+    }
+  }
+
+  /**
+   * Sets the device up on a fresh connection, every ring from `bases` (a
+   * hand-over) or, by default, resuming after the last completion the previous
+   * back-end wrote (a reconnect); returns the per-pair report.
+   */
+  private async replay(client: VhostUserClient, given?: ReadonlyMap<Virtqueue, number>): Promise<ReconnectReport['queues']> {
     const negotiated = await client.negotiate();
     const missing = this.features & ~negotiated.features;
     if (missing !== 0n) {
@@ -524,8 +576,8 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     const report: ReconnectReport['queues'] = [];
     const bases = new Map<Virtqueue, number>();
     for (const pair of this.pairs) {
-      const txBase = pair.tx.resumeBase();
-      const rxBase = pair.rx.resumeBase();
+      const txBase = given?.get(pair.tx) ?? pair.tx.resumeBase();
+      const rxBase = given?.get(pair.rx) ?? pair.rx.resumeBase();
       bases.set(pair.tx, txBase).set(pair.rx, rxBase);
       report.push({ txBase, rxBase, txResumed: resumed(pair.tx, txBase), rxResumed: resumed(pair.rx, rxBase) });
     }
