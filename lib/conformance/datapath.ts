@@ -12,6 +12,7 @@
  */
 import type { Negotiated, VhostUserClient } from '../client/vhost-user-client.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
+import { VIRTIO_NET_HDR_SIZE } from '../devices/net/virtio-net-hdr.js';
 import { buildUdpFrameOfSize, frameSequence } from '../net/frame-builder.js';
 import { bit, featureNames, hasBit, ProtocolFeature, VHOST_VRING_F_LOG, VirtioFeature } from '../protocol/constants.js';
 import type { EventFd } from '../transport/eventfd.js';
@@ -33,7 +34,7 @@ export const STATUS_DRIVER_OK = 4;
 export const STATUS_FEATURES_OK = 8;
 const SLOT = 2048;
 /** virtio_net_hdr with VIRTIO_F_VERSION_1 (virtio 1.2 §5.1.6: num_buffers is always present). */
-export const NET_HDR_SIZE = 12;
+export const NET_HDR_SIZE = VIRTIO_NET_HDR_SIZE;
 
 export interface RingSetupOptions {
   /** Put VHOST_USER_F_PROTOCOL_FEATURES in SET_FEATURES (default true). */
@@ -42,7 +43,7 @@ export interface RingSetupOptions {
   enable?: boolean;
   /** More feature bits for SET_FEATURES (e.g. VHOST_F_LOG_ALL); each must be offered. */
   extraFeatures?: bigint;
-  /** Set VHOST_VRING_F_LOG with log_guest_addr = the used ring's GPA. */
+  /** Set VHOST_VRING_F_LOG with log_guest_addr = where completions are written: the used ring (split), the descriptor ring (packed). */
   logUsed?: boolean;
   /** Ring layout (default split); packed adds VIRTIO_F_RING_PACKED to SET_FEATURES. */
   ring?: 'split' | 'packed';
@@ -108,7 +109,7 @@ export class Rings {
       descUserAddr: m.userAddr(q.addresses.desc),
       availUserAddr: m.userAddr(q.addresses.driver),
       usedUserAddr: m.userAddr(q.addresses.device),
-      ...(this.options.logUsed ? { flags: VHOST_VRING_F_LOG, logGuestAddr: q.addresses.device } : {}),
+      ...(this.options.logUsed ? { flags: VHOST_VRING_F_LOG, logGuestAddr: q.packed ? q.addresses.desc : q.addresses.device } : {}),
     });
     await c.setVringKick(i, this.kicks[i]!.fd);
     await c.setVringCall(i, this.calls[i]!.fd);
