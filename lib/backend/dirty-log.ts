@@ -9,10 +9,8 @@
  */
 import { VhostUserError } from '../errors.js';
 import { Mapping } from '../native/mapping.js';
+import { VHOST_LOG_PAGE } from '../protocol/constants.js';
 import { violation } from './violation.js';
-
-/** VHOST_LOG_PAGE: the granularity of the dirty log. */
-export const VHOST_LOG_PAGE = 0x1000;
 
 /** A log covering more than 64 TiB of guest memory is not a log this back-end believes. */
 const MAX_LOG_SIZE = 2 ** 31;

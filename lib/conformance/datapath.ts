@@ -14,7 +14,7 @@ import type { Negotiated, VhostUserClient } from '../client/vhost-user-client.js
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { VIRTIO_NET_HDR_SIZE } from '../devices/net/virtio-net-hdr.js';
 import { buildUdpFrameOfSize, frameSequence } from '../net/frame-builder.js';
-import { bit, featureNames, hasBit, ProtocolFeature, VHOST_VRING_F_LOG, VirtioFeature } from '../protocol/constants.js';
+import { bit, DeviceStatus, featureNames, hasBit, ProtocolFeature, VHOST_VRING_F_LOG, VirtioFeature } from '../protocol/constants.js';
 import type { EventFd } from '../transport/eventfd.js';
 import { VhostUserError } from '../errors.js';
 import { encodePackedVringBase } from '../protocol/payloads.js';
@@ -27,11 +27,6 @@ import type { CheckContext } from './context.js';
 export const QUEUE_SIZE = 64;
 export const MEMORY_SIZE = 4 << 20;
 const RING_STRIDE = 0x4000;
-/** virtio 1.2 §2.1 device status bits. */
-export const STATUS_ACKNOWLEDGE = 1;
-export const STATUS_DRIVER = 2;
-export const STATUS_DRIVER_OK = 4;
-export const STATUS_FEATURES_OK = 8;
 const SLOT = 2048;
 /** virtio_net_hdr with VIRTIO_F_VERSION_1 (virtio 1.2 §5.1.6: num_buffers is always present). */
 export const NET_HDR_SIZE = VIRTIO_NET_HDR_SIZE;
@@ -81,7 +76,7 @@ export class Rings {
     await client.setFeatures(features);
     // virtio 1.2 §3.1.1 initialisation; DPDK starts a device only once it sees DRIVER_OK.
     const status = client.hasProtocolFeature(ProtocolFeature.STATUS);
-    if (status) await client.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+    if (status) await client.setStatus(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK);
     const memory = ctx.memory({ size: MEMORY_SIZE });
     await client.setMemTable(memory);
     const rings = new Rings(ctx, client, memory, options, features);
@@ -93,7 +88,7 @@ export class Rings {
       await rings.start(i, packed ? PACKED_INITIAL_BASE : 0);
     }
     if (options.enable ?? pf) for (let i = 0; i < count; i++) await client.setVringEnable(i, true);
-    if (status) await client.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    if (status) await client.setStatus(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK);
     return rings;
   }
 

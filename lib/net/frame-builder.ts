@@ -22,6 +22,8 @@ export const MIN_FRAME_SIZE = 60;
 export const MAX_FRAME_SIZE = 9000;
 
 const ETHERTYPE_IPV4 = 0x0800;
+/** RFC 903 Reverse ARP: what a back-end broadcasts for SEND_RARP. */
+export const ETHERTYPE_RARP = 0x8035;
 const IPPROTO_UDP = 17;
 const PAYLOAD_OFFSET = UDP_FRAME_OVERHEAD;
 
@@ -58,7 +60,8 @@ function invalid(message: string): VhostUserError {
   return new VhostUserError('VHOST_INVALID_ARGUMENT', message);
 }
 
-function macBytes(mac: string | Uint8Array, what: string): Uint8Array {
+/** A MAC address as 6 bytes, from `52:54:00:12:34:56` or 6 bytes; VHOST_INVALID_ARGUMENT otherwise. */
+export function parseMac(mac: string | Uint8Array, what = 'MAC address'): Uint8Array {
   if (typeof mac !== 'string') {
     if (mac.length !== 6) throw invalid(`${what} must be 6 bytes, got ${mac.length}`);
     return mac;
@@ -106,8 +109,8 @@ export function buildUdpFrame(options: UdpFrameOptions = {}): Uint8Array {
   }
   const frame = new Uint8Array(UDP_FRAME_OVERHEAD + n);
   const v = new DataView(frame.buffer);
-  frame.set(macBytes(options.dstMac ?? '02:00:00:00:00:02', 'dstMac'), 0);
-  frame.set(macBytes(options.srcMac ?? '02:00:00:00:00:01', 'srcMac'), 6);
+  frame.set(parseMac(options.dstMac ?? '02:00:00:00:00:02', 'dstMac'), 0);
+  frame.set(parseMac(options.srcMac ?? '02:00:00:00:00:01', 'srcMac'), 6);
   v.setUint16(12, ETHERTYPE_IPV4);
 
   const ip = ETH_HEADER_SIZE;
@@ -154,6 +157,30 @@ export function buildUdpFrameOfSize(frameSize: number, seq: number, endpoints: U
 function writePattern(frame: Uint8Array, seq: number): void {
   const b = seq & 0xff;
   frame.set(PATTERN.subarray(b, b + frame.length - PAYLOAD_OFFSET - 4), PAYLOAD_OFFSET + 4);
+}
+
+/**
+ * The RARP frame a back-end broadcasts for SEND_RARP after a migration, as DPDK's
+ * make_rarp_packet builds it: broadcast from `mac`, RFC 903 reverse request
+ * (op 3) for `mac` with both protocol addresses 0, padded to 60 bytes.
+ */
+export function buildRarpFrame(mac: string | Uint8Array): Uint8Array {
+  const m = parseMac(mac);
+  const f = new Uint8Array(MIN_FRAME_SIZE);
+  f.fill(0xff, 0, 6);
+  f.set(m, 6);
+  f[12] = ETHERTYPE_RARP >> 8;
+  f[13] = ETHERTYPE_RARP & 0xff;
+  const a = ETH_HEADER_SIZE; // hardware Ethernet, protocol IPv4, address sizes 6 and 4, op 3
+  f.set([0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x03], a);
+  f.set(m, a + 8); // sender hardware address
+  f.set(m, a + 18); // target hardware address
+  return f;
+}
+
+/** Whether `frame` is Ethernet with ethertype RARP. */
+export function isRarpFrame(frame: Uint8Array): boolean {
+  return frame.length >= ETH_HEADER_SIZE && ((frame[12]! << 8) | frame[13]!) === ETHERTYPE_RARP;
 }
 
 /**

@@ -105,6 +105,18 @@ export const VHOST_USER_VRING_IDX_MASK = 0xff;
 export const VHOST_USER_VRING_NOFD_MASK = 0x100;
 /** vhost-user.rst, 'Migration': log used-ring writes at log_guest_addr. */
 export const VHOST_VRING_F_LOG = 1;
+/** vhost-user.rst, 'Migration': one dirty-log bit per this many bytes of guest memory. */
+export const VHOST_LOG_PAGE = 0x1000;
+
+/** Device status bits (virtio 1.2 §2.1), as SET_STATUS / GET_STATUS carry them. */
+export const DeviceStatus = {
+  ACKNOWLEDGE: 1,
+  DRIVER: 2,
+  DRIVER_OK: 4,
+  FEATURES_OK: 8,
+  DEVICE_NEEDS_RESET: 64,
+  FAILED: 128,
+} as const;
 
 /**
  * Protocol feature BIT NUMBERS (vhost-user.rst, 'Protocol features'). Bits 20-23

@@ -3,7 +3,8 @@
  * same memfd, as the front-end reading it during migration would.
  */
 import { expect } from 'chai';
-import { DirtyLog, VHOST_LOG_PAGE } from '../../lib/backend/dirty-log.js';
+import { DirtyLog } from '../../lib/backend/dirty-log.js';
+import { VHOST_LOG_PAGE } from '../../lib/protocol/constants.js';
 import { VhostUserError } from '../../lib/errors.js';
 import { C, closeFd, libc } from '../../lib/native/libc.js';
 import { Mapping } from '../../lib/native/mapping.js';

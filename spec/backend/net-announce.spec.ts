@@ -4,10 +4,10 @@
  * network), and NET_SET_MTU takes any MTU a virtio-net device may have.
  */
 import { expect } from 'chai';
-import { rarpFrame } from '../../lib/backend/devices/net-loopback.js';
 import { ReferenceBackend } from '../../lib/backend/reference-backend.js';
 import { RxBurst, VirtioNet } from '../../lib/devices/net/virtio-net.js';
 import { VhostUserError } from '../../lib/errors.js';
+import { buildRarpFrame } from '../../lib/net/frame-builder.js';
 import { ProtocolFeature } from '../../lib/protocol/constants.js';
 import { resourceSnapshot, settle } from '../helpers/resources.js';
 import { tempSocketPath } from '../helpers/socket-pair.js';
@@ -44,7 +44,7 @@ describe('reference net device: SEND_RARP and NET_SET_MTU', () => {
     }
     expect(frames).to.have.length(1);
     const f = frames[0]!;
-    expect(f).to.deep.equal(rarpFrame(mac));
+    expect(f).to.deep.equal(buildRarpFrame(mac));
     expect(Buffer.from(f.subarray(0, 14)).toString('hex')).to.equal('ffffffffffff' + '525400abcdef' + '8035');
     expect(Buffer.from(f.subarray(14, 42)).toString('hex')).to.equal('0001080006040003' + '525400abcdef' + '00000000' + '525400abcdef' + '00000000');
   });

@@ -6,49 +6,12 @@
  */
 import { expect } from 'chai';
 import { ReferenceBackend } from '../../lib/backend/reference-backend.js';
-import { RxBurst, VirtioNet, type RingKind } from '../../lib/devices/net/virtio-net.js';
+import { VirtioNet, type RingKind } from '../../lib/devices/net/virtio-net.js';
 import { startTestpmd, type TestpmdBackend } from '../../lib/launch/dpdk-testpmd.js';
-import { buildUdpFrameOfSize, framePayloadIntact, frameSequence } from '../../lib/net/frame-builder.js';
 import { skipWithout } from '../helpers/backends.js';
 import { leakedAfter, resourceSnapshot } from '../helpers/resources.js';
+import { SequencedTraffic } from '../helpers/traffic.js';
 import { tempSocketPath } from '../helpers/socket-pair.js';
-
-const RARP = 0x8035;
-
-class Traffic {
-  sent = 0;
-  readonly seen = new Set<number>();
-  duplicates = 0;
-  corrupt = 0;
-  rarp: Uint8Array[] = [];
-  private readonly burst = new RxBurst(64);
-  constructor(private readonly net: VirtioNet) {}
-
-  step(limit: number, window: number): void {
-    const room = Math.min(32, window - (this.sent - this.seen.size), limit - this.sent);
-    if (room > 0) this.sent += this.net.sendBurst(Array.from({ length: room }, (_, i) => buildUdpFrameOfSize(128, this.sent + i)));
-    const n = this.net.receiveBurst(0, this.burst);
-    for (let i = 0; i < n; i++) {
-      const f = this.burst.frame(i);
-      if (((f[12]! << 8) | f[13]!) === RARP) {
-        this.rarp.push(f);
-        continue;
-      }
-      const seq = frameSequence(f);
-      if (seq === undefined || !framePayloadIntact(f)) this.corrupt++;
-      else if (this.seen.has(seq)) this.duplicates++;
-      else this.seen.add(seq);
-    }
-  }
-
-  async run(limit: number, window: number, until: () => boolean, ms: number): Promise<void> {
-    const deadline = Date.now() + ms;
-    for (let spins = 0; !until() && Date.now() < deadline; spins++) {
-      this.step(limit, window);
-      if (spins % 16 === 0) await new Promise((r) => setImmediate(r));
-    }
-  }
-}
 
 describe('VirtioNet.handOver: rings move to a second back-end mid-traffic', function () {
   this.timeout(60_000);
@@ -72,7 +35,7 @@ describe('VirtioNet.handOver: rings move to a second back-end mid-traffic', func
       const b = ReferenceBackend.listen(tb.path, { device: 'net' });
       cleanups.push(() => ta.cleanup(), () => tb.cleanup(), () => a.close(), () => b.close());
       net = await VirtioNet.open(ta.path, { ring });
-      const t = new Traffic(net);
+      const t = new SequencedTraffic(net);
       const TOTAL = 6000;
       await t.run(TOTAL, 300, () => t.seen.size >= 2000, 10_000);
       for (let i = 0; i < 8; i++) t.step(TOTAL, 300); // frames in flight during the hand-over
@@ -101,7 +64,7 @@ describe('VirtioNet.handOver: rings move to a second back-end mid-traffic', func
       const b: TestpmdBackend = await startTestpmd({ forwardMode: 'io' });
       cleanups.push(() => b.stop());
       net = await VirtioNet.open(a.socketPath, { timeoutMs: 5000 });
-      const t = new Traffic(net);
+      const t = new SequencedTraffic(net);
       await t.run(1_000_000, 64, () => t.seen.size >= 500, 20_000);
       const before = t.seen.size;
       const mac = Uint8Array.of(0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc);

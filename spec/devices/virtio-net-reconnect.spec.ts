@@ -8,67 +8,15 @@
 import { expect } from 'chai';
 import path from 'node:path';
 import { rm } from 'node:fs/promises';
-import { RxBurst, VirtioNet, type ReconnectReport, type RingKind } from '../../lib/devices/net/virtio-net.js';
+import { VirtioNet, type ReconnectReport, type RingKind } from '../../lib/devices/net/virtio-net.js';
 import { VhostUserError } from '../../lib/errors.js';
 import { liveBackends, makeTempDir } from '../../lib/launch/backend-process.js';
 import { startTestpmd, type TestpmdBackend } from '../../lib/launch/dpdk-testpmd.js';
 import { startReferenceBackend, type ReferenceBackendProcess } from '../../lib/launch/reference-backend.js';
-import { buildUdpFrameOfSize, framePayloadIntact, frameSequence } from '../../lib/net/frame-builder.js';
 import { UnixListener } from '../../lib/transport/unix-listener.js';
 import { skipWithout } from '../helpers/backends.js';
 import { leakedAfter, resourceSnapshot, settle, timerCount } from '../helpers/resources.js';
-
-const FRAME_SIZE = 128;
-
-/** Sends sequence-numbered frames and counts what comes back, per sequence number. */
-class Traffic {
-  sent = 0;
-  readonly seen = new Map<number, number>();
-  duplicates = 0;
-  corrupt = 0;
-  private readonly burst = new RxBurst(64);
-  private readonly pool: Uint8Array[] = [];
-
-  constructor(private readonly net: VirtioNet) {}
-
-  get received(): number {
-    return this.seen.size;
-  }
-
-  /** One round: up to 32 new frames while fewer than `window` are unanswered, then one receive. */
-  step(limit: number, window: number): void {
-    const room = Math.min(32, window - (this.sent - this.received), limit - this.sent);
-    if (room > 0) {
-      this.pool.length = 0;
-      for (let i = 0; i < room; i++) this.pool.push(buildUdpFrameOfSize(FRAME_SIZE, this.sent + i));
-      this.sent += this.net.sendBurst(this.pool);
-    }
-    this.receive();
-  }
-
-  receive(): void {
-    const n = this.net.receiveBurst(0, this.burst);
-    for (let i = 0; i < n; i++) {
-      const f = this.burst.frame(i);
-      const seq = frameSequence(f);
-      if (seq === undefined || !framePayloadIntact(f)) {
-        this.corrupt++;
-        continue;
-      }
-      if (this.seen.has(seq)) this.duplicates++;
-      this.seen.set(seq, (this.seen.get(seq) ?? 0) + 1);
-    }
-  }
-
-  /** Runs until `until()` or the deadline. */
-  async run(limit: number, window: number, until: () => boolean, deadlineMs: number): Promise<void> {
-    const deadline = Date.now() + deadlineMs;
-    for (let spins = 0; !until() && Date.now() < deadline; spins++) {
-      this.step(limit, window);
-      if (spins % 16 === 0) await new Promise((r) => setImmediate(r));
-    }
-  }
-}
+import { SequencedTraffic } from '../helpers/traffic.js';
 
 function nextEvent<T>(net: VirtioNet, event: 'reconnect' | 'disconnect', ms: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
@@ -112,7 +60,7 @@ describe('virtio-net reconnect after the back-end is killed mid-traffic', functi
       let backend: ReferenceBackendProcess = await startReferenceBackend({ socketPath });
       backends.push(backend);
       net = await VirtioNet.open(socketPath, { ring, timeoutMs: 2000, reconnect: { timeoutMs: 15_000 } });
-      const t = new Traffic(net);
+      const t = new SequencedTraffic(net);
       const TOTAL = 6000;
       await t.run(TOTAL, 200, () => t.received >= 2000, 20_000);
       expect(t.received).to.be.at.least(2000);
@@ -187,7 +135,7 @@ describe('virtio-net reconnect after the back-end is killed mid-traffic', functi
       let pmd: TestpmdBackend = await startTestpmd({ socketPath, forwardMode: 'io' });
       backends.push(pmd);
       net = await VirtioNet.open(socketPath, { timeoutMs: 5000, reconnect: { timeoutMs: 30_000 } });
-      const t = new Traffic(net);
+      const t = new SequencedTraffic(net);
       await t.run(1_000_000, 64, () => t.received >= 500, 20_000);
       expect(t.received).to.be.at.least(500);
       for (let i = 0; i < 4; i++) t.step(1_000_000, 128);
@@ -214,7 +162,7 @@ describe('virtio-net reconnect after the back-end is killed mid-traffic', functi
       let pmd: TestpmdBackend = await startTestpmd({ socketPath, client: true, forwardMode: 'io' });
       backends.push(pmd);
       net = await VirtioNet.accept(listener, { timeoutMs: 5000, acceptTimeoutMs: 15_000, reconnect: { timeoutMs: 30_000 } });
-      const t = new Traffic(net);
+      const t = new SequencedTraffic(net);
       await t.run(1_000_000, 64, () => t.received >= 500, 20_000);
       expect(t.received).to.be.at.least(500);
       const reconnected = nextEvent<ReconnectReport>(net, 'reconnect', 40_000);

@@ -4,6 +4,7 @@
  */
 import { NET_CONFIG_SIZE } from '../../devices/net/net-config.js';
 import { VIRTIO_NET_HDR_SIZE } from '../../devices/net/virtio-net-hdr.js';
+import { buildRarpFrame } from '../../net/frame-builder.js';
 import { ProtocolFeature, VirtioNetFeature, bit } from '../../protocol/constants.js';
 import type { BackendMemory } from '../backend-memory.js';
 import type { Chain, Vring } from '../vring-state.js';
@@ -18,20 +19,6 @@ export interface NetStats {
   rxTooSmall: number;
 }
 
-
-/** The frame a back-end broadcasts for SEND_RARP, padded to the 60-byte minimum (as DPDK's make_rarp_packet). */
-export function rarpFrame(mac: Uint8Array): Uint8Array {
-  const f = new Uint8Array(60);
-  f.fill(0xff, 0, 6); // broadcast
-  f.set(mac, 6);
-  f[12] = 0x80; // ethertype 0x8035: RARP
-  f[13] = 0x35;
-  const a = 14; // RFC 903: Ethernet hardware, IPv4 protocol, 6 + 4 byte addresses, op 3 (reverse request)
-  f.set([0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x03], a);
-  f.set(mac, a + 8); // sender hardware address; sender protocol address stays 0
-  f.set(mac, a + 18); // target hardware address; target protocol address stays 0
-  return f;
-}
 
 export class NetLoopback implements DeviceModel {
   readonly features: bigint;
@@ -76,7 +63,7 @@ export class NetLoopback implements DeviceModel {
    * builds; the loopback's "network" is the guest's own RX ring of pair 0.
    */
   sendRarp(s: DeviceRings, mac: Uint8Array): void {
-    this.pendingRarp = rarpFrame(mac);
+    this.pendingRarp = buildRarpFrame(mac);
     this.process(s, s.rings[0]!);
   }
 

@@ -1,10 +1,8 @@
 /** Dirty page logging for migration: SET_LOG_BASE with LOG_SHMFD, VHOST_F_LOG_ALL, VHOST_VRING_F_LOG. */
-import { bit, hasBit, ProtocolFeature, VirtioFeature } from '../../protocol/constants.js';
+import { bit, hasBit, ProtocolFeature, VHOST_LOG_PAGE, VirtioFeature } from '../../protocol/constants.js';
 import { expectThat, fail, skip, type Check } from '../check.js';
 import { openDataPlane, WORK_MS } from '../dataplane.js';
 
-/** vhost-user.rst, 'Migration': "#define VHOST_LOG_PAGE 0x1000". */
-const LOG_PAGE = 0x1000;
 const LOG_BYTES = 4096;
 
 export const logChecks: Check[] = [
@@ -22,7 +20,7 @@ export const logChecks: Check[] = [
       const log = ctx.memory({ size: LOG_BYTES });
       await client.setLogBase(log.regions[0]!.fd, BigInt(LOG_BYTES), 0n);
       const dirty = (gpa: number) => {
-        const page = Math.floor(gpa / LOG_PAGE);
+        const page = Math.floor(gpa / VHOST_LOG_PAGE);
         return (log.bytes(page >> 3, 1)[0]! & (1 << (page & 7))) !== 0;
       };
       const written: [string, number][] = [];

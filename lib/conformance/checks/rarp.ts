@@ -2,9 +2,9 @@
 import { hasBit, ProtocolFeature } from '../../protocol/constants.js';
 import { expectThat, fail, skip, type Check } from '../check.js';
 import { openDataPlane, WORK_MS } from '../dataplane.js';
+import { isRarpFrame } from '../../net/frame-builder.js';
 
 const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0xc0, 0xff, 0xee);
-const ETHERTYPE_RARP = 0x8035;
 
 export const rarpChecks: Check[] = [
   {
@@ -20,10 +20,9 @@ export const rarpChecks: Check[] = [
       const net = plane.net!;
       if (!(await plane.roundTrip(1, WORK_MS))) fail('no frame came back before SEND_RARP: the check needs a forwarding back-end (testpmd --forward-mode=io)');
       await client.sendRarp(MAC);
-      const isRarp = (f: Uint8Array) => f.length >= 14 && ((f[12]! << 8) | f[13]!) === ETHERTYPE_RARP;
-      const seen = await ctx.until(() => (net.pollRx(), net.frames.some(isRarp)), WORK_MS);
+      const seen = await ctx.until(() => (net.pollRx(), net.frames.some(isRarpFrame)), WORK_MS);
       expectThat(seen, `no RARP frame (ethertype 0x8035) arrived within ${WORK_MS} ms of SEND_RARP`);
-      const f = net.frames.find(isRarp)!;
+      const f = net.frames.find(isRarpFrame)!;
       const src = Buffer.from(f.subarray(6, 12)).toString('hex');
       const dst = Buffer.from(f.subarray(0, 6)).toString('hex');
       expectThat(src === Buffer.from(MAC).toString('hex'), `the RARP frame's source MAC is ${src}, not the ${Buffer.from(MAC).toString('hex')} sent`);

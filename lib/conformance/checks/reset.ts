@@ -1,12 +1,9 @@
 /** Device reset: RESET_DEVICE (protocol feature RESET_DEVICE) and the virtio status byte (STATUS). */
-import { bit, hasBit, ProtocolFeature, VirtioFeature } from '../../protocol/constants.js';
+import { bit, DeviceStatus, hasBit, ProtocolFeature, VirtioFeature } from '../../protocol/constants.js';
 import { expectThat, fail, skip, type Check } from '../check.js';
-import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FEATURES_OK } from '../datapath.js';
 import { openDataPlane, QUIET_MS, WORK_MS } from '../dataplane.js';
 
-const ACKNOWLEDGE = STATUS_ACKNOWLEDGE;
-const DRIVER = STATUS_DRIVER;
-const FEATURES_OK = STATUS_FEATURES_OK;
+const { ACKNOWLEDGE, DRIVER, FEATURES_OK } = DeviceStatus;
 
 export const resetChecks: Check[] = [
   {

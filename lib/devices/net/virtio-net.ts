@@ -17,7 +17,7 @@ import { EventEmitter } from 'eventemitter3';
 import { VhostUserClient, type VhostUserClientOptions, type VringAddrOptions } from '../../client/vhost-user-client.js';
 import { VhostUserError } from '../../errors.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
-import { bit, hasBit, ProtocolFeature, VHOST_VRING_F_LOG, VirtioFeature, VirtioNetFeature } from '../../protocol/constants.js';
+import { bit, DeviceStatus, hasBit, ProtocolFeature, VHOST_LOG_PAGE, VHOST_VRING_F_LOG, VirtioFeature, VirtioNetFeature } from '../../protocol/constants.js';
 import { C, closeFd, libc, syscallError } from '../../native/libc.js';
 import { Mapping } from '../../native/mapping.js';
 import { EventFd } from '../../transport/eventfd.js';
@@ -26,6 +26,7 @@ import type { ConnectOptions } from '../../transport/unix-stream.js';
 import { PackedVirtqueue } from '../../virtqueue/packed-queue.js';
 import { SplitVirtqueue } from '../../virtqueue/split-queue.js';
 import type { Virtqueue, VirtqueueOptions } from '../../virtqueue/virtqueue.js';
+import { parseMac } from '../../net/frame-builder.js';
 import { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig } from './net-config.js';
 import { HDR_NUM_BUFFERS, VIRTIO_NET_HDR_SIZE } from './virtio-net-hdr.js';
 
@@ -172,8 +173,6 @@ export interface VirtioNetEvents {
 type Connector = (timeoutMs: number, signal: AbortSignal) => Promise<VhostUserClient>;
 
 const PAGE = 4096;
-/** VHOST_LOG_PAGE: one dirty-log bit per this many bytes of guest memory. */
-const LOG_PAGE = 4096;
 const MERGE_AREA = 65536;
 
 export class VirtioNet extends EventEmitter<VirtioNetEvents> {
@@ -458,7 +457,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
       throw new VhostUserError('VHOST_FEATURE_NOT_NEGOTIATED', 'dirty logging needs VHOST_F_LOG_ALL offered and LOG_SHMFD negotiated', { request: 'SET_LOG_BASE' });
     }
     const end = Math.max(...this.memory.regions.map((r) => r.guestPhysAddr + r.size));
-    const size = alignUp(Math.ceil(Math.ceil(end / LOG_PAGE) / 8), PAGE);
+    const size = alignUp(Math.ceil(Math.ceil(end / VHOST_LOG_PAGE) / 8), PAGE);
     const fd = libc.memfd_create('vhost-user-dirty-log', C.MFD_CLOEXEC);
     if (fd < 0) throw syscallError('memfd_create');
     let mapping: Mapping | null = null;
@@ -545,7 +544,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     const client = typeof target === 'string' ? await VhostUserClient.connect(target, this.options) : target;
     try {
       await this.replay(client, bases);
-      const mac = options.mac ?? (this.config?.mac ? Uint8Array.from(this.config.mac.split(':'), (h) => parseInt(h, 16)) : null);
+      const mac = options.mac ?? (this.config?.mac ? parseMac(this.config.mac) : null);
       const rarp = mac !== null && client.hasProtocolFeature(ProtocolFeature.RARP);
       if (rarp) await client.sendRarp(mac);
       this.current = client;
@@ -844,7 +843,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   }
 }
 
-const DRIVER_OK_STATUS = 0x1 | 0x2 | 0x8 | 0x4; // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+const DRIVER_OK_STATUS = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK;
 
 /**
  * Programs every ring of every pair (size, addresses, `base`, call and kick
