@@ -96,8 +96,7 @@ export function formatFault(f: Fault): string {
  * and marks it spent.
  */
 export class FaultPlan {
-  private readonly spent = new Set<Fault>();
-  /** Every fault fired so far, in order, with the connection it hit. */
+  /** Each fault that has fired, once, in order, with the connection it first hit (repeats go to onFire only, so this stays bounded). */
   readonly fired: { fault: Fault; connection: number }[] = [];
 
   constructor(
@@ -152,11 +151,16 @@ export class FaultPlan {
     return f.repeat === true || first.connection === connection;
   }
 
+  private hasFired(f: Fault): boolean {
+    return this.fired.some((x) => x.fault === f);
+  }
+
   private take(connection: number, match: (f: Fault) => boolean): Fault | null {
     for (const f of this.faults) {
-      if (this.spent.has(f) || !match(f)) continue;
-      if (!f.repeat) this.spent.add(f);
-      this.fired.push({ fault: f, connection });
+      if (!match(f)) continue;
+      const before = this.hasFired(f);
+      if (before && !f.repeat) continue;
+      if (!before) this.fired.push({ fault: f, connection });
       this.onFire(f, connection);
       return f;
     }
