@@ -26,7 +26,7 @@ import type { Connection, VhostUserMessage } from '../transport/connection.js';
 import { closeAll } from '../transport/msg-scratch.js';
 import { EventFd } from '../transport/eventfd.js';
 import { BackendMemory } from './backend-memory.js';
-import { DirtyLog } from './dirty-log.js';
+import { DirtyLog } from '../memory/dirty-log.js';
 import type { Fault, FaultPlan } from './faults.js';
 import type { DeviceModel, DeviceRings } from './devices/device.js';
 import { Refusal, violation, violationInfo, type ViolationInfo } from './violation.js';

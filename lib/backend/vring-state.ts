@@ -14,7 +14,7 @@ import { SplitDeviceQueue, type DeviceChain } from '../virtqueue/device/split-de
 import { PACKED_DESC_SIZE, PACKED_QUEUE_MAX_SIZE } from '../virtqueue/packed-layout.js';
 import { VIRTQUEUE_MAX_SIZE } from '../virtqueue/split-layout.js';
 import type { BackendMemory } from './backend-memory.js';
-import type { DirtyLog } from './dirty-log.js';
+import type { DirtyLog } from '../memory/dirty-log.js';
 import type { Fault } from './faults.js';
 import { violation } from './violation.js';
 

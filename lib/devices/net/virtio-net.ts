@@ -17,9 +17,8 @@ import { EventEmitter } from 'eventemitter3';
 import { VhostUserClient, type VhostUserClientOptions, type VringAddrOptions } from '../../client/vhost-user-client.js';
 import { VhostUserError } from '../../errors.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
-import { bit, DeviceStatus, hasBit, ProtocolFeature, VHOST_LOG_PAGE, VHOST_VRING_F_LOG, VirtioFeature, VirtioNetFeature } from '../../protocol/constants.js';
-import { C, closeFd, libc, syscallError } from '../../native/libc.js';
-import { Mapping } from '../../native/mapping.js';
+import { bit, DeviceStatus, hasBit, ProtocolFeature, VHOST_VRING_F_LOG, VirtioFeature, VirtioNetFeature } from '../../protocol/constants.js';
+import { DirtyLog } from '../../memory/dirty-log.js';
 import { EventFd } from '../../transport/eventfd.js';
 import type { UnixListener } from '../../transport/unix-listener.js';
 import type { ConnectOptions } from '../../transport/unix-stream.js';
@@ -196,7 +195,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   /** Features the back-end offered (GET_FEATURES). */
   private offered: bigint;
   /** The dirty log shared with the back-end while logging (startDirtyLog). */
-  private dirtyLog: { fd: number; size: number; mapping: Mapping; bits: Uint8Array } | null = null;
+  private dirtyLog: DirtyLog | null = null;
   private closed = false;
   /** Ends the pause between reconnect attempts (close() calls it). */
   private stopWaiting: (() => void) | null = null;
@@ -456,40 +455,23 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     if (!this.canLogDirty) {
       throw new VhostUserError('VHOST_FEATURE_NOT_NEGOTIATED', 'dirty logging needs VHOST_F_LOG_ALL offered and LOG_SHMFD negotiated', { request: 'SET_LOG_BASE' });
     }
-    const end = Math.max(...this.memory.regions.map((r) => r.guestPhysAddr + r.size));
-    const size = alignUp(Math.ceil(Math.ceil(end / VHOST_LOG_PAGE) / 8), PAGE);
-    const fd = libc.memfd_create('vhost-user-dirty-log', C.MFD_CLOEXEC);
-    if (fd < 0) throw syscallError('memfd_create');
-    let mapping: Mapping | null = null;
+    this.dirtyLog = DirtyLog.create(Math.max(...this.memory.regions.map((r) => r.guestPhysAddr + r.size)));
     try {
-      if (libc.ftruncate(fd, size) !== 0) throw syscallError('ftruncate');
-      mapping = Mapping.map(fd, size);
-      this.dirtyLog = { fd, size, mapping, bits: mapping.bytes(0, size) };
       await this.applyDirtyLog(this.current, true);
     } catch (e) {
-      this.dirtyLog = null;
-      mapping?.close();
-      closeFd(fd);
+      this.releaseDirtyLog();
       throw e;
     }
   }
 
   /**
    * The guest pages (GPA / 4096) the back-end wrote since the last call, in
-   * ascending order; their bits are cleared with an atomic exchange, so a write
-   * racing with the read is kept for the next call. Allocates: not for the packet path.
+   * ascending order; their bits are cleared atomically, so a write racing with
+   * the read is kept for the next call. Allocates: not for the packet path.
    */
   syncDirtyLog(): number[] {
-    const log = this.dirtyLog;
-    if (!log) throw new VhostUserError('VHOST_INVALID_STATE', 'dirty logging is not on (startDirtyLog)');
-    const pages: number[] = [];
-    const bits = log.bits;
-    for (let i = 0; i < bits.length; i++) {
-      if (bits[i] === 0) continue;
-      const v = Atomics.exchange(bits, i, 0);
-      for (let b = 0; b < 8; b++) if (v & (1 << b)) pages.push(i * 8 + b);
-    }
-    return pages;
+    if (!this.dirtyLog) throw new VhostUserError('VHOST_INVALID_STATE', 'dirty logging is not on (startDirtyLog)');
+    return this.dirtyLog.sync();
   }
 
   /** Stops logging (rings unlogged, VHOST_F_LOG_ALL cleared), releases the log, and returns the pages dirtied since the last sync. */
@@ -512,11 +494,8 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   }
 
   private releaseDirtyLog(): void {
-    const log = this.dirtyLog;
-    if (!log) return;
+    this.dirtyLog?.close();
     this.dirtyLog = null;
-    log.mapping.close();
-    closeFd(log.fd);
   }
 
   // ------------------------------------------------------------ hand-over (migration)

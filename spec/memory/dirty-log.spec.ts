@@ -3,7 +3,7 @@
  * same memfd, as the front-end reading it during migration would.
  */
 import { expect } from 'chai';
-import { DirtyLog } from '../../lib/backend/dirty-log.js';
+import { DirtyLog } from '../../lib/memory/dirty-log.js';
 import { VHOST_LOG_PAGE } from '../../lib/protocol/constants.js';
 import { VhostUserError } from '../../lib/errors.js';
 import { C, closeFd, libc } from '../../lib/native/libc.js';
@@ -16,7 +16,7 @@ function memfd(size: number): number {
   return fd;
 }
 
-describe('DirtyLog (the reference back-end side of SET_LOG_BASE)', () => {
+describe('DirtyLog (the bitmap of SET_LOG_BASE)', () => {
   it('sets one bit per 4 KiB page written, bit p % 8 of byte p / 8, at the given mmap offset', async () => {
     const snap = resourceSnapshot();
     const fd = memfd(8192);
@@ -34,6 +34,25 @@ describe('DirtyLog (the reference back-end side of SET_LOG_BASE)', () => {
     } finally {
       log.close();
       front.close();
+    }
+    await settle();
+    expect(snap.leaked()).to.deep.equal({ fds: 0, maps: 0 });
+  });
+
+  it('create() sizes a zeroed memfd log for guest memory; sync() returns the marked pages and clears them', async () => {
+    const snap = resourceSnapshot();
+    const log = DirtyLog.create(64 * 1024 * 1024); // 16384 pages: 2048 bytes, one page of memfd
+    try {
+      expect(log.size).to.equal(4096);
+      expect(log.fd).to.be.at.least(0);
+      expect(log.sync()).to.deep.equal([]);
+      log.mark(5 * VHOST_LOG_PAGE + 10, 1);
+      log.mark(16383 * VHOST_LOG_PAGE, VHOST_LOG_PAGE);
+      log.mark(0, 2 * VHOST_LOG_PAGE);
+      expect(log.sync()).to.deep.equal([0, 1, 5, 16383]);
+      expect(log.sync()).to.deep.equal([]);
+    } finally {
+      log.close();
     }
     await settle();
     expect(snap.leaked()).to.deep.equal({ fds: 0, maps: 0 });
