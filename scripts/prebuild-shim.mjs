@@ -39,6 +39,8 @@ const TARGETS = [
 ];
 
 function fail(message) {
+  // A partial prebuilds/ would ship one platform, or shadow a checkout's own build: none at all.
+  rmSync(OUT, { recursive: true, force: true });
   process.stderr.write(`prebuild-shim: ${message}\n`);
   process.exit(1);
 }
