@@ -35,7 +35,13 @@ const EM_AARCH64 = 183;
 
 const TARGETS = [
   { platform: 'linux', arch: 'x64', triplet: 'x86_64-linux-gnu', machine: EM_X86_64, pkg: 'gcc' },
-  { platform: 'linux', arch: 'arm64', triplet: 'aarch64-linux-gnu', machine: EM_AARCH64, pkg: 'gcc-aarch64-linux-gnu libc6-dev-arm64-cross' },
+  {
+    platform: 'linux',
+    arch: 'arm64',
+    triplet: 'aarch64-linux-gnu',
+    machine: EM_AARCH64,
+    pkg: 'gcc-aarch64-linux-gnu libc6-dev-arm64-cross',
+  },
 ];
 
 function fail(message) {
@@ -45,7 +51,7 @@ function fail(message) {
   process.exit(1);
 }
 
-/** The directory holding node_api.h and uv.h: the headers node-gyp would use for this Node. */
+/** The running Node's headers (node_api.h, uv.h): next to its binary, in node-gyp's cache, or the distribution's. */
 function nodeIncludeDir() {
   const candidates = [
     process.env.NODE_INCLUDE_DIR,
@@ -103,7 +109,6 @@ function build(target, include, gyp) {
   try {
     execFileSync(cc, args, { stdio: ['ignore', 'inherit', 'inherit'] });
   } catch {
-    rmSync(tmp, { force: true });
     fail(`${cc} ${args.join(' ')} failed (for ${target.platform}-${target.arch}: apt-get install ${target.pkg})`);
   }
   const machine = elfMachine(tmp);
@@ -114,7 +119,12 @@ function build(target, include, gyp) {
 
 /** The binary for the running platform must load here and export what lib/native/shim.ts uses. */
 function checkLoads(path) {
-  const m = createRequire(import.meta.url)(path);
+  let m;
+  try {
+    m = createRequire(import.meta.url)(path);
+  } catch (e) {
+    fail(`${path} does not load in this Node: ${e instanceof Error ? e.message : String(e)}`);
+  }
   for (const name of ['FdWatcher', 'externalArrayBuffer', 'detachArrayBuffer']) {
     if (typeof m[name] !== 'function') fail(`${path} loads but does not export ${name}`);
   }
