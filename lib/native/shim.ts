@@ -29,6 +29,7 @@ export interface FdWatcherHandle {
   close(): void;
 }
 
+/** What native-shim/src/shim.c exports. */
 export interface ShimModule {
   FdWatcher: new (fd: number, callback: (status: number, events: number) => void) => FdWatcherHandle;
   externalArrayBuffer(address: bigint, length: number): ArrayBuffer;
@@ -44,6 +45,8 @@ function findPackageRoot(start: string): string {
   }
   return dir;
 }
+
+const SHIM_EXPORTS = ['FdWatcher', 'externalArrayBuffer', 'detachArrayBuffer'] as const satisfies readonly (keyof ShimModule)[];
 
 /** The paths loadShim() tries under a package root, in order. */
 export function shimCandidates(root: string, target = `${process.platform}-${process.arch}`): string[] {
@@ -65,7 +68,10 @@ export function loadShim(root: string, target = `${process.platform}-${process.a
       continue;
     }
     try {
-      return require(path) as ShimModule;
+      const shim = require(path) as Partial<ShimModule>;
+      const missing = SHIM_EXPORTS.filter((name) => typeof shim[name] !== 'function');
+      if (missing.length > 0) throw new Error(`does not export ${missing.join(', ')}`);
+      return shim as ShimModule;
     } catch (cause) {
       // dlopen's message starts with the path again; keep only its reason.
       const reason = cause instanceof Error ? cause.message.split('\n')[0]!.replace(`${path}: `, '') : String(cause);
