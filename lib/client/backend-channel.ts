@@ -21,11 +21,15 @@ import { traceEvent, type TraceHook } from './trace.js';
 /** Failure value for requests we do not serve: -ENOTSUP as QEMU would put it, as u64. */
 const NOT_SUPPORTED = BigInt.asUintN(64, -95n);
 
+/** A VRING_HOST_NOTIFIER_MSG from the back-end (vhost-user.rst, 'VhostUserVringArea'). */
 export interface HostNotifier {
+  /** The vring the notification area belongs to. */
   index: number;
   /** fd of the notification area, or null when the back-end withdrew it (NOFD). Owned by the client. */
   fd: number | null;
+  /** Size of the area in bytes. */
   size: bigint;
+  /** Offset of the area in the fd. */
   offset: bigint;
 }
 

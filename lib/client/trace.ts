@@ -8,16 +8,23 @@ export interface TraceEvent {
   direction: 'send' | 'recv';
   /** `frontend`: the socket we connected; `backend`: the SET_BACKEND_REQ_FD channel. */
   channel: 'frontend' | 'backend';
+  /** The request's name (`UNKNOWN(n)` for a code the protocol does not define). */
   request: string;
+  /** The request code from the header. */
   code: number;
+  /** The header's flags (version, REPLY, NEED_REPLY). */
   flags: number;
+  /** The header's payload size in bytes. */
   size: number;
+  /** How many fds travelled with the message (SCM_RIGHTS). */
   fds: number;
+  /** The payload bytes as sent or received. */
   payload: Uint8Array;
   /** The payload decoded with the request's codec, when it decodes; undefined otherwise. */
   decoded: unknown;
 }
 
+/** Called with every message in both directions (`VhostUserClientOptions.trace`); must not throw. */
 export type TraceHook = (event: TraceEvent) => void;
 
 /**

@@ -49,6 +49,7 @@ import { BackendChannel, type HostNotifier } from './backend-channel.js';
 import { FrontendChannel, type Reply } from './frontend-channel.js';
 import type { TraceHook } from './trace.js';
 
+/** Options of {@link VhostUserClient.connect} and {@link VhostUserClient.accept}. */
 export interface VhostUserClientOptions {
   /** How long any reply may take (default 5000 ms). */
   timeoutMs?: number;
@@ -72,6 +73,7 @@ export const SUPPORTED_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.STATUS,
 ].reduce((mask, b) => mask | bit(b), 0n);
 
+/** Options of {@link VhostUserClient.negotiate}. */
 export interface NegotiateOptions {
   /** Protocol features to accept if offered (default SUPPORTED_PROTOCOL_FEATURES). */
   protocolFeatures?: bigint;
@@ -79,6 +81,7 @@ export interface NegotiateOptions {
   backendChannel?: boolean;
 }
 
+/** What {@link VhostUserClient.negotiate} learnt from the back-end. */
 export interface Negotiated {
   /** What GET_FEATURES offered (SET_FEATURES comes later, at device start). */
   features: bigint;
@@ -92,20 +95,31 @@ export interface Negotiated {
   maxMemSlots: number | null;
 }
 
-type Addr = number | bigint;
-
+/**
+ * SET_VRING_ADDR (vhost-user.rst, 'A vring address description'). The ring addresses
+ * are front-end virtual addresses ({@link GuestMemory.userAddr}), as the memory table
+ * gave them to the back-end.
+ */
 export interface VringAddrOptions {
+  /** The vring. */
   index: number;
-  descUserAddr: Addr;
-  usedUserAddr: Addr;
-  availUserAddr: Addr;
-  logGuestAddr?: Addr;
+  /** The descriptor table (packed: the descriptor ring). */
+  descUserAddr: number | bigint;
+  /** The used ring (packed: the device event suppression area). */
+  usedUserAddr: number | bigint;
+  /** The available ring (packed: the driver event suppression area). */
+  availUserAddr: number | bigint;
+  /** Guest physical address where used-ring writes are logged, with VHOST_VRING_F_LOG. */
+  logGuestAddr?: number | bigint;
   /** VHOST_VRING_F_LOG to have used-ring writes logged. */
   flags?: number;
 }
 
+/** GET_VRING_BASE's reply: where the back-end stopped the ring. */
 export interface VringBase {
+  /** The vring. */
   index: number;
+  /** The next available index the device would have processed (split: last_avail_idx). */
   num: number;
   /** The packed-ring reading of `num`, when VIRTIO_F_RING_PACKED was set with SET_FEATURES. */
   packed: PackedVringBase | null;
@@ -119,19 +133,29 @@ export interface VringBase {
  * The fd belongs to whoever holds this object: closeInflight() releases it.
  */
 export interface InflightArea {
+  /** The memfd holding the area. */
   fd: number;
+  /** Size of the area in bytes. */
   mmapSize: bigint;
+  /** Where the area starts in the fd. */
   mmapOffset: bigint;
+  /** Queues the area tracks. */
   numQueues: number;
+  /** Descriptors per queue it tracks. */
   queueSize: number;
 }
 
+/** Events a {@link VhostUserClient} emits. */
 export interface VhostUserClientEvents {
   /** The connection is gone or unusable; every later request fails. Emitted once. */
   disconnect: (reason: VhostUserError) => void;
+  /** CONFIG_CHANGE_MSG on the back-end channel: the device's config space changed. */
   'config-change': () => void;
+  /** VRING_CALL on the back-end channel (IN_BAND_NOTIFICATIONS): the device used buffers on ring `index`. */
   'vring-call': (index: number) => void;
+  /** VRING_ERR on the back-end channel: the device hit an error on ring `index`. */
   'vring-err': (index: number) => void;
+  /** VRING_HOST_NOTIFIER_MSG: a notification area to map (or, with no fd, withdrawn). */
   'host-notifier': (notifier: HostNotifier) => void;
   /** A back-end request this library answered "not supported". */
   'backend-unsupported': (request: string) => void;
@@ -151,6 +175,7 @@ interface RequestOptions {
 
 const R = FrontendRequest;
 
+/** A vhost-user front-end on one connection: one method per front-end request (vhost-user.rst, 'Front-end message types'), every reply validated, one request in flight. */
 export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
   private readonly channel: FrontendChannel;
   private readonly trace: TraceHook | undefined;
@@ -190,6 +215,7 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
     return this.ackedProtocolFeatures;
   }
 
+  /** Whether the client failed for good (see {@link VhostUserClient.error}); every request then rejects with VHOST_CLIENT_BROKEN. */
   get isBroken(): boolean {
     return this.brokenBy !== null;
   }
@@ -199,6 +225,7 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
     return this.brokenBy;
   }
 
+  /** Whether protocol feature `bitNumber` ({@link ProtocolFeature}) was acknowledged with SET_PROTOCOL_FEATURES. */
   hasProtocolFeature(bitNumber: number): boolean {
     return hasBit(this.ackedProtocolFeatures, bitNumber);
   }
@@ -230,24 +257,29 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
 
   // ------------------------------------------------------------ features
 
+  /** GET_FEATURES: the virtio feature bits the back-end offers. */
   async getFeatures(): Promise<bigint> {
     return this.u64Reply(R.GET_FEATURES);
   }
 
+  /** SET_FEATURES: the feature bits the driver accepts (a subset of the offer). */
   async setFeatures(features: bigint): Promise<void> {
     await this.request(R.SET_FEATURES, { payload: U64.encode(features), ordered: true });
     this.ackedFeatures = features;
   }
 
+  /** GET_PROTOCOL_FEATURES (needs VHOST_USER_F_PROTOCOL_FEATURES in the offer). */
   async getProtocolFeatures(): Promise<bigint> {
     return this.u64Reply(R.GET_PROTOCOL_FEATURES);
   }
 
+  /** SET_PROTOCOL_FEATURES: the protocol features this front-end will use. */
   async setProtocolFeatures(features: bigint): Promise<void> {
     await this.request(R.SET_PROTOCOL_FEATURES, { payload: U64.encode(features) });
     this.ackedProtocolFeatures = features;
   }
 
+  /** SET_OWNER: this connection owns the device (sent once, before the rings are set up). */
   async setOwner(): Promise<void> {
     await this.request(R.SET_OWNER);
   }
@@ -278,20 +310,24 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
     await this.getFeatures();
   }
 
+  /** GET_QUEUE_NUM (needs MQ): how many queues the back-end supports. */
   async getQueueNum(): Promise<number> {
     return Number(await this.u64Reply(R.GET_QUEUE_NUM));
   }
 
+  /** GET_MAX_MEM_SLOTS (needs CONFIGURE_MEM_SLOTS): how many regions ADD_MEM_REG may add. */
   async getMaxMemSlots(): Promise<number> {
     const n = Number(await this.u64Reply(R.GET_MAX_MEM_SLOTS));
     this.maxMemSlots = n;
     return n;
   }
 
+  /** SET_STATUS (needs STATUS): the device status byte ({@link DeviceStatus}). */
   async setStatus(status: number): Promise<void> {
     await this.request(R.SET_STATUS, { payload: U64.encode(BigInt(status)), ordered: true });
   }
 
+  /** GET_STATUS (needs STATUS): the device status byte as the back-end holds it. */
   async getStatus(): Promise<number> {
     return Number(await this.u64Reply(R.GET_STATUS));
   }
@@ -321,6 +357,7 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
     this.memSlots.add(region);
   }
 
+  /** REM_MEM_REG (CONFIGURE_MEM_SLOTS): the back-end unmaps `region`. */
   async remMemReg(region: GuestRegion): Promise<void> {
     const payload = encodePayload(SingleMemoryRegion, describeRegion(region), 'REM_MEM_REG');
     await this.request(R.REM_MEM_REG, { payload, ordered: true });
@@ -340,10 +377,12 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
 
   // ------------------------------------------------------------ vrings
 
+  /** SET_VRING_NUM: ring `index` has `num` descriptors. */
   async setVringNum(index: number, num: number): Promise<void> {
     await this.request(R.SET_VRING_NUM, { payload: VringState.encode({ index, num }) });
   }
 
+  /** SET_VRING_ADDR: where ring `addr.index` lives; also switches used-ring logging on or off on a running ring. */
   async setVringAddr(addr: VringAddrOptions): Promise<void> {
     const payload = encodePayload(
       VringAddr,
@@ -388,10 +427,12 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
     await this.vringFd(R.SET_VRING_CALL, index, fd);
   }
 
+  /** SET_VRING_ERR: the eventfd the back-end signals on a ring error; `fd` null sends NOFD. */
   async setVringErr(index: number, fd: number | null): Promise<void> {
     await this.vringFd(R.SET_VRING_ERR, index, fd);
   }
 
+  /** SET_VRING_ENABLE (with VHOST_USER_F_PROTOCOL_FEATURES): start or stop processing ring `index`. */
   async setVringEnable(index: number, enable: boolean): Promise<void> {
     await this.request(R.SET_VRING_ENABLE, { payload: VringState.encode({ index, num: enable ? 1 : 0 }), ordered: true });
   }
@@ -421,11 +462,13 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
     return config.payload;
   }
 
+  /** SET_CONFIG (needs CONFIG): writes `data` into config space at `offset`. */
   async setConfig(offset: number, data: Uint8Array, flags = 0): Promise<void> {
     const payload = encodePayload(Config, { offset, size: data.length, flags, payload: data }, 'SET_CONFIG');
     await this.request(R.SET_CONFIG, { payload, ordered: true });
   }
 
+  /** NET_SET_MTU (needs MTU): the MTU the driver will use. */
   async netSetMtu(mtu: number): Promise<void> {
     await this.request(R.NET_SET_MTU, { payload: U64.encode(BigInt(mtu)) });
   }

@@ -8,17 +8,21 @@
 import { VhostUserError } from '../errors.js';
 import { GuestRegion, type GuestRegionOptions } from './guest-region.js';
 
+/** Options of {@link GuestMemory.create}: `size` or `regions`. */
 export interface GuestMemoryOptions {
   /** One memfd region of this many bytes at GPA 0 (shorthand for `regions`). */
   size?: number;
+  /** The regions, any backing; they must not overlap. */
   regions?: GuestRegionOptions[];
 }
 
+/** Guest memory as a vhost-user back-end sees it: regions of fd-backed shared memory, addressed by guest-physical address. */
 export class GuestMemory {
   private readonly list: GuestRegion[] = [];
   private last: GuestRegion | null = null;
   private closed = false;
 
+  /** Creates and maps every region. */
   static create(options: GuestMemoryOptions): GuestMemory {
     const specs = options.regions ?? (options.size !== undefined ? [{ guestPhysAddr: 0, size: options.size }] : []);
     if (specs.length === 0) throw new VhostUserError('VHOST_INVALID_ARGUMENT', 'GuestMemory needs `size` or at least one region');
@@ -37,10 +41,12 @@ export class GuestMemory {
     return this.list;
   }
 
+  /** Bytes in all regions. */
   get totalSize(): number {
     return this.list.reduce((sum, r) => sum + r.size, 0);
   }
 
+  /** Creates one more region (VHOST_MEMORY_OVERLAP if it overlaps one); the caller hands it to the back-end (ADD_MEM_REG). */
   addRegion(options: GuestRegionOptions): GuestRegion {
     this.checkOpen();
     const end = options.guestPhysAddr + options.size;
@@ -89,21 +95,29 @@ export class GuestMemory {
     return r.bytes(gpa - r.guestPhysAddr, length);
   }
 
+  /** A DataView on guest bytes (inside one region). */
   dataView(gpa: number, length: number): DataView {
     const r = this.regionOf(gpa, length);
     return r.dataView(gpa - r.guestPhysAddr, length);
   }
 
   /** The ArrayBuffer window and offset of a guest range, for building typed arrays of any element type. */
-  window(gpa: number, length: number): { buffer: ArrayBuffer; byteOffset: number } {
+  window(gpa: number, length: number): {
+    /** The mapping's ArrayBuffer. */
+    buffer: ArrayBuffer;
+    /** Where the range starts in it. */
+    byteOffset: number;
+  } {
     const r = this.regionOf(gpa, length);
     return r.window(gpa - r.guestPhysAddr, length);
   }
 
+  /** A copy of guest bytes. */
   read(gpa: number, length: number): Uint8Array {
     return this.bytes(gpa, length).slice();
   }
 
+  /** Copies `data` into guest memory at `gpa`. */
   write(gpa: number, data: Uint8Array): void {
     this.bytes(gpa, data.length).set(data);
   }

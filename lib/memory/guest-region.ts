@@ -12,17 +12,35 @@ import { VhostUserError } from '../errors.js';
 import { C, closeFd, libc, syscallError } from '../native/libc.js';
 import { Mapping } from '../native/mapping.js';
 
+/** What holds a region's memory; every kind gives the back-end an fd it can map. */
 export type RegionBacking =
-  | { kind: 'memfd' }
+  /** An anonymous memfd, sealed against shrinking (the default). */
+  | {
+      /** An anonymous memfd. */
+      kind: 'memfd';
+    }
   /** MFD_HUGETLB; needs reserved huge pages (/proc/sys/vm/nr_hugepages). */
-  | { kind: 'hugetlb'; pageSize?: '2M' | '1G' }
+  | {
+      /** Huge pages. */
+      kind: 'hugetlb';
+      /** Default '2M'. */
+      pageSize?: '2M' | '1G';
+    }
   /** A file mapped shared, e.g. on /dev/shm or a hugetlbfs mount; created or extended to `size`. */
-  | { kind: 'file'; path: string };
+  | {
+      /** A shared file mapping. */
+      kind: 'file';
+      /** The file. */
+      path: string;
+    };
 
+/** Options of {@link GuestRegion.create} and {@link GuestMemory.addRegion}. */
 export interface GuestRegionOptions {
+  /** Where the region starts in guest-physical address space. */
   guestPhysAddr: number;
   /** Bytes; a multiple of 4 KiB (of the huge page size for hugetlb). */
   size: number;
+  /** Default `{ kind: 'memfd' }`. */
   backing?: RegionBacking;
   /** Fault every page in at creation (MAP_POPULATE). */
   populate?: boolean;
@@ -34,11 +52,15 @@ const PAGE_SIZE = 4096;
 const MFD_HUGE_SHIFT = 26;
 const HUGE_PAGE = { '2M': 2 * 2 ** 20, '1G': 2 ** 30 } as const;
 
+/** One region of guest memory: an fd mapped shared into this process, handed to the back-end with SET_MEM_TABLE or ADD_MEM_REG. */
 export class GuestRegion {
+  /** Where the region starts in guest-physical address space (guest_phys_addr). */
   readonly guestPhysAddr: number;
+  /** Bytes (memory_size). */
   readonly size: number;
   /** Offset into `fd` where the region starts (mmap_offset in the spec). */
   readonly mmapOffset = 0;
+  /** What holds the memory. */
   readonly backing: RegionBacking;
   private fdOwned: number;
   private readonly mapping: Mapping;
@@ -51,6 +73,7 @@ export class GuestRegion {
     this.backing = backing;
   }
 
+  /** Creates and maps the backing (memfd, hugetlb memfd or file). */
   static create(options: GuestRegionOptions): GuestRegion {
     const backing = options.backing ?? { kind: 'memfd' };
     const { guestPhysAddr, size } = options;
@@ -82,14 +105,17 @@ export class GuestRegion {
     return this.mapping.address;
   }
 
+  /** The first guest-physical address past the region. */
   get end(): number {
     return this.guestPhysAddr + this.size;
   }
 
+  /** Whether close() ran. */
   get isClosed(): boolean {
     return this.fdOwned < 0;
   }
 
+  /** Whether [gpa, gpa + length) lies inside this region. */
   containsRange(gpa: number, length: number): boolean {
     return gpa >= this.guestPhysAddr && length >= 0 && gpa + length <= this.end;
   }
@@ -99,11 +125,18 @@ export class GuestRegion {
     return this.mapping.bytes(offset, length);
   }
 
+  /** A DataView on `length` bytes at an offset into the region. */
   dataView(offset: number, length: number): DataView {
     return this.mapping.dataView(offset, length);
   }
 
-  window(offset: number, length: number): { buffer: ArrayBuffer; byteOffset: number } {
+  /** The ArrayBuffer window and offset of a range of the region, for typed arrays of any element type. */
+  window(offset: number, length: number): {
+    /** The mapping's ArrayBuffer. */
+    buffer: ArrayBuffer;
+    /** Where the range starts in it. */
+    byteOffset: number;
+  } {
     return this.mapping.window(offset, length);
   }
 

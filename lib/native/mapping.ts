@@ -19,16 +19,19 @@ const WINDOW_LENGTH = 2 * WINDOW_STRIDE;
 /** The largest single view a Mapping hands out. */
 export const MAX_VIEW_LENGTH = WINDOW_STRIDE;
 
+/** Options of {@link Mapping.map}. */
 export interface MapOptions {
   /** File offset of the mapping (page aligned). */
   offset?: number;
   /** Default true: MAP_SHARED, what vhost-user memory needs. */
   shared?: boolean;
+  /** PROT_READ only (default read and write). */
   readonly?: boolean;
   /** MAP_POPULATE: fault everything in now (hugetlb guests, benchmarks). */
   populate?: boolean;
 }
 
+/** One mmap'd range and the zero-copy views over it; close() detaches every view before munmap. */
 export class Mapping {
   private static live = 0;
   /** Mappings made by this library and not yet closed: a leak check for tests and soak runs. */
@@ -36,7 +39,9 @@ export class Mapping {
     return Mapping.live;
   }
 
+  /** The mapping's virtual address in this process. */
   readonly address: number;
+  /** Bytes mapped. */
   readonly length: number;
   private readonly windows: (ArrayBuffer | undefined)[] = [];
   private closed = false;
@@ -68,6 +73,7 @@ export class Mapping {
     return new Mapping(address, length);
   }
 
+  /** Whether close() ran. */
   get isClosed(): boolean {
     return this.closed;
   }
@@ -76,7 +82,12 @@ export class Mapping {
    * The ArrayBuffer window holding [offset, offset + length), and where the range
    * starts inside it. Zero-copy; valid until close().
    */
-  window(offset: number, length: number): { buffer: ArrayBuffer; byteOffset: number } {
+  window(offset: number, length: number): {
+    /** The window's ArrayBuffer. */
+    buffer: ArrayBuffer;
+    /** Where the range starts in it. */
+    byteOffset: number;
+  } {
     if (this.closed) throw new VhostUserError('VHOST_MEMORY_CLOSED', 'mapping is closed');
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.length) {
       throw new VhostUserError('VHOST_MEMORY_OUT_OF_RANGE', `range [${offset}, +${length}) is outside the ${this.length}-byte mapping`);
@@ -95,16 +106,19 @@ export class Mapping {
     return { buffer, byteOffset: offset - index * WINDOW_STRIDE };
   }
 
+  /** Zero-copy bytes at `offset` (at most 1 GiB); valid until close(). */
   bytes(offset: number, length: number): Uint8Array {
     const { buffer, byteOffset } = this.window(offset, length);
     return new Uint8Array(buffer, byteOffset, length);
   }
 
+  /** A DataView on `length` bytes at `offset` (at most 1 GiB); valid until close(). */
   dataView(offset: number, length: number): DataView {
     const { buffer, byteOffset } = this.window(offset, length);
     return new DataView(buffer, byteOffset, length);
   }
 
+  /** Detaches every view, then munmap(). Idempotent. */
   close(): void {
     if (this.closed) return;
     this.closed = true;

@@ -11,8 +11,11 @@
  */
 import { VhostUserError } from '../errors.js';
 
+/** Destination MAC, source MAC, ethertype (no VLAN tag, no FCS). */
 export const ETH_HEADER_SIZE = 14;
+/** An IPv4 header without options. */
 export const IPV4_HEADER_SIZE = 20;
+/** RFC 768. */
 export const UDP_HEADER_SIZE = 8;
 /** Ethernet + IPv4 + UDP headers: the frame length of an empty UDP datagram. */
 export const UDP_FRAME_OVERHEAD = ETH_HEADER_SIZE + IPV4_HEADER_SIZE + UDP_HEADER_SIZE;
@@ -30,6 +33,7 @@ const PAYLOAD_OFFSET = UDP_FRAME_OVERHEAD;
 /** PATTERN[k] = k & 0xff: the payload of sequence number s is PATTERN[s & 0xff ...], copied or compared in one native call. */
 const PATTERN = Uint8Array.from({ length: MAX_FRAME_SIZE + 256 }, (_, k) => k & 0xff);
 
+/** Addresses and ports of a built UDP frame. */
 export interface UdpEndpoints {
   /** `02:00:00:00:00:01` form or 6 bytes. Default 02:00:00:00:00:01 (locally administered). */
   srcMac?: string | Uint8Array;
@@ -47,6 +51,7 @@ export interface UdpEndpoints {
   ipId?: number;
 }
 
+/** Options of {@link buildUdpFrame}: endpoints and the payload. */
 export interface UdpFrameOptions extends UdpEndpoints {
   /** The UDP payload. Either this or `payloadLength`. */
   payload?: Uint8Array;
@@ -196,6 +201,7 @@ export class UdpFrameTemplate {
   private readonly ipSum: number;
 
   constructor(
+    /** Bytes per frame (60..9000). */
     readonly frameSize: number,
     endpoints: UdpEndpoints = {},
   ) {

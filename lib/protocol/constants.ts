@@ -5,7 +5,11 @@
  */
 import { VhostUserError } from '../errors.js';
 
-/** vhost-user.rst, 'Front-end message types'. Names drop the VHOST_USER_ prefix. */
+/**
+ * vhost-user.rst, 'Front-end message types'. Names drop the VHOST_USER_ prefix.
+ *
+ * @enum
+ */
 export const FrontendRequest = {
   GET_FEATURES: 1,
   SET_FEATURES: 2,
@@ -55,7 +59,11 @@ export const FrontendRequest = {
   GET_VRING_BASE_SKIP_DRAIN: 45,
 } as const;
 
-/** vhost-user.rst, 'Back-end message types' (spec names carry a BACKEND_ prefix). */
+/**
+ * vhost-user.rst, 'Back-end message types' (spec names carry a BACKEND_ prefix).
+ *
+ * @enum
+ */
 export const BackendRequest = {
   IOTLB_MSG: 1,
   CONFIG_CHANGE_MSG: 2,
@@ -69,7 +77,9 @@ export const BackendRequest = {
   SHMEM_UNMAP: 10,
 } as const;
 
+/** A front-end request's name, e.g. `'SET_MEM_TABLE'`. */
 export type FrontendRequestName = keyof typeof FrontendRequest;
+/** A back-end request's name, e.g. `'CONFIG_CHANGE_MSG'`. */
 export type BackendRequestName = keyof typeof BackendRequest;
 
 function reverse(table: Record<string, number>): Map<number, string> {
@@ -79,36 +89,48 @@ function reverse(table: Record<string, number>): Map<number, string> {
 const frontendNames = reverse(FrontendRequest);
 const backendNames = reverse(BackendRequest);
 
+/** The name of front-end request `code`, or `UNKNOWN(code)`. */
 export function frontendRequestName(code: number): string {
   return frontendNames.get(code) ?? `UNKNOWN(${code})`;
 }
 
+/** The name of back-end request `code`, or `UNKNOWN(code)`. */
 export function backendRequestName(code: number): string {
   return backendNames.get(code) ?? `UNKNOWN(${code})`;
 }
 
-// vhost-user.rst, 'Header'.
+/** vhost-user.rst, 'Header': the protocol version every message carries in flags bits 0-1. */
 export const VHOST_USER_VERSION = 0x1;
+/** vhost-user.rst, 'Header': the flags bits holding the version. */
 export const VHOST_USER_VERSION_MASK = 0x3;
+/** vhost-user.rst, 'Header': flags bit 2, set on a reply. */
 export const VHOST_USER_REPLY_MASK = 0x4;
+/** vhost-user.rst, 'Header': flags bit 3, the front-end asks for a REPLY_ACK. */
 export const VHOST_USER_NEED_REPLY_MASK = 0x8;
+/** vhost-user.rst, 'Header': request (u32), flags (u32), size (u32). */
 export const VHOST_USER_HDR_SIZE = 12;
 /** Not a spec limit (size is a u32); rust-vmm's MAX_MSG_SIZE, which every payload fits. */
 export const VHOST_USER_MAX_PAYLOAD = 4096;
 /** Most fds on one message: SET_MEM_TABLE's 8 regions ('Back-end communication' says 8 too). */
 export const VHOST_USER_MAX_FDS = 8;
+/** vhost-user.rst, 'Memory regions description': regions one SET_MEM_TABLE carries. */
 export const VHOST_MEMORY_BASELINE_NREGIONS = 8;
 /** QEMU's limit for GET_CONFIG/SET_CONFIG (hw/virtio/vhost-user.c). */
 export const VHOST_USER_MAX_CONFIG_SIZE = 256;
-// vhost-user.rst, 'VHOST_USER_SET_VRING_KICK': bits 0-7 ring index, bit 8 no fd.
+/** vhost-user.rst, 'VHOST_USER_SET_VRING_KICK': bits 0-7 of the u64 are the ring index. */
 export const VHOST_USER_VRING_IDX_MASK = 0xff;
+/** vhost-user.rst, 'VHOST_USER_SET_VRING_KICK': bit 8 set means no fd is passed (polling). */
 export const VHOST_USER_VRING_NOFD_MASK = 0x100;
 /** vhost-user.rst, 'Migration': log used-ring writes at log_guest_addr. */
 export const VHOST_VRING_F_LOG = 1;
 /** vhost-user.rst, 'Migration': one dirty-log bit per this many bytes of guest memory. */
 export const VHOST_LOG_PAGE = 0x1000;
 
-/** Device status bits (virtio 1.2 §2.1), as SET_STATUS / GET_STATUS carry them. */
+/**
+ * Device status bits (virtio 1.2 §2.1), as SET_STATUS / GET_STATUS carry them.
+ *
+ * @enum
+ */
 export const DeviceStatus = {
   ACKNOWLEDGE: 1,
   DRIVER: 2,
@@ -123,6 +145,8 @@ export const DeviceStatus = {
  * were renumbered while upstream settled: rust-vmm's vhost crate has SHMEM at 21,
  * QEMU 11.1 has GPA_ADDRESSES at 21 and SHMEM at 22. This is the project's one
  * table (field notes, section 2).
+ *
+ * @enum
  */
 export const ProtocolFeature = {
   MQ: 0,
@@ -151,9 +175,14 @@ export const ProtocolFeature = {
   GET_VRING_BASE_SKIP_DRAIN: 23,
 } as const;
 
+/** A protocol feature's name, e.g. `'REPLY_ACK'`. */
 export type ProtocolFeatureName = keyof typeof ProtocolFeature;
 
-/** Device-independent feature BIT NUMBERS (virtio 1.3, 'Reserved Feature Bits'), plus vhost's. */
+/**
+ * Device-independent feature BIT NUMBERS (virtio 1.3, 'Reserved Feature Bits'), plus vhost's.
+ *
+ * @enum
+ */
 export const VirtioFeature = {
   VIRTIO_F_NOTIFY_ON_EMPTY: 24,
   VHOST_F_LOG_ALL: 26,
@@ -174,7 +203,11 @@ export const VirtioFeature = {
   VIRTIO_F_ADMIN_VQ: 41,
 } as const;
 
-/** virtio 1.3, 'Network Device: Feature bits' (cross-checked with Linux uapi virtio_net.h). */
+/**
+ * virtio 1.3, 'Network Device: Feature bits' (cross-checked with Linux uapi virtio_net.h).
+ *
+ * @enum
+ */
 export const VirtioNetFeature = {
   VIRTIO_NET_F_CSUM: 0,
   VIRTIO_NET_F_GUEST_CSUM: 1,
@@ -213,7 +246,11 @@ export const VirtioNetFeature = {
   VIRTIO_NET_F_SPEED_DUPLEX: 63,
 } as const;
 
-/** virtio 1.3, 'Block Device: Feature bits'. */
+/**
+ * virtio 1.3, 'Block Device: Feature bits'.
+ *
+ * @enum
+ */
 export const VirtioBlkFeature = {
   VIRTIO_BLK_F_SIZE_MAX: 1,
   VIRTIO_BLK_F_SEG_MAX: 2,
@@ -231,6 +268,7 @@ export const VirtioBlkFeature = {
   VIRTIO_BLK_F_ZONED: 17,
 } as const;
 
+/** The device types whose feature bits and config space this package decodes. */
 export type DeviceKind = 'net' | 'blk';
 
 function checkBitNumber(n: number): void {
@@ -239,11 +277,13 @@ function checkBitNumber(n: number): void {
   }
 }
 
+/** The mask of feature bit `n` (0..63); throws VHOST_INVALID_ARGUMENT outside that range. */
 export function bit(n: number): bigint {
   checkBitNumber(n);
   return 1n << BigInt(n);
 }
 
+/** Whether feature bit `n` (0..63) is set in `mask`. */
 export function hasBit(mask: bigint, n: number): boolean {
   checkBitNumber(n);
   return ((mask >> BigInt(n)) & 1n) === 1n;

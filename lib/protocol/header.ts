@@ -15,9 +15,13 @@ import {
   VHOST_USER_VERSION_MASK,
 } from './constants.js';
 
+/** vhost-user.rst, 'Header': three little-endian u32s before every payload. */
 export interface VhostUserHeader {
+  /** The request code. */
   request: number;
+  /** Version (bits 0-1), REPLY (bit 2), NEED_REPLY (bit 3). */
   flags: number;
+  /** Payload bytes that follow. */
   size: number;
 }
 
@@ -30,6 +34,7 @@ function checkU32(name: string, v: number): void {
   }
 }
 
+/** Writes `h` as 12 bytes at `offset` of `target`; throws VHOST_INVALID_ARGUMENT for a field that is not a u32. */
 export function encodeHeader(h: VhostUserHeader, target: Uint8Array, offset = 0): void {
   checkU32('request', h.request);
   checkU32('flags', h.flags);
@@ -89,10 +94,12 @@ export function encodeMessage(request: number, flags: number, payload?: Uint8Arr
   return out;
 }
 
+/** Whether `flags` has the REPLY bit. */
 export function isReply(flags: number): boolean {
   return (flags & VHOST_USER_REPLY_MASK) !== 0;
 }
 
+/** Whether `flags` has the NEED_REPLY bit. */
 export function needsReply(flags: number): boolean {
   return (flags & VHOST_USER_NEED_REPLY_MASK) !== 0;
 }

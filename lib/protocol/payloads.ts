@@ -26,12 +26,17 @@ import {
   VHOST_VRING_F_LOG,
 } from './constants.js';
 
+/** Encodes and decodes one payload layout of vhost-user.rst, checking every field rule; decode errors are VHOST_BAD_PAYLOAD_SIZE or VHOST_INVALID_PAYLOAD. */
 export interface PayloadCodec<T> {
   /** The spec's heading for the payload, e.g. 'A vring address description'. */
   readonly name: string;
+  /** Smallest encoded size in bytes. */
   readonly minSize: number;
+  /** Largest encoded size in bytes. */
   readonly maxSize: number;
+  /** The payload bytes of `value`; VHOST_INVALID_ARGUMENT for a field that does not fit. */
   encode(value: T): Uint8Array;
+  /** The value in `bytes`; `request` names the message in the error. */
   decode(bytes: Uint8Array, request?: string): T;
 }
 
@@ -135,7 +140,9 @@ function checkEnd(fail: Fail, base: bigint, size: bigint, what: string, section?
 
 // ---------------------------------------------------------------- u64
 
+/** vhost-user.rst, 'A single 64-bit integer'. */
 export type U64 = bigint;
+/** Codec of {@link U64} (little-endian). */
 export const U64: PayloadCodec<U64> = fixed(
   'A single 64-bit integer',
   8,
@@ -145,10 +152,14 @@ export const U64: PayloadCodec<U64> = fixed(
 
 // ---------------------------------------------------------------- vring state
 
+/** vhost-user.rst, 'A vring state description' (SET_VRING_NUM, SET/GET_VRING_BASE, SET_VRING_ENABLE). */
 export interface VringState {
+  /** The vring. */
   index: number;
+  /** The number the request carries: ring size, base index or enable flag. */
   num: number;
 }
+/** Codec of {@link VringState}. */
 export const VringState: PayloadCodec<VringState> = fixed(
   'A vring state description',
   8,
@@ -163,14 +174,21 @@ export const VringState: PayloadCodec<VringState> = fixed(
 
 /** Field names follow the kernel's struct vhost_vring_addr, which QEMU sends. */
 export interface VringAddr {
+  /** The vring. */
   index: number;
+  /** VHOST_VRING_F_LOG or 0. */
   flags: number;
+  /** Descriptor table (packed: descriptor ring), a front-end virtual address. */
   descUserAddr: bigint;
+  /** Used ring (packed: device event suppression), a front-end virtual address. */
   usedUserAddr: bigint;
+  /** Available ring (packed: driver event suppression), a front-end virtual address. */
   availUserAddr: bigint;
+  /** Guest-physical address where used-ring writes are logged, with VHOST_VRING_F_LOG. */
   logGuestAddr: bigint;
 }
 // The spec's table once showed a 'size' column; no implementation has one: 40 bytes.
+/** Codec of {@link VringAddr} (SET_VRING_ADDR). */
 export const VringAddr: PayloadCodec<VringAddr> = fixed(
   'A vring address description',
   40,
@@ -224,10 +242,15 @@ export function checkVringAddrAlignment(addr: VringAddr, packed = false, request
 
 // ---------------------------------------------------------------- memory regions
 
+/** vhost-user.rst, 'Memory region description': one region of guest memory and where the front-end maps it. */
 export interface MemoryRegion {
+  /** Guest-physical start address. */
   guestPhysAddr: bigint;
+  /** Bytes. */
   memorySize: bigint;
+  /** Where the front-end has it mapped (ring addresses are in this space). */
   userAddr: bigint;
+  /** Where the region starts in the fd that travels with the message. */
   mmapOffset: bigint;
 }
 
@@ -279,6 +302,7 @@ function checkDisjoint(regions: MemoryRegion[], key: 'guestPhysAddr' | 'userAddr
   }
 }
 
+/** Codec of one {@link MemoryRegion}. */
 export const MemoryRegion: PayloadCodec<MemoryRegion> = fixed(
   REGION_SECTION,
   REGION_SIZE,
@@ -290,7 +314,9 @@ export const MemoryRegion: PayloadCodec<MemoryRegion> = fixed(
   },
 );
 
+/** vhost-user.rst, 'Multiple Memory regions description' (SET_MEM_TABLE). */
 export interface MemoryTable {
+  /** At most 8 regions, one fd each. */
   regions: MemoryRegion[];
 }
 
@@ -331,6 +357,7 @@ export const MemoryTable: PayloadCodec<MemoryTable> = {
 
 /** ADD_MEM_REG / REM_MEM_REG: u64 padding, then one region. */
 export type SingleMemoryRegion = MemoryRegion;
+/** Codec of {@link SingleMemoryRegion}. */
 export const SingleMemoryRegion: PayloadCodec<SingleMemoryRegion> = fixed(
   'Single memory region description',
   8 + REGION_SIZE,
@@ -344,10 +371,14 @@ export const SingleMemoryRegion: PayloadCodec<SingleMemoryRegion> = fixed(
 
 // ---------------------------------------------------------------- log
 
+/** vhost-user.rst, 'Log description' (SET_LOG_BASE). */
 export interface Log {
+  /** Bytes of the dirty log. */
   mmapSize: bigint;
+  /** Where the log starts in the fd. */
   mmapOffset: bigint;
 }
+/** Codec of {@link Log}. */
 export const Log: PayloadCodec<Log> = fixed(
   'Log description',
   16,
@@ -365,16 +396,33 @@ export const Log: PayloadCodec<Log> = fixed(
 
 // ---------------------------------------------------------------- IOTLB
 
+/**
+ * vhost-user.rst, 'An IOTLB message': the message type.
+ *
+ * @enum
+ */
 export const IotlbType = { MISS: 1, UPDATE: 2, INVALIDATE: 3, ACCESS_FAIL: 4 } as const;
+/**
+ * vhost-user.rst, 'An IOTLB message': access permissions.
+ *
+ * @enum
+ */
 export const IotlbPerm = { NONE: 0, READ: 1, WRITE: 2, READ_WRITE: 3 } as const;
 
+/** vhost-user.rst, 'An IOTLB message' (IOTLB_MSG, both directions). */
 export interface IotlbMsg {
+  /** I/O virtual address. */
   iova: bigint;
+  /** Bytes. */
   size: bigint;
+  /** Front-end virtual address the range maps to. */
   userAddr: bigint;
+  /** {@link IotlbPerm}. */
   perm: number;
+  /** {@link IotlbType}. */
   type: number;
 }
+/** Codec of {@link IotlbMsg}. */
 export const IotlbMsg: PayloadCodec<IotlbMsg> = fixed(
   'An IOTLB message',
   32,
@@ -404,13 +452,22 @@ export const IotlbMsg: PayloadCodec<IotlbMsg> = fixed(
 
 // ---------------------------------------------------------------- config space
 
-/** Flag values, not bits (spec: 0 writable fields, 1 live migration). */
+/**
+ * Flag values, not bits (spec: 0 writable fields, 1 live migration).
+ *
+ * @enum
+ */
 export const ConfigFlags = { WRITABLE: 0, LIVE_MIGRATION: 1 } as const;
 
+/** vhost-user.rst, 'Virtio device config space' (GET_CONFIG, SET_CONFIG). */
 export interface Config {
+  /** Offset in config space. */
   offset: number;
+  /** Bytes of config space in `payload`. */
   size: number;
+  /** {@link ConfigFlags}. */
   flags: number;
+  /** The config bytes. */
   payload: Uint8Array;
 }
 
@@ -459,8 +516,11 @@ export const Config: PayloadCodec<Config> = {
 
 // ---------------------------------------------------------------- vring fd index
 
+/** The u64 of SET_VRING_KICK / CALL / ERR, decoded. */
 export interface VringFdIndex {
+  /** The vring (bits 0-7). */
   index: number;
+  /** Bit 8: no fd is passed. */
   nofd: boolean;
 }
 
@@ -487,6 +547,7 @@ function splitFdIndex(u64: bigint, fail: Fail): VringFdIndex {
   };
 }
 
+/** Decodes the u64 of SET_VRING_KICK / CALL / ERR; VHOST_INVALID_PAYLOAD for bits above 8. */
 export function decodeVringFdIndex(u64: bigint, request?: string): VringFdIndex {
   if (typeof u64 !== 'bigint' || u64 < 0n || u64 > U64_MAX) invalidArgument('vring fd index', 'u64', u64, 'u64');
   return splitFdIndex(u64, failer('vring fd index', request));
@@ -494,12 +555,18 @@ export function decodeVringFdIndex(u64: bigint, request?: string): VringFdIndex 
 
 // ---------------------------------------------------------------- vring area
 
+/** vhost-user.rst, 'Vring area description' (VRING_HOST_NOTIFIER_MSG). */
 export interface VringArea {
+  /** The vring. */
   index: number;
+  /** No fd: the notification area is withdrawn. */
   nofd: boolean;
+  /** Bytes of the area. */
   size: bigint;
+  /** Where the area starts in the fd. */
   offset: bigint;
 }
+/** Codec of {@link VringArea}. */
 export const VringArea: PayloadCodec<VringArea> = fixed(
   'Vring area description',
   24,
@@ -519,12 +586,18 @@ export const VringArea: PayloadCodec<VringArea> = fixed(
 
 // ---------------------------------------------------------------- inflight
 
+/** vhost-user.rst, 'Inflight description' (GET_INFLIGHT_FD, SET_INFLIGHT_FD). */
 export interface Inflight {
+  /** Bytes of the area. */
   mmapSize: bigint;
+  /** Where the area starts in the fd. */
   mmapOffset: bigint;
+  /** Queues tracked. */
   numQueues: number;
+  /** Descriptors per queue. */
   queueSize: number;
 }
+/** Codec of {@link Inflight}. */
 export const Inflight: PayloadCodec<Inflight> = fixed(
   'Inflight description',
   24,
@@ -548,10 +621,12 @@ export const Inflight: PayloadCodec<Inflight> = fixed(
 
 // ---------------------------------------------------------------- shared object
 
+/** vhost-user.rst, 'VhostUserShared': a virtio shared object's UUID. */
 export interface SharedObject {
   /** 16 bytes; the first three UUID fields are big-endian, as the spec says. */
   uuid: Uint8Array;
 }
+/** Codec of {@link SharedObject}. */
 export const SharedObject: PayloadCodec<SharedObject> = fixed(
   'VhostUserShared',
   16,
@@ -566,13 +641,27 @@ export const SharedObject: PayloadCodec<SharedObject> = fixed(
 
 // ---------------------------------------------------------------- device state
 
+/**
+ * vhost-user.rst, 'Device state transfer parameters': direction.
+ *
+ * @enum
+ */
 export const TransferDirection = { SAVE: 0, LOAD: 1 } as const;
+/**
+ * vhost-user.rst, 'Device state transfer parameters': phase.
+ *
+ * @enum
+ */
 export const TransferPhase = { STOPPED: 0 } as const;
 
+/** vhost-user.rst, 'Device state transfer parameters' (SET_DEVICE_STATE_FD). */
 export interface DeviceStateTransfer {
+  /** {@link TransferDirection}. */
   direction: number;
+  /** {@link TransferPhase}. */
   phase: number;
 }
+/** Codec of {@link DeviceStateTransfer}. */
 export const DeviceStateTransfer: PayloadCodec<DeviceStateTransfer> = fixed(
   'Device state transfer parameters',
   8,
@@ -590,9 +679,11 @@ export const DeviceStateTransfer: PayloadCodec<DeviceStateTransfer> = fixed(
   },
 );
 
+/** SET_DEVICE_STATE_FD's u64 reply, decoded. */
 export interface DeviceStateFdReply {
   /** Bits 0-7: 0 on success. */
   status: number;
+  /** Bit 8: the back-end sent no fd of its own (the front-end's is used). */
   nofd: boolean;
 }
 
@@ -618,13 +709,22 @@ export function decodeDeviceStateFdReply(u64: bigint, request = 'SET_DEVICE_STAT
 // ---------------------------------------------------------------- shared memory
 
 /** Flag bits of VhostUserMMap (QEMU VHOST_USER_FLAG_MAP_RW, rust-vmm WRITABLE). */
-export const ShmemMapFlags = { MAP_RW: 1n } as const;
+export const ShmemMapFlags = {
+  /** Map writable (else read-only). */
+  MAP_RW: 1n,
+} as const;
 
+/** vhost-user.rst, 'VhostUserMMap' (SHMEM_MAP, SHMEM_UNMAP). */
 export interface ShmemMap {
+  /** The VIRTIO Shared Memory Region. */
   shmid: number;
+  /** Where the mapping starts in the fd. */
   fdOffset: bigint;
+  /** Where it goes in the shared memory region. */
   shmOffset: bigint;
+  /** Bytes. */
   len: bigint;
+  /** {@link ShmemMapFlags}. */
   flags: bigint;
 }
 
@@ -658,8 +758,10 @@ export const ShmemMap: PayloadCodec<ShmemMap> = fixed(
   },
 );
 
+/** Entries in GET_SHMEM_CONFIG's reply (shmid is a u8). */
 export const VIRTIO_MAX_SHMEM_REGIONS = 256;
 
+/** vhost-user.rst, 'VIRTIO Shared Memory Region configuration' (GET_SHMEM_CONFIG). */
 export interface ShmemConfig {
   /** Size of each VIRTIO Shared Memory Region, indexed by shmid; 0 marks an unused id. */
   memorySizes: bigint[];
@@ -687,6 +789,7 @@ export const ShmemConfig: PayloadCodec<ShmemConfig> = fixed(
 
 /** CREATE_CRYPTO_SESSION's 'crypto session description' has no layout in the spec: bytes as is. */
 export type Opaque = Uint8Array;
+/** Codec of {@link Opaque}: the bytes as they are. */
 export const Opaque: PayloadCodec<Opaque> = {
   name: 'crypto session description',
   minSize: 0,
@@ -707,10 +810,15 @@ export const Opaque: PayloadCodec<Opaque> = {
 
 // ---------------------------------------------------------------- vring base
 
+/** vhost-user.rst, 'VHOST_USER_SET_VRING_BASE': the packed-ring reading of the vring base. */
 export interface PackedVringBase {
+  /** Bits 0-14: the next descriptor the device reads. */
   lastAvailIdx: number;
+  /** Bit 15: the driver ring wrap counter. */
   availWrapCounter: boolean;
+  /** Bits 16-30: the next descriptor the device writes back. */
   lastUsedIdx: number;
+  /** Bit 31: the device ring wrap counter. */
   usedWrapCounter: boolean;
 }
 
@@ -729,6 +837,7 @@ export function decodePackedVringBase(num: number): PackedVringBase {
   };
 }
 
+/** The `num` of SET_VRING_BASE for a packed ring; VHOST_INVALID_ARGUMENT for an index above 15 bits. */
 export function encodePackedVringBase(v: PackedVringBase): number {
   for (const [field, idx] of [['lastAvailIdx', v.lastAvailIdx], ['lastUsedIdx', v.lastUsedIdx]] as const) {
     if (!Number.isInteger(idx) || idx < 0 || idx > 0x7fff) {

@@ -37,10 +37,18 @@ export type FdRule = 'none' | 'one' | 'per-region' | 'optional-one';
 /** 'optional-one': an fd on success only (GET_SHARED_OBJECT, SET_DEVICE_STATE_FD, SHARED_OBJECT_LOOKUP). */
 export type ReplyFdRule = 'none' | 'one' | 'optional-one';
 
+/**
+ * What vhost-user.rst says about one request: its payload, its reply, the fds it
+ * carries. The client and the reference back-end both validate messages against it.
+ */
 export interface RequestSpec {
+  /** The request code. */
   readonly code: number;
+  /** The spec's name without the VHOST_USER_ prefix. */
   readonly name: string;
+  /** The payload's codec, or null for a request without payload. */
   readonly payload: PayloadCodec<unknown> | null;
+  /** The reply's codec, or null for a request that has no reply of its own. */
   readonly reply: PayloadCodec<unknown> | null;
   /** The request always gets a reply of its own, NEED_REPLY or not. */
   readonly replyAlways: boolean;
@@ -52,7 +60,9 @@ export interface RequestSpec {
   readonly replyBodyIgnored?: boolean;
   /** With REPLY_ACK negotiated the back-end must acknowledge, so the front-end sets NEED_REPLY. */
   readonly ackWithReplyAck?: boolean;
+  /** The fds the request carries. */
   readonly fds: FdRule;
+  /** The fds its reply carries. */
   readonly replyFds: ReplyFdRule;
   /** Protocol feature bit that must be negotiated before sending. */
   readonly requires?: number;
@@ -190,18 +200,22 @@ const backend = table(BackendRequest, {
   SHMEM_UNMAP: { payload: ShmemMap, requires: P.SHMEM },
 });
 
+/** The spec of front-end request `code`, or undefined for a code the protocol does not define. */
 export function frontendRequestSpec(code: number): RequestSpec | undefined {
   return frontend.get(code);
 }
 
+/** The spec of back-end request `code`, or undefined for a code the protocol does not define. */
 export function backendRequestSpec(code: number): RequestSpec | undefined {
   return backend.get(code);
 }
 
+/** Every front-end request, by code. */
 export function allFrontendRequestSpecs(): RequestSpec[] {
   return [...frontend.values()];
 }
 
+/** Every back-end request, by code. */
 export function allBackendRequestSpecs(): RequestSpec[] {
   return [...backend.values()];
 }
@@ -218,6 +232,7 @@ export function requireFrontendRequestSpec(code: number): RequestSpec {
   return frontend.get(code) ?? unknown(code, 'front-end');
 }
 
+/** Like backendRequestSpec, but an unknown code (0 included) is a VHOST_UNKNOWN_REQUEST. */
 export function requireBackendRequestSpec(code: number): RequestSpec {
   return backend.get(code) ?? unknown(code, 'back-end');
 }

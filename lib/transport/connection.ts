@@ -17,8 +17,11 @@ import { constants as osConstants } from 'node:os';
 import { closeAll } from './msg-scratch.js';
 import { UnixStream, type ConnectOptions } from './unix-stream.js';
 
+/** One message as framed on the socket (vhost-user.rst, 'Message Specification'). */
 export interface VhostUserMessage {
+  /** The request code from the header. */
   request: number;
+  /** The header's flags (version, REPLY, NEED_REPLY). */
   flags: number;
   /** A copy of the payload bytes; exactly `header.size` long. */
   payload: Uint8Array;
@@ -26,7 +29,9 @@ export interface VhostUserMessage {
   fds: number[];
 }
 
+/** Events a {@link Connection} emits. */
 export interface ConnectionEvents {
+  /** A whole message arrived. */
   message: (message: VhostUserMessage) => void;
   /** Emitted once. `error` is undefined for a close we asked for. */
   close: (error: VhostUserError | undefined) => void;
@@ -35,6 +40,7 @@ export interface ConnectionEvents {
 /** Messages handled per readiness callback before yielding back to the loop. */
 const MESSAGES_PER_TICK = 64;
 
+/** vhost-user message framing over a {@link UnixStream}: header, payload and fds in, whole messages out. */
 export class Connection extends EventEmitter<ConnectionEvents> {
   private readonly stream: UnixStream;
   private readonly header = new Uint8Array(VHOST_USER_HDR_SIZE);
@@ -55,10 +61,12 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     );
   }
 
+  /** Connects to `path` (retrying while nothing listens, see {@link ConnectOptions}). */
   static async connect(path: string, options?: ConnectOptions): Promise<Connection> {
     return new Connection(await UnixStream.connect(path, options));
   }
 
+  /** Whether close() ran or the peer went away. */
   get isClosed(): boolean {
     return this.closed;
   }

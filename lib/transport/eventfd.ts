@@ -14,7 +14,9 @@ import { VhostUserError } from '../errors.js';
 import { C, closeFd, errno, libc, syscallError } from '../native/libc.js';
 import { shim, UV_READABLE, type FdWatcherHandle } from '../native/shim.js';
 
+/** An eventfd (eventfd(2)) for a vring's kick, call or err: signalled, waited on and watched without allocating. */
 export class EventFd {
+  /** The descriptor, owned by this object until close(). */
   readonly fd: number;
   private readonly counter = new BigUint64Array(1);
   private readonly counterBytes = new Uint8Array(this.counter.buffer);
@@ -35,6 +37,7 @@ export class EventFd {
     return new EventFd(fd);
   }
 
+  /** Whether close() ran. */
   get isClosed(): boolean {
     return this.closed;
   }
@@ -84,10 +87,12 @@ export class EventFd {
     }
   }
 
+  /** Stops the watcher started by watch(); the eventfd stays open. */
   unwatch(): void {
     this.watcher?.stop();
   }
 
+  /** Stops watching and closes the fd. Idempotent. */
   close(): void {
     if (this.closed) return;
     this.closed = true;

@@ -20,9 +20,11 @@ const DATA = 4096;
 export const SCRATCH_DATA_CAPACITY = 8192;
 const SCRATCH_SIZE = DATA + SCRATCH_DATA_CAPACITY;
 
+/** What one recvmsg(2) returned. */
 export interface RecvResult {
   /** Bytes received; 0 means the peer closed; -1 means errno (see `error`). */
   n: number;
+  /** The errno when `n` is -1, else 0. */
   error: number;
   /** fds that arrived with these bytes; the caller owns them. */
   fds: number[];

@@ -10,8 +10,11 @@ import { shim, UV_READABLE, type FdWatcherHandle } from '../native/shim.js';
 import { sockaddrUn } from './sockaddr.js';
 import { UnixStream } from './unix-stream.js';
 
+/** A listening AF_UNIX socket for back-ends that connect to the front-end (server mode, DPDK `client=1`). */
 export class UnixListener {
+  /** The listening socket. */
   readonly fd: number;
+  /** The socket's path; removed by close(). */
   readonly path: string;
   private watcher: FdWatcherHandle | null = null;
   private closed = false;
@@ -85,6 +88,7 @@ export class UnixListener {
     throw syscallError('accept4', 'VHOST_SOCKET_ERROR', err);
   }
 
+  /** Stops accepting, closes the socket and removes its path. Idempotent. */
   close(): void {
     if (this.closed) return;
     this.closed = true;

@@ -14,11 +14,13 @@ import { sockaddrUn } from './sockaddr.js';
 
 const { EAGAIN, EINTR, ENOENT, ECONNREFUSED, EINPROGRESS } = osConstants.errno;
 
+/** How {@link UnixStream.connect} waits for a back-end that is not listening yet. */
 export interface ConnectOptions {
   /** Give up after this long (default 5000 ms). */
   timeoutMs?: number;
   /** First retry delay; doubles up to maxDelayMs (defaults 10 and 500 ms). */
   initialDelayMs?: number;
+  /** Longest pause between retries. */
   maxDelayMs?: number;
   /** Stops retrying (VHOST_CONNECT_FAILED); a pending pause between retries ends at once. */
   signal?: AbortSignal;
@@ -33,7 +35,9 @@ interface Pending {
   fds: number[];
 }
 
+/** A non-blocking AF_UNIX stream socket carrying bytes and SCM_RIGHTS fds, watched on Node's event loop. */
 export class UnixStream {
+  /** The socket, owned by this object until close(). */
   readonly fd: number;
   private readonly scratch = new MsgScratch();
   private watcher: FdWatcherHandle | null = null;
@@ -87,6 +91,7 @@ export class UnixStream {
     }
   }
 
+  /** Whether close() ran. */
   get isClosed(): boolean {
     return this.closed;
   }
@@ -103,6 +108,7 @@ export class UnixStream {
     return this.scratch.data;
   }
 
+  /** One recvmsg(2) of at most `length` bytes into {@link UnixStream.recvBuffer} at `offset`, with any fds. */
   recv(offset: number, length: number): RecvResult {
     return this.scratch.recvmsg(this.fd, offset, length);
   }

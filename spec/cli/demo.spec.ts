@@ -26,7 +26,7 @@ describe('cli demo and serve', function () {
       const status = await main(['demo', '--frames', '3000', '--size', '128', '--queues', '2', '--ring', ring, '--json'], io);
       expect(io.err).to.equal('');
       expect(status).to.equal(0);
-      const r = JSON.parse(io.out) as Record<string, any>;
+      const r = JSON.parse(io.out) as Record<string, unknown>;
       expect(r.ok).to.equal(true);
       expect(r.ring).to.equal(ring);
       expect(r.queuePairs).to.equal(2);

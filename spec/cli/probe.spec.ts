@@ -14,6 +14,21 @@ import { RawPeer } from '../helpers/raw-peer.js';
 import { skipWithout } from '../helpers/backends.js';
 import { cli, expectOneErrorLine } from '../helpers/cli.js';
 
+/** What `probe --json` prints (the fields these tests read). */
+interface ProbeJson {
+  socket: string;
+  device: string;
+  features: string;
+  featureNames: string[];
+  protocolFeatures: string;
+  protocolFeatureNames: string[];
+  negotiatedProtocolFeatures: string;
+  negotiatedProtocolFeatureNames: string[];
+  maxMemSlots: number | null;
+  queueNum: number;
+  config: { capacity: number; capacityBytes: number } | null;
+}
+
 describe('cli probe (child process)', function () {
   this.timeout(30_000);
   let peer: RawPeer | undefined;
@@ -85,7 +100,7 @@ describe('cli probe against qemu-storage-daemon @integration', function () {
     const r = await cli(['probe', '--socket', backend.socketPath, '--json', '--device', 'blk']);
     expect(r.status, r.stderr).to.equal(0);
     expect(r.stderr).to.equal('');
-    const report = JSON.parse(r.stdout);
+    const report = JSON.parse(r.stdout) as ProbeJson;
     expect(report.socket).to.equal(backend.socketPath);
     expect(report.device).to.equal('blk');
     expect(report.features).to.match(/^0x[0-9a-f]{16}$/);
@@ -96,8 +111,8 @@ describe('cli probe against qemu-storage-daemon @integration', function () {
     expect(BigInt(report.negotiatedProtocolFeatures) & ~BigInt(report.protocolFeatures)).to.equal(0n);
     expect(report.maxMemSlots).to.be.a('number');
     expect(report.queueNum).to.be.a('number');
-    expect(report.config.capacity).to.equal(131072);
-    expect(report.config.capacityBytes).to.equal(64 * 1024 * 1024);
+    expect(report.config?.capacity).to.equal(131072);
+    expect(report.config?.capacityBytes).to.equal(64 * 1024 * 1024);
   });
 
   it('text output names blk features and shows the decoded config', async () => {
@@ -125,7 +140,7 @@ describe('cli probe against dpdk-testpmd @integration', function () {
     backend = await startTestpmd();
     const r = await cli(['probe', '--socket', backend.socketPath, '--json', '--device', 'net']);
     expect(r.status, r.stderr).to.equal(0);
-    const report = JSON.parse(r.stdout);
+    const report = JSON.parse(r.stdout) as ProbeJson;
     expect(report.featureNames).to.include.members(['VIRTIO_F_VERSION_1', 'VIRTIO_NET_F_MRG_RXBUF']);
     expect(report.protocolFeatureNames).to.include.members(['REPLY_ACK', 'MQ']);
     expect(report.protocolFeatureNames).not.to.include('CONFIG');

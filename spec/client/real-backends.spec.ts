@@ -110,7 +110,7 @@ describe('control plane against dpdk-testpmd @integration', function () {
   it('negotiates, sets the memory table, sets up and enables 2 rings, and reads GET_VRING_BASE back', async () => {
     s.backend = await startTestpmd({ queues: 1, forwardMode: 'rxonly' });
     s.setup = await startDevice(s.backend.socketPath, 2);
-    const { client, negotiated } = s.setup!;
+    const { client, negotiated } = s.setup;
     expect(hasBit(negotiated.features, VirtioFeature.VIRTIO_F_VERSION_1)).to.equal(true);
     for (const f of [ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.BACKEND_REQ]) {
       expect(hasBit(negotiated.protocolFeatures, f), `protocol feature bit ${f}`).to.equal(true);
@@ -126,7 +126,7 @@ describe('control plane against dpdk-testpmd @integration', function () {
   it('status, MTU (acked and NAKed by the back-end), RARP, and reset with the RESET_OWNER fallback', async () => {
     s.backend = await startTestpmd({ queues: 1 });
     s.setup = await startDevice(s.backend.socketPath, 2);
-    const { client } = s.setup!;
+    const { client } = s.setup;
     const status = 0x1 | 0x2 | 0x8; // ACKNOWLEDGE | DRIVER | FEATURES_OK
     await client.setStatus(status);
     expect(await client.getStatus()).to.equal(status);
@@ -146,7 +146,7 @@ describe('control plane against dpdk-testpmd @integration', function () {
     teardown(s.setup);
     // The back-end serves a new front-end from scratch.
     s.setup = await startDevice(s.backend.socketPath, 2);
-    expect(await s.setup!.client.getVringBase(0)).to.deep.equal({ index: 0, num: RING_BASE, packed: null });
+    expect(await s.setup.client.getVringBase(0)).to.deep.equal({ index: 0, num: RING_BASE, packed: null });
   });
 
   it('server mode: accepts DPDK connecting with client=1 and runs the same setup', async () => {
@@ -170,7 +170,7 @@ describe('control plane against dpdk-testpmd @integration', function () {
     await s.backend.kill9();
     expect(await disconnected).to.equal('VHOST_DISCONNECTED');
     try {
-      await s.setup!.client.getFeatures();
+      await s.setup.client.getFeatures();
       expect.fail('request on a dead connection succeeded');
     } catch (e) {
       expect((e as { code: string }).code).to.equal('VHOST_CLIENT_BROKEN');
@@ -185,7 +185,7 @@ describe('control plane against qemu-storage-daemon vhost-user-blk @integration'
     const imageSize = 48 * MiB;
     s.backend = await startQemuStorageDaemon({ imageSize, numQueues: 2 });
     s.setup = await startDevice(s.backend.socketPath, 2);
-    const { client, negotiated } = s.setup!;
+    const { client, negotiated } = s.setup;
     for (const f of [ProtocolFeature.CONFIG, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS]) {
       expect(hasBit(negotiated.protocolFeatures, f), `protocol feature bit ${f}`).to.equal(true);
     }
@@ -203,14 +203,14 @@ describe('control plane against qemu-storage-daemon vhost-user-blk @integration'
     const client = await VhostUserClient.connect(s.backend.socketPath);
     const memory = GuestMemory.create({ size: 4 * MiB });
     s.setup = { client, memory, eventfds: [], negotiated: await client.negotiate() };
-    await client.setFeatures(s.setup!.negotiated.features & (bit(VirtioFeature.VIRTIO_F_VERSION_1) | bit(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)));
+    await client.setFeatures(s.setup.negotiated.features & (bit(VirtioFeature.VIRTIO_F_VERSION_1) | bit(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)));
     await client.setMemTable(memory);
     const extra = [1, 2, 3].map((i) => memory.addRegion({ guestPhysAddr: i * 64 * MiB, size: 2 * MiB }));
     for (const r of extra) await client.addMemReg(r);
     await client.remMemReg(extra[1]!);
     memory.removeRegion(extra[1]!);
     expect(client.isBroken).to.equal(false);
-    expect(await client.getFeatures()).to.equal(s.setup!.negotiated.features);
+    expect(await client.getFeatures()).to.equal(s.setup.negotiated.features);
   });
 });
 

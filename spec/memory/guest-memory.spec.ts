@@ -116,10 +116,10 @@ describe('GuestMemory', () => {
   it('maps file-backed regions', async () => {
     const { mkdtempSync, readFileSync, rmSync } = await import('node:fs');
     const { tmpdir } = await import('node:os');
-    const { join } = await import('node:path');
-    const dir = mkdtempSync(join(tmpdir(), 'vhost-mem-'));
+    const nodePath = await import('node:path');
+    const dir = mkdtempSync(nodePath.join(tmpdir(), 'vhost-mem-'));
     try {
-      const path = join(dir, 'ram');
+      const path = nodePath.join(dir, 'ram');
       const memory = GuestMemory.create({ regions: [{ guestPhysAddr: 0, size: 64 * 1024, backing: { kind: 'file', path } }] });
       memory.write(100, Buffer.from('guest'));
       memory.close();

@@ -39,7 +39,7 @@ const regionBHex = '0000100000000000 0000f07f00000000 0000100000 7f0000 00001000
 const uuid = Uint8Array.from({ length: 16 }, (_, i) => i);
 
 // (name, codec, value, wire bytes): encode(value) must equal the bytes, decode(bytes) the value.
-const roundTrips: [string, PayloadCodec<any>, unknown, string][] = [
+const roundTrips: [string, PayloadCodec<unknown>, unknown, string][] = [
   ['u64', U64, 0x0102030405060708n, '0807060504030201'],
   ['u64 max', U64, U64_MAX, 'ffffffffffffffff'],
   ['vring state', VringState, { index: 1, num: 256 }, '01000000 00010000'],
@@ -131,7 +131,7 @@ const roundTrips: [string, PayloadCodec<any>, unknown, string][] = [
 ];
 
 // (name, codec, wire bytes, expected error code)
-const malformed: [string, PayloadCodec<any>, Uint8Array, string][] = [
+const malformed: [string, PayloadCodec<unknown>, Uint8Array, string][] = [
   ['u64 truncated', U64, hex('01020304050607'), 'VHOST_BAD_PAYLOAD_SIZE'],
   ['u64 oversized', U64, new Uint8Array(9), 'VHOST_BAD_PAYLOAD_SIZE'],
   ['u64 empty', U64, new Uint8Array(0), 'VHOST_BAD_PAYLOAD_SIZE'],
@@ -336,7 +336,7 @@ describe('protocol payloads', () => {
       ['15-byte UUID', () => SharedObject.encode({ uuid: new Uint8Array(15) })],
       ['vring area index 256', () => VringArea.encode({ index: 256, nofd: false, size: 0n, offset: 0n })],
       ['257 shmem regions', () => ShmemConfig.encode({ memorySizes: new Array<bigint>(257).fill(0n) })],
-      ['memory table beyond 4 KiB', () => MemoryTable.encode({ regions: new Array(128).fill(regionA) })],
+      ['memory table beyond 4 KiB', () => MemoryTable.encode({ regions: new Array<typeof regionA>(128).fill(regionA) })],
       ['config beyond 4 KiB', () => Config.encode({ offset: 0, size: 0, flags: 0, payload: new Uint8Array(4085) })],
     ];
     for (const [name, fn] of notRepresentable) {

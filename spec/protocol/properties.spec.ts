@@ -267,7 +267,7 @@ async function frameOnce(bytes: Uint8Array, cuts: number[]): Promise<void> {
   const pair = await streamPair();
   const rx = new Connection(pair.b);
   const got: VhostUserMessage[] = [];
-  let strayError: unknown = null;
+  let strayError: Error | null = null;
   rx.on('message', (m) => {
     got.push(m);
   });
@@ -281,7 +281,7 @@ async function frameOnce(bytes: Uint8Array, cuts: number[]): Promise<void> {
           for (let at = prev; at < cut; at += 4096) pair.a.send(bytes.subarray(at, Math.min(cut, at + 4096)));
         } catch (e) {
           // The receiver may already have closed on a bad header: EPIPE/ECONNRESET.
-          if (!(e instanceof VhostUserError && e.code === 'VHOST_DISCONNECTED')) strayError = e;
+          if (!(e instanceof VhostUserError && e.code === 'VHOST_DISCONNECTED')) strayError = e instanceof Error ? e : new Error(String(e));
           break;
         }
       }

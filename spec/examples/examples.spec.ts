@@ -1,0 +1,101 @@
+/**
+ * The programs in examples/ run as a user would run them (`node dist/examples/X.js`,
+ * importing the package by its name), each against its real back-end when that is
+ * installed, and print what they claim: frames that came back, counters read from
+ * the back-end, conformance results. A back-end an example started is gone after it exits.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { expect } from 'chai';
+import { skipWithout } from '../helpers/backends.js';
+
+interface ExampleRun {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs dist/examples/`name`.js in a child process; SIGKILL after `killAfterMs`. */
+function runExample(name: string, args: string[] = [], killAfterMs = 60_000): Promise<ExampleRun> {
+  const script = fileURLToPath(new URL(`../../examples/${name}.js`, import.meta.url));
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+    const timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+    child.on('error', reject);
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe('examples/', function () {
+  this.timeout(90_000);
+
+  it('hello: three frames through the reference back-end come back as sent', async () => {
+    const r = await runExample('hello');
+    expect(r.stderr).to.equal('');
+    expect(r.status, r.stdout).to.equal(0);
+    expect(r.stdout).to.match(/^connected: split rings, 1 queue pair\(s\) of 256$/m);
+    expect(r.stdout).to.match(/^sent 3 frames, received 3: hello vhost-user world$/m);
+    // 42 bytes of Ethernet, IPv4 and UDP headers before each greeting.
+    expect(r.stdout).to.match(/^counters: txPackets 3, rxPackets 3, rxBytes 146$/m);
+  });
+
+  for (const device of ['net', 'blk'] as const) {
+    it(`check-backend ${device}: every check run against a spawned vhost-user serve passes or says why it skips`, async () => {
+      const r = await runExample('check-backend', [device]);
+      expect(r.stderr).to.equal('');
+      expect(r.status, r.stdout).to.equal(0);
+      const lines = r.stdout.split('\n').filter((l) => /^(PASS|FAIL|SKIP) /.test(l));
+      expect(lines.filter((l) => l.startsWith('FAIL'))).to.deep.equal([]);
+      for (const skip of lines.filter((l) => l.startsWith('SKIP'))) expect(skip).to.match(/not offered/);
+      const summary = /^(\d+) checks against vhost-user serve --device (\w+) \((\w+)\): (\d+) passed, 0 failed, (\d+) skipped/m.exec(r.stdout);
+      expect(summary, r.stdout).to.not.equal(null);
+      const [, total, named, dev, passed, skipped] = summary!;
+      expect([named, dev]).to.deep.equal([device, device]);
+      expect(Number(total)).to.equal(lines.length);
+      expect(Number(passed) + Number(skipped)).to.equal(lines.length);
+      expect(Number(passed)).to.be.greaterThan(Number(skipped));
+    });
+  }
+
+  it('check-backend with a selection runs only the checks it names', async () => {
+    const r = await runExample('check-backend', ['net', 'handshake.*']);
+    expect(r.status, r.stdout + r.stderr).to.equal(0);
+    const ids = r.stdout.split('\n').flatMap((l) => /^(?:PASS|FAIL|SKIP) (\S+)/.exec(l)?.[1] ?? []);
+    expect(ids.length).to.be.greaterThan(0);
+    for (const id of ids) expect(id).to.match(/^handshake\./);
+  });
+
+  describe('dpdk-testpmd @integration', () => {
+    before(function () {
+      skipWithout(this, 'dpdk-testpmd', 'dpdk-dev');
+    });
+
+    it('testpmd: 1000 frames come back intact through io forwarding; testpmd counted each once, and is gone after', async () => {
+      const r = await runExample('testpmd', ['1000']);
+      expect(r.status, r.stdout + r.stderr).to.equal(0);
+      const started = /^dpdk-testpmd \(pid (\d+)\) on (\S+): (split|packed) rings of 256$/m.exec(r.stdout);
+      expect(started, r.stdout).to.not.equal(null);
+      expect(r.stdout).to.match(/^sent 1000 frames, received 1000, intact and in order 1000$/m);
+      expect(r.stdout).to.match(/^testpmd port 0: RX-packets 1000, TX-packets 1000, RX-missed 0$/m);
+      expect(alive(Number(started![1])), 'testpmd still running after the example exited').to.equal(false);
+      expect(existsSync(started![2]!), 'socket left behind').to.equal(false);
+    });
+  });
+});
