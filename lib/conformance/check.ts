@@ -45,6 +45,8 @@ export interface CheckResult {
   /** The messages exchanged (failures only), oldest first. */
   evidence: string[];
   ms: number;
+  /** A spawned back-end that crashed during the check: the signal (`SIGSEGV`) or `exit N`. */
+  crash?: string;
 }
 
 /** A rule the back-end broke. */

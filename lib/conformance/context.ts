@@ -14,12 +14,23 @@ import { Evidence, traceLine } from './evidence.js';
 import { RawSession } from './raw-session.js';
 
 export interface CheckContext {
+  /** Where the back-end listens now (a one-shot back-end started again may listen elsewhere). */
   readonly socketPath: string;
   readonly device: ConformanceDevice;
   /** Deadline for each reply, and how long a back-end gets to refuse (NAK or close). */
   readonly timeoutMs: number;
   /** The back-end's pid when known (spawned by the suite): enables fd-leak checks. */
   readonly backendPid: number | null;
+  /**
+   * Called by a check once it has closed every connection and before it opens one that the
+   * back-end must serve as a new front-end ("a fresh connection is served"). A back-end that
+   * serves one front-end and exits with code 0 when it leaves (a one-shot back-end: virtiofsd,
+   * rust-vmm's vhost-device-* daemons) is waited for and started again, so that its design is
+   * not taken for a finding; one that exited with a non-zero code or was killed by a signal
+   * fails the check (a crash). Does nothing for a back-end that keeps serving, or one the
+   * suite did not start.
+   */
+  nextFrontEnd(): Promise<void>;
   /** Adds a line to the evidence (messages are added by the connections themselves). */
   note(line: string): void;
   /** A VhostUserClient whose messages go into the evidence. */
@@ -38,19 +49,41 @@ export interface CheckContext {
   until(predicate: () => boolean, ms: number): Promise<boolean>;
 }
 
+/** @internal Where the runner's back-end is; the runner changes it when it starts the back-end again. */
+export interface BackendTarget {
+  readonly socketPath: string;
+  readonly pid: number | null;
+  /** The runner's side of CheckContext.nextFrontEnd: throws a Finding when the back-end crashed. */
+  nextFrontEnd(run: CheckRun): Promise<void>;
+}
+
 /** @internal The runner's implementation; close() releases everything in reverse order. */
 export class CheckRun implements CheckContext {
   readonly evidence = new Evidence();
+  /** Connections opened to the current back-end instance (the runner resets it when it starts a new one). */
+  connections = 0;
   private readonly owned: { close(): void }[] = [];
   private readonly sleepers = new Set<() => void>();
   private closed = false;
 
   constructor(
-    readonly socketPath: string,
+    private readonly target: BackendTarget,
     readonly device: ConformanceDevice,
     readonly timeoutMs: number,
-    readonly backendPid: number | null,
   ) {}
+
+  get socketPath(): string {
+    return this.target.socketPath;
+  }
+
+  get backendPid(): number | null {
+    return this.target.pid;
+  }
+
+  async nextFrontEnd(): Promise<void> {
+    this.checkOpen();
+    await this.target.nextFrontEnd(this);
+  }
 
   note(line: string): void {
     this.evidence.add(`- ${line}`);
@@ -58,6 +91,7 @@ export class CheckRun implements CheckContext {
 
   async client(): Promise<VhostUserClient> {
     this.checkOpen();
+    this.connections++;
     const client = await VhostUserClient.connect(this.socketPath, {
       timeoutMs: this.timeoutMs,
       connect: { timeoutMs: this.timeoutMs },
@@ -75,6 +109,7 @@ export class CheckRun implements CheckContext {
 
   async raw(): Promise<RawSession> {
     this.checkOpen();
+    this.connections++;
     return this.own(await RawSession.open(this.socketPath, this.evidence, this.timeoutMs));
   }
 

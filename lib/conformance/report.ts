@@ -16,7 +16,8 @@ export function formatResultLine(r: CheckResult): string {
 export function formatSummary(report: ConformanceReport): string {
   const { pass, fail, skip } = report.summary;
   const { crashes, restarts: n } = report.backend;
-  const restarts = n ? `; back-end restarted ${n} time(s), ${crashes} after a crash` : '';
+  const oneShot = report.backend.oneShot ? ' (one-shot: it exits when its front-end leaves)' : '';
+  const restarts = n ? `; back-end restarted ${n} time(s)${oneShot}, ${crashes} after a crash` : '';
   return `${report.checks.length} checks against ${report.backend.name} (${report.backend.device}): ${pass} passed, ${fail} failed, ${skip} skipped in ${(report.ms / 1000).toFixed(1)} s${restarts}`;
 }
 
@@ -39,7 +40,16 @@ export function formatText(report: ConformanceReport): string {
 export function toJsonReport(report: ConformanceReport): object {
   return {
     backend: report.backend,
-    checks: report.checks.map((r) => ({ id: r.id, rule: r.rule, title: r.title, status: r.status, detail: r.detail, evidence: r.evidence, ms: r.ms })),
+    checks: report.checks.map((r) => ({
+      id: r.id,
+      rule: r.rule,
+      title: r.title,
+      status: r.status,
+      detail: r.detail,
+      evidence: r.evidence,
+      ms: r.ms,
+      ...(r.crash !== undefined ? { crash: r.crash } : {}),
+    })),
     summary: report.summary,
     ms: report.ms,
   };
@@ -74,7 +84,7 @@ export function formatJunit(report: ConformanceReport): string {
     '<?xml version="1.0" encoding="UTF-8"?>',
     `<testsuites name="vhost-user conformance" tests="${pass + fail + skip}" failures="${fail}" skipped="${skip}" time="${(report.ms / 1000).toFixed(3)}">`,
     `  <testsuite name="${xml(suite)}" tests="${pass + fail + skip}" failures="${fail}" errors="0" skipped="${skip}" time="${(report.ms / 1000).toFixed(3)}">`,
-    `    <properties><property name="device" value="${xml(report.backend.device)}"/><property name="socket" value="${xml(report.backend.socket)}"/><property name="crashes" value="${report.backend.crashes}"/><property name="restarts" value="${report.backend.restarts}"/></properties>`,
+    `    <properties><property name="device" value="${xml(report.backend.device)}"/><property name="socket" value="${xml(report.backend.socket)}"/><property name="crashes" value="${report.backend.crashes}"/><property name="restarts" value="${report.backend.restarts}"/><property name="one-shot" value="${report.backend.oneShot}"/></properties>`,
     ...cases,
     '  </testsuite>',
     '</testsuites>',

@@ -1,14 +1,24 @@
 /**
  * Runs checks against one back-end: each check on fresh connections, under a
  * deadline, its resources released whatever the outcome. With `spawn` the runner
- * owns the back-end process: it starts it, notices when a check made it exit or
- * crash (a finding of that check), and starts it again for the next check.
+ * owns the back-end process: it starts it, notices when a check made it crash (a
+ * finding of that check), and starts it again for the next check.
+ *
+ * Some back-ends serve one front-end and exit with code 0 when it leaves (virtiofsd,
+ * rust-vmm's vhost-device-* daemons): a *one-shot* back-end. That is their design, not
+ * a finding: the runner detects it (a connection that reads GET_FEATURES and closes
+ * is followed by an exit with code 0), starts it again for every check that connected
+ * and, within a check, wherever the check needs a new front-end to be served
+ * (CheckContext.nextFrontEnd). An exit with a non-zero code or by a signal stays a crash.
  */
 import { VhostUserError } from '../errors.js';
+import { FrontendRequest as R } from '../protocol/constants.js';
 import { makeTempDir, spawnBackend, type ExitStatus } from '../launch/backend-process.js';
-import { appliesTo, Finding, matchesOnly, Skip, type Check, type CheckResult, type CheckStatus, type ConformanceDevice } from './check.js';
+import { appliesTo, fail, Finding, matchesOnly, Skip, type Check, type CheckResult, type CheckStatus, type ConformanceDevice } from './check.js';
 import { allChecks } from './checks/index.js';
-import { CheckRun } from './context.js';
+import { CheckRun, type BackendTarget } from './context.js';
+import { Evidence } from './evidence.js';
+import { RawSession } from './raw-session.js';
 
 /** What the runner needs of a back-end it started (BackendProcess and the typed handles of lib/launch fit). */
 export interface SpawnedBackend {
@@ -36,6 +46,12 @@ export interface ConformanceOptions {
    * does not produce findings in the checks after it.
    */
   restartAfterFail?: boolean;
+  /**
+   * With `spawn`: whether the back-end serves one front-end and exits with code 0 when it
+   * leaves. Default: detected once it is started (see the module comment), and learnt
+   * whenever it exits with code 0 after a check.
+   */
+  oneShot?: boolean;
   /** Wait this long after a spawned back-end's socket appears (default 300 ms for a command, 0 for a function). */
   spawnSettleMs?: number;
   /** Comma-separated id patterns (see matchesOnly). */
@@ -57,8 +73,12 @@ export interface ConformanceOptions {
 }
 
 export interface ConformanceReport {
-  /** `crashes`: checks during which a spawned back-end was killed by a signal or exited non-zero; `restarts`: fresh back-ends started after the first. */
-  backend: { name: string; socket: string; device: ConformanceDevice; spawned: boolean; crashes: number; restarts: number };
+  /**
+   * `crashes`: checks during which a spawned back-end was killed by a signal or exited non-zero;
+   * `restarts`: fresh back-ends started after the first; `oneShot`: the spawned back-end serves
+   * one front-end and exits with code 0 when it leaves.
+   */
+  backend: { name: string; socket: string; device: ConformanceDevice; spawned: boolean; oneShot: boolean; crashes: number; restarts: number };
   checks: CheckResult[];
   summary: Record<CheckStatus, number>;
   ms: number;
@@ -68,6 +88,25 @@ function describeExit(s: ExitStatus | undefined): string {
   if (!s) return 'exited';
   return s.signal ? `was killed by ${s.signal}` : `exited with code ${s.code}`;
 }
+
+/** `SIGSEGV` or `exit 1`: how a crash is recorded in CheckResult.crash. */
+function crashName(s: ExitStatus | undefined): string {
+  if (!s) return 'exit';
+  return s.signal ?? `exit ${s.code}`;
+}
+
+function exitedCleanly(s: ExitStatus | undefined): boolean {
+  return s !== undefined && s.code === 0 && s.signal === null;
+}
+
+/**
+ * How long a one-shot back-end gets to exit once its front-end has left. virtiofsd takes
+ * about 3 ms here; the bound allows for a loaded 2-core machine and is only waited out by a
+ * back-end that does not exit, which is then stopped.
+ */
+const ONE_SHOT_EXIT_MS = 3000;
+/** How long detection waits for that exit: a back-end that keeps serving costs this once per run. */
+const ONE_SHOT_PROBE_MS = 500;
 
 function tail(text: string, lines = 5): string {
   return text.split('\n').filter((l) => l.trim() !== '').slice(-lines).join(' | ');
@@ -120,6 +159,24 @@ async function runOne(check: Check, run: CheckRun, deadlineMs: number): Promise<
   }
 }
 
+/**
+ * Whether `backend` exits with code 0 once a front-end that read GET_FEATURES has left.
+ * The probe is a complete, well-formed (if short) front-end session, which any back-end
+ * must survive; a back-end that does not answer it is left for the checks to judge.
+ */
+async function probeOneShot(backend: SpawnedBackend, timeoutMs: number): Promise<boolean> {
+  let session: RawSession | undefined;
+  try {
+    session = await RawSession.open(backend.socketPath, new Evidence(), timeoutMs);
+    await session.u64(R.GET_FEATURES);
+  } catch {
+    return false;
+  } finally {
+    session?.close();
+  }
+  return exitedCleanly(await within(backend.exited, ONE_SHOT_PROBE_MS));
+}
+
 export async function runConformance(options: ConformanceOptions): Promise<ConformanceReport> {
   const device = options.device ?? 'generic';
   const timeoutMs = options.timeoutMs ?? 2000;
@@ -143,6 +200,7 @@ export async function runConformance(options: ConformanceOptions): Promise<Confo
   let restarts = 0;
   let crashes = 0;
   let restartError: string | null = null;
+  let oneShot = options.oneShot ?? false;
   const restart = async (): Promise<void> => {
     await backend!.stop(0);
     restarts++;
@@ -152,19 +210,55 @@ export async function runConformance(options: ConformanceOptions): Promise<Confo
       restartError = e instanceof VhostUserError ? e.toLine() : String(e);
     }
   };
+  try {
+    if (backend && options.oneShot === undefined) {
+      oneShot = await probeOneShot(backend, timeoutMs);
+      if (!backend.running) await restart();
+    }
+  } catch (e) {
+    await backend?.stop();
+    throw e;
+  }
   const name = options.backendName ?? (typeof spawn === 'string' ? spawn : (options.socket ?? backend?.socketPath ?? ''));
+
+  /** The back-end for a check's next front-end (CheckContext.nextFrontEnd). */
+  const target: BackendTarget = {
+    get socketPath() {
+      return backend?.socketPath ?? options.socket!;
+    },
+    get pid() {
+      return backend?.pid ?? options.backendPid ?? null;
+    },
+    async nextFrontEnd(run: CheckRun) {
+      if (!backend || run.connections === 0) return;
+      const status = backend.running ? (oneShot ? await within(backend.exited, ONE_SHOT_EXIT_MS) : undefined) : await within(backend.exited, 1500);
+      if (status === undefined) {
+        if (oneShot) run.note(`the one-shot back-end (pid ${backend.pid}) was still running ${ONE_SHOT_EXIT_MS} ms after its front-end left`);
+        return;
+      }
+      // Not clean: left as it is for the runner, which reports the crash once the check ends.
+      if (!exitedCleanly(status)) fail(`it ${describeExit(status)} once its front-end had left`);
+      oneShot = true;
+      const old = backend.pid;
+      await restart();
+      if (restartError) fail(`the one-shot back-end (pid ${old}) exited with code 0 once its front-end left and could not be started again: ${restartError}`);
+      run.connections = 0;
+      run.note(`the one-shot back-end (pid ${old}) exited with code 0 once its front-end left; started again as pid ${backend.pid}`);
+    },
+  };
+
   try {
     for (const [i, check] of selected.entries()) {
       options.onStart?.(check, i, selected.length);
       const began = Date.now();
       let outcome: { status: CheckStatus; detail: string };
       let evidence: string[] = [];
+      let crash: string | undefined;
       let ms = 0;
       if (restartError) {
         outcome = { status: 'fail', detail: `not run: the back-end could not be restarted (${restartError})` };
       } else {
-        const socket = backend?.socketPath ?? options.socket!;
-        const run = new CheckRun(socket, device, timeoutMs, backend?.pid ?? options.backendPid ?? null);
+        const run = new CheckRun(target, device, timeoutMs);
         const outputBefore = backend?.output() ?? '';
         outcome = await runOne(check, run, check.timeoutMs ?? checkTimeoutMs);
         ms = Date.now() - began; // the check's own time, not a restart after it
@@ -172,20 +266,27 @@ export async function runConformance(options: ConformanceOptions): Promise<Confo
         if (backend) {
           // What the back-end printed meanwhile (its complaints, a crash message) belongs to the evidence.
           for (const line of outputSince(outputBefore, backend.output())) evidence.push(`back-end output: ${line}`);
-          if (backend.running) await within(backend.exited, 20);
+          // A one-shot back-end exits once the check's connections are closed: wait for it, so
+          // the next check does not connect to one that is going away.
+          const settle = oneShot && run.connections > 0 ? ONE_SHOT_EXIT_MS : 20;
+          if (backend.running) await within(backend.exited, settle);
           if (!backend.running) {
             const status = await within(backend.exited, 1500);
-            const said = tail(outputSince(outputBefore, backend.output()).join('\n'));
-            if (status?.code === 0) {
-              // A back-end that serves one front-end and then exits cleanly (virtiofsd) has not
-              // crashed: the check's own outcome stands (a fresh connection it failed to serve is
-              // that check's finding); note the exit and start it again.
-              outcome = { ...outcome, detail: `${outcome.detail ? `${outcome.detail}; ` : ''}the back-end exited with code 0` };
+            if (exitedCleanly(status)) {
+              // Serving one front-end and then exiting cleanly is a design, not a crash: the
+              // check's own outcome stands; the next check gets a new back-end.
+              oneShot = true;
             } else {
+              const said = tail(outputSince(outputBefore, backend.output()).join('\n'));
               const before = outcome.status === 'fail' ? ` (${outcome.detail})` : '';
               outcome = { status: 'fail', detail: `the back-end (pid ${backend.pid}) ${describeExit(status)} during the check${before}; its output meanwhile: ${said || '(none)'}` };
+              crash = crashName(status);
               crashes++;
             }
+            await restart();
+          } else if (oneShot && run.connections > 0) {
+            // Still running after its front-end left: not what a one-shot back-end does, but
+            // not a finding of this check either; the next check gets a new one.
             await restart();
           } else if (outcome.status === 'fail' && (options.restartAfterFail ?? true)) {
             await restart();
@@ -200,6 +301,7 @@ export async function runConformance(options: ConformanceOptions): Promise<Confo
         detail: outcome.detail,
         evidence: outcome.status === 'fail' ? evidence : [],
         ms,
+        ...(crash !== undefined ? { crash } : {}),
       };
       results.push(result);
       options.onResult?.(result, i, selected.length);
@@ -210,7 +312,7 @@ export async function runConformance(options: ConformanceOptions): Promise<Confo
   const summary: Record<CheckStatus, number> = { pass: 0, fail: 0, skip: 0 };
   for (const r of results) summary[r.status]++;
   return {
-    backend: { name, socket: options.socket ?? backend?.socketPath ?? '', device, spawned: spawn !== undefined, crashes, restarts },
+    backend: { name, socket: options.socket ?? backend?.socketPath ?? '', device, spawned: spawn !== undefined, oneShot, crashes, restarts },
     checks: results,
     summary,
     ms: Date.now() - t0,

@@ -30,3 +30,11 @@ export {
   startReferenceBackend,
   type ReferenceBackendProcessOptions,
 } from './reference-backend.js';
+export { qemuStorageDaemonVersion, testpmdVersion, virtiofsdVersion } from './versions.js';
+export {
+  findVirtiofsd,
+  startVirtiofsd,
+  VIRTIOFSD_PATHS,
+  VirtiofsdBackend,
+  type VirtiofsdOptions,
+} from './virtiofsd.js';

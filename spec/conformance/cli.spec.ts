@@ -56,7 +56,7 @@ describe('cli conformance (child process)', function () {
     const r = await cli(['conformance', '--socket', socket, '--device', 'net', '--spawn', serve(), '--format', 'json']);
     expect(r.status, r.stderr).to.equal(0);
     const report = JSON.parse(r.stdout) as JsonReport;
-    expect(report.backend).to.include({ device: 'net', spawned: true, crashes: 0, restarts: 0 });
+    expect(report.backend).to.include({ device: 'net', spawned: true, oneShot: false, crashes: 0, restarts: 0 });
     expect(report.checks.map((c) => c.id)).to.deep.equal(allChecks.filter((c) => appliesTo(c, 'net')).map((c) => c.id));
     expect(report.summary.fail).to.equal(0);
     expect(report.summary.pass + report.summary.skip).to.equal(report.checks.length);

@@ -25,7 +25,9 @@ export default defineCommand({
     'back-end that sends frames back (testpmd --forward-mode=io, the reference loopback).\n' +
     '\n' +
     "--spawn 'CMD' starts the back-end with `sh -c 'exec CMD'` (CMD must listen on --socket), notices\n" +
-    'when a check makes it exit or crash (a finding of that check) and starts it again.',
+    'when a check makes it crash (a finding of that check) and starts it again. A back-end that exits\n' +
+    'with code 0 once its front-end leaves (virtiofsd) is detected as one-shot and started again for\n' +
+    'every check and wherever a check needs a new front-end; only a non-zero exit or a signal is a crash.',
   options: {
     socket: { type: 'string', required: true, valueName: 'PATH', description: 'the back-end socket' },
     device: { type: 'enum', choices: CONFORMANCE_DEVICES, default: 'generic', description: 'device the back-end serves (net and blk add data-plane and config checks)' },

@@ -13,7 +13,7 @@ import { bit, FrontendRequest as R, hasBit, ProtocolFeature, VirtioFeature } fro
 import { Config, Log, MemoryTable, U64, VringAddr, VringState, type MemoryRegion } from '../../protocol/payloads.js';
 import type { VhostUserMessage } from '../../transport/connection.js';
 import { closeAll } from '../../transport/msg-scratch.js';
-import { fail, skip, type Check } from '../check.js';
+import { fail, Finding, skip, type Check } from '../check.js';
 import type { CheckContext } from '../context.js';
 import { NEED_REPLY, V1, type RawHandshake, type RawSession } from '../raw-session.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
@@ -191,8 +191,13 @@ async function verdict(env: Env, c: Malformed): Promise<string> {
   return fail(`the back-end stopped answering: no reply to GET_FEATURES within ${ctx.timeoutMs} ms`);
 }
 
-/** A new connection must be served (a back-end that serves one front-end at a time may need a moment). */
+/**
+ * A new connection must be served (a back-end that serves one front-end at a time may need a
+ * moment; a one-shot back-end is started again by ctx.nextFrontEnd, which fails the check if
+ * it crashed instead of exiting cleanly). Call with every connection of the check closed.
+ */
 export async function servesFreshConnection(ctx: CheckContext): Promise<void> {
+  await ctx.nextFrontEnd();
   let last = '';
   for (let attempt = 1; attempt <= 3; attempt++) {
     let raw: RawSession | null = null;
@@ -224,7 +229,13 @@ function malformedCheck(c: Malformed): Check {
       c.send(env);
       const how = await verdict(env, c);
       env.raw.close();
-      await servesFreshConnection(ctx);
+      try {
+        await servesFreshConnection(ctx);
+      } catch (e) {
+        // Keep the verdict: "refused: closed, then exited with code 1" says more than either half.
+        if (e instanceof Finding) fail(`${how}; then ${e.message}`);
+        throw e;
+      }
       return `${how}; a fresh connection was served`;
     },
   };

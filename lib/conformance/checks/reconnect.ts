@@ -15,6 +15,7 @@ export const reconnectChecks: Check[] = [
       const first = await ctx.raw();
       await first.u64(R.GET_FEATURES);
       first.close();
+      await ctx.nextFrontEnd();
       const { n } = await ctx.negotiated();
       return `second connection negotiated features 0x${n.features.toString(16)}`;
     },
@@ -29,6 +30,7 @@ export const reconnectChecks: Check[] = [
       const first = await openDataPlane(ctx);
       if (!(await first.roundTrip(1, WORK_MS))) fail('no work completed on the first connection');
       first.client.close();
+      await ctx.nextFrontEnd();
       const second = await openDataPlane(ctx);
       if (!(await second.roundTrip(2, WORK_MS))) fail('the device set up on a new connection did no work');
       return 'work completed on both connections';
