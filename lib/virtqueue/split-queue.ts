@@ -83,6 +83,9 @@ export class SplitVirtqueue implements Virtqueue {
   private publishedIdx = 0;
   private lastUsedIdx = 0;
   private brokenBy: VhostUserError | null = null;
+  private readonly clampUsedLen: boolean;
+  /** See VirtqueueOptions.clampUsedLen. */
+  usedLenClamped = 0;
 
   /** Bytes of guest memory a queue of `size` needs from its ring GPA. */
   static footprint(size: number, indirectMax = 0): number {
@@ -96,6 +99,7 @@ export class SplitVirtqueue implements Virtqueue {
     this.size = size;
     this.mask = size - 1;
     this.eventIdx = options.eventIdx;
+    this.clampUsedLen = options.clampUsedLen ?? false;
     this.layout = splitRingLayout(ringGpa, size);
     this.indirectMax = options.indirectMax ?? 0;
     this.indirectGpa = alignUp(this.layout.end, 16);
@@ -249,13 +253,17 @@ export class SplitVirtqueue implements Virtqueue {
     for (let i = 0; i < n; i++) {
       const e = 1 + 2 * (slot & this.mask);
       const id = this.usedU32[e]!;
-      const len = this.usedU32[e + 1]!;
+      let len = this.usedU32[e + 1]!;
       if (id >= size) {
         return this.fail(ringError('VHOST_RING_ID_OUT_OF_RANGE', this.index, `used id ${id} with queue size ${size}`, 'virtio 1.2 §2.7.8: id is the head of a descriptor chain'));
       }
       // A head added since the last publish() was never given to the device.
       if (this.inFlight[id] === 0 || this.addedIn[id]! >= this.batch) {
         return this.fail(ringError('VHOST_RING_ID_NOT_OUTSTANDING', this.index, `used id ${id} is not outstanding`, 'virtio 1.2 §2.7.8: each buffer is used once'));
+      }
+      if (len > this.writableBytes[id]! && this.clampUsedLen) {
+        this.usedLenClamped++;
+        len = this.writableBytes[id]!;
       }
       if (len > this.writableBytes[id]!) {
         return this.fail(ringError('VHOST_RING_LEN_TOO_LARGE', this.index, `used len ${len} exceeds the ${this.writableBytes[id]} writable bytes of buffer ${id}`, 'virtio 1.2 §2.7.8.1: len is at most the writable length'));
