@@ -161,7 +161,6 @@ export class PackedVirtqueue implements Virtqueue {
     this.indirect = indirectMax > 0 ? view(Uint32Array, this.indirectGpa, size * indirectMax * PACKED_DESC_SIZE, 4) : null;
 
     this.freeIds = new Uint16Array(size);
-    for (let i = 0; i < size; i++) this.freeIds[i] = size - 1 - i;
     this.freeTop = size;
     this.freeSlots = size;
     this.tokens = new Uint32Array(size);
@@ -170,6 +169,28 @@ export class PackedVirtqueue implements Virtqueue {
     this.inFlight = new Uint8Array(size);
     this.addedIn = new Float64Array(size);
 
+    this.reset();
+  }
+
+  reset(): void {
+    const size = this.size;
+    for (let i = 0; i < size; i++) this.freeIds[i] = size - 1 - i;
+    this.freeTop = size;
+    this.freeSlots = size;
+    this.inFlight.fill(0);
+    this.outstandingCount = 0;
+    this.visible = 0;
+    this.pendingChains = 0;
+    this.nextAvail = 0;
+    this.availWrap = 1;
+    this.availBits = VIRTQ_DESC_F_AVAIL;
+    this.nextUsed = 0;
+    this.usedWrap = 1;
+    this.pendingHead = -1;
+    this.pendingFlags = 0;
+    this.publishedPos = 0;
+    this.driverFlags = RING_EVENT_FLAGS_DISABLE;
+    this.brokenBy = null;
     // §2.8.13: the descriptor ring is zero-initialized. Polling is the initial mode.
     this.desc32.fill(0);
     this.deviceEvent32[0] = RING_EVENT_FLAGS_ENABLE;

@@ -120,7 +120,6 @@ export class SplitVirtqueue implements Virtqueue {
     this.indirect = this.indirectMax > 0 ? view(Uint32Array, this.indirectGpa, size * this.indirectMax * VRING_DESC_SIZE, 4) : null;
 
     this.freeStack = new Uint16Array(size);
-    for (let i = 0; i < size; i++) this.freeStack[i] = size - 1 - i;
     this.freeTop = size;
     this.nextShadow = new Uint16Array(size);
     this.chainLength = new Uint16Array(size);
@@ -129,6 +128,20 @@ export class SplitVirtqueue implements Virtqueue {
     this.inFlight = new Uint8Array(size);
     this.addedIn = new Float64Array(size);
 
+    this.reset();
+  }
+
+  reset(): void {
+    const size = this.size;
+    for (let i = 0; i < size; i++) this.freeStack[i] = size - 1 - i;
+    this.freeTop = size;
+    this.inFlight.fill(0);
+    this.outstandingCount = 0;
+    this.visible = 0;
+    this.availIdx = 0;
+    this.publishedIdx = 0;
+    this.lastUsedIdx = 0;
+    this.brokenBy = null;
     this.desc.fill(0);
     this.avail.fill(0);
     this.usedU16.fill(0);

@@ -131,6 +131,16 @@ export interface Virtqueue {
    * VHOST_RING_* error if the used ring shows more completions than are outstanding.
    */
   resumeBase(): number;
+
+  /**
+   * Forgets every buffer and starts over as a fresh ring (indexes and wrap
+   * counters at their initial values, ring memory zeroed, a broken queue usable
+   * again), as after a device reset (virtio 1.2 §2.1.1). For a driver that puts
+   * its outstanding requests in front of a new back-end itself; the caller must
+   * take what the old device completed first (reap) and must not start the ring
+   * on a back-end before re-adding.
+   */
+  reset(): void;
 }
 
 export function ringError(code: VhostErrorCode, index: number, message: string, rule: string, cause?: unknown): VhostUserError {

@@ -297,9 +297,9 @@ for (const ring of ['split', 'packed'] as const) {
       const write = m.queue.write(8192, pattern(512, 12));
       await sleep(20);
       expect(m.held).to.have.length(9);
-      const vq = m.replaceRing();
+      m.replaceDevice();
       m.hold = false;
-      expect(m.queue.rebind(vq, 'resubmit')).to.deep.equal({ resubmitted: 9, failed: 0 });
+      expect(m.queue.rebind('resubmit')).to.deep.include({ resubmitted: 9, failed: 0 });
       m.queue.publishNow();
       const got = await Promise.all(reads);
       await write;
@@ -315,7 +315,7 @@ for (const ring of ['split', 'packed'] as const) {
       const p = m.queue.read(1024, 512);
       await sleep(20);
       const vq = m.replaceRing();
-      expect(m.queue.rebind(vq, 'fail')).to.deep.equal({ resubmitted: 0, failed: 1 });
+      expect(m.queue.rebind('fail', vq)).to.deep.include({ resubmitted: 0, failed: 1 });
       const e = (await rejects(p, 'VHOST_BLK_ABORTED')) as BlkRequestError;
       expect(e.sector).to.equal(2);
       m.hold = false;

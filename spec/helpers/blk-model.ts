@@ -167,6 +167,13 @@ export class BlkModel {
     return vq;
   }
 
+  /** A fresh device on the same ring memory, from base 0 (the driver resets its ring in place: BlkQueue.rebind). */
+  replaceDevice(): void {
+    this.held.splice(0);
+    if (this.split) this.split = new SplitDeviceQueue(this.memory, this.split.layout, { eventIdx: true });
+    else this.packed = new PackedDeviceQueue(this.memory, this.packed!.layout, { eventIdx: true });
+  }
+
   close(): void {
     if (this.timer) clearInterval(this.timer);
     this.queue.close();

@@ -432,17 +432,26 @@ export class BlkQueue {
   }
 
   /**
-   * Replaces the ring after the device was stopped or lost (a reconnect). What
-   * the old ring shows as completed is taken first. Requests still in flight are
-   * then either put in front of the new ring as they were ('resubmit') or failed
-   * with VHOST_BLK_ABORTED ('fail'); timed-out ones are released either way, no
-   * device owns them any longer. The caller has not yet started the new ring.
+   * Starts the ring over after its device was lost (a reconnect to a back-end
+   * without inflight tracking). What the old ring shows as completed is taken
+   * first. Then the ring is reset in place (Virtqueue.reset), or `replacement`
+   * is used instead, and the requests still in flight are either put in front
+   * of it again exactly as they were ('resubmit') or failed with
+   * VHOST_BLK_ABORTED ('fail'); timed-out ones are released either way, as no
+   * device owns them any longer. Nothing is published: the caller publishes
+   * (publishNow) before it starts the ring. Returns the ring position the new
+   * device must start from (its SET_VRING_BASE) and the counts.
    */
-  rebind(vq: Virtqueue, policy: BlkInflightPolicy): { resubmitted: number; failed: number } {
-    if (vq.size !== this.size) throw new VhostUserError('VHOST_INVALID_ARGUMENT', `new ring of ${vq.size} entries for a blk queue of ${this.size}`);
+  rebind(policy: BlkInflightPolicy, replacement?: Virtqueue): { base: number; resubmitted: number; failed: number } {
+    if (replacement !== undefined && replacement.size !== this.size) {
+      throw new VhostUserError('VHOST_INVALID_ARGUMENT', `new ring of ${replacement.size} entries for a blk queue of ${this.size}`);
+    }
     if (this.brokenBy === null) this.poll();
     const old = this.vqRef;
-    this.vqRef = vq;
+    if (replacement === undefined) old.reset();
+    else this.vqRef = replacement;
+    const vq = this.vqRef;
+    const base = vq.vringBase;
     let resubmitted = 0;
     let failed = 0;
     for (let slot = 0; slot < this.size; slot++) {
@@ -468,7 +477,7 @@ export class BlkQueue {
     }
     this.counters.resubmitted += resubmitted;
     this.applyMode();
-    return { resubmitted, failed };
+    return { base, resubmitted, failed };
   }
 
   /** Publishes what was added and kicks when the device asks for it. Called by the caller after rebind() once the ring is started. */
