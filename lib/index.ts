@@ -30,6 +30,19 @@ export { SplitVirtqueue, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY } fr
 export { SplitDeviceQueue, type DeviceChain, type DescSegment } from './virtqueue/device/split-device.js';
 export * from './virtqueue/virtqueue.js';
 export {
+  VhostDevice,
+  type VhostDeviceOptions,
+  type VhostDeviceEvents,
+  type VhostDeviceHooks,
+  type FeatureWishes,
+  type FeatureRequirement,
+  type QueuePlan,
+  type DeviceQueue,
+  type RingStart,
+  type DeviceReconnectReport,
+  type DeviceHandOverReport,
+} from './devices/vhost-device.js';
+export {
   VirtioNet,
   RxBurst,
   NetCounter,
