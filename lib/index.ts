@@ -57,6 +57,10 @@ export {
 export * from './devices/net/virtio-net-hdr.js';
 export { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig } from './devices/net/net-config.js';
 export { decodeBlkConfig, BLK_CONFIG_SIZE, type BlkConfig } from './devices/blk/blk-config.js';
+export * from './devices/blk/blk-request.js';
+export * from './devices/blk/blk-queue.js';
+export { VirtioBlk, type VirtioBlkOptions, type VirtioBlkEvents, type BlkReconnectReport } from './devices/blk/virtio-blk.js';
+export { GuestHeap } from './memory/guest-heap.js';
 export * from './pcap/index.js';
 export * from './net/frame-builder.js';
 export { PackedVirtqueue } from './virtqueue/packed-queue.js';
