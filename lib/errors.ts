@@ -56,6 +56,7 @@ export type VhostErrorCode =
   | 'VHOST_BLK_USED_LEN'
   | 'VHOST_BLK_TIMEOUT'
   | 'VHOST_BLK_ABORTED'
+  | 'VHOST_BLK_MISMATCH'
   // memory and system calls
   | 'VHOST_MEMORY_OUT_OF_RANGE'
   | 'VHOST_MEMORY_OVERLAP'

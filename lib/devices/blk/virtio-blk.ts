@@ -22,6 +22,9 @@ import type { VhostUserClient } from '../../client/vhost-user-client.js';
 import { VhostUserError } from '../../errors.js';
 import { bit, hasBit, ProtocolFeature, VirtioBlkFeature as F, VirtioFeature } from '../../protocol/constants.js';
 import { VhostDevice, type DeviceReconnectReport, type RingKind, type VhostDeviceOptions } from '../vhost-device.js';
+import { PackedVirtqueue } from '../../virtqueue/packed-queue.js';
+import { SplitVirtqueue } from '../../virtqueue/split-queue.js';
+import type { VirtqueueOptions } from '../../virtqueue/virtqueue.js';
 import { BLK_CONFIG_SIZE, decodeBlkConfig, type BlkConfig } from './blk-config.js';
 import { BlkBatch, BlkQueue, type BlkCompletionMode, type BlkInflightPolicy, type BlkQueueCounters, type GuestBuffer } from './blk-queue.js';
 import { blkLimits, type BlkLimits, type BlkRange } from './blk-request.js';
@@ -35,7 +38,12 @@ export interface VirtioBlkOptions extends VhostDeviceOptions {
   mode?: BlkCompletionMode;
   /** A request not completed after this many ms fails with VHOST_BLK_TIMEOUT; 0: never. Default 30 000. */
   timeoutMs?: number;
-  /** Fail a request whose used length is not what its type implies (default true); false counts it instead. */
+  /**
+   * Fail a request whose used length is not what its type implies (default true).
+   * false counts it instead (BlkQueueCounters.usedLenViolations) and believes the
+   * status byte, as Linux does; a length beyond the writable bytes is then clamped
+   * by the ring instead of breaking it (unless `createQueue` is given).
+   */
   strictUsedLen?: boolean;
   /** Bounce space per queue for the copying calls and batches. Default 4 MiB. */
   heapBytes?: number;
@@ -120,7 +128,13 @@ export class VirtioBlk extends EventEmitter<VirtioBlkEvents> {
    * the CONFIG protocol feature), sets the rings up and starts the device.
    */
   static async open(target: string | VhostUserClient, options: VirtioBlkOptions = {}): Promise<VirtioBlk> {
-    const device = await VhostDevice.open(target, { ...options, inflight: options.inflight ?? true });
+    // Lenient: a used length beyond the writable bytes is clamped and counted by the ring rather than breaking it.
+    const createQueue =
+      options.createQueue ??
+      (options.strictUsedLen === false
+        ? (kind: RingKind, o: VirtqueueOptions) => (kind === 'packed' ? new PackedVirtqueue({ ...o, clampUsedLen: true }) : new SplitVirtqueue({ ...o, clampUsedLen: true }))
+        : undefined);
+    const device = await VhostDevice.open(target, { ...options, createQueue, inflight: options.inflight ?? true });
     const queues: BlkQueue[] = [];
     try {
       return await VirtioBlk.setUp(device, options, queues);
