@@ -625,7 +625,10 @@ export class BlkQueue {
     if (job.bounceLen > 0 && job.bounce < 0) {
       job.bounce = this.heap.alloc(job.bounceLen, BOUNCE_ALIGN);
       if (job.bounce < 0) return false;
+      // A read's bounce space is cleared first: a device that reports success without writing
+      // (qemu-storage-daemon's null-co does) must not hand back what an earlier request left there.
       if (job.fill !== null) job.fill(this.memory.bytes(job.bounce, job.bounceLen));
+      else this.memory.bytes(job.bounce, job.bounceLen).fill(0);
     }
     const slot = this.freeSlots[this.freeTop - 1]!;
     const type = job.type;
