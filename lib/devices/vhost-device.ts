@@ -33,19 +33,11 @@ import type { UnixListener } from '../transport/unix-listener.js';
 import type { ConnectOptions } from '../transport/unix-stream.js';
 import type { Virtqueue, VirtqueueOptions } from '../virtqueue/virtqueue.js';
 import { InflightKeeper } from './inflight.js';
+import { Backoff, type ReconnectOptions } from './reconnect.js';
 import { alignUp, defaultCreateQueue, PAGE, programRings, resumedCount, ringAddr, ringBytes, type DeviceQueue, type RingKind } from './vring-setup.js';
 
 export type { DeviceQueue, RingKind } from './vring-setup.js';
-
-/** How hard to try getting a back-end back after it went away. */
-export interface ReconnectOptions {
-  /** Give up (and emit `disconnect`) when no back-end is back within this time (default 30 000 ms). */
-  timeoutMs?: number;
-  /** First pause between attempts (default 50 ms), doubled after each failure. */
-  initialDelayMs?: number;
-  /** Longest pause between attempts (default 1000 ms). */
-  maxDelayMs?: number;
-}
+export type { ReconnectOptions } from './reconnect.js';
 
 /** Options of a {@link VhostDevice}; devices pass theirs through. */
 export interface VhostDeviceOptions extends VhostUserClientOptions {
@@ -140,6 +132,12 @@ export interface DeviceReconnectReport {
   cause: VhostUserError;
   /** Every ring, in index order. */
   rings: RingStart[];
+  /**
+   * Whether the new back-end was given the inflight area (option `inflight`): it
+   * then resubmits what was in flight itself; otherwise the device decides
+   * (resubmit through `resumeBase`, or fail the requests).
+   */
+  inflightShared: boolean;
 }
 
 /** What {@link VhostDevice.handOver} did. */
@@ -169,6 +167,11 @@ const HUGE_PAGE = 2 * 1024 * 1024;
 /** Transport bits the layer decides on, whatever a device wishes. */
 const LAYER_BITS = bit(VirtioFeature.VIRTIO_RING_F_EVENT_IDX) | bit(VirtioFeature.VIRTIO_F_RING_PACKED) | bit(VirtioFeature.VHOST_F_LOG_ALL);
 
+/**
+ * One vhost-user device as a driver sees it: connection, features, guest memory,
+ * rings, and their life across stops, reconnects and hand-overs. See the file
+ * comment for the order a device calls it in.
+ */
 export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
   /** The handshake of the first connection (GET_FEATURES, protocol features, queue count, slots). */
   readonly negotiated: Negotiated;
@@ -194,8 +197,8 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
   private running = false;
   private closed = false;
   private reconnectCount = 0;
-  /** Ends the pause between reconnect attempts (close() calls it). */
-  private stopWaiting: (() => void) | null = null;
+  /** The reconnect attempts' pacing; close() cancels it. */
+  private readonly backoff = new Backoff();
   /** Aborts a connect or accept under way when close() is called. */
   private readonly closing = new AbortController();
 
@@ -482,39 +485,38 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
   private async reconnect(cause: VhostUserError): Promise<void> {
     const o = this.options.reconnect === true ? {} : (this.options.reconnect as ReconnectOptions);
     const t0 = Date.now();
-    const deadline = t0 + (o.timeoutMs ?? 30_000);
-    let delay = o.initialDelayMs ?? 50;
-    let last: VhostUserError = cause;
     this.emit('reconnecting', cause);
-    for (let attempts = 1; !this.closed; attempts++) {
-      let client: VhostUserClient | null = null;
-      try {
-        client = await this.connector!(Math.max(1, deadline - Date.now()), this.closing.signal);
-        if (this.closed) return client.close();
-        const rings = await this.startOn(client, null, { handshake: true, restart: true });
-        if (this.closed) return client.close();
-        this.current.close();
-        this.current = client;
-        this.watch(client);
-        if (client.isBroken) throw client.error!;
-        this.reconnectCount++;
-        this.emit('reconnect', { attempts, downMs: Date.now() - t0, cause, rings });
-        return;
-      } catch (e) {
-        client?.close();
-        last = e instanceof VhostUserError ? e : new VhostUserError('VHOST_INVALID_STATE', String(e), { cause: e });
-        // A ring the old back-end corrupted cannot be resumed by any back-end.
-        if (last.code.startsWith('VHOST_RING_')) break;
-      }
-      if (this.closed) return;
-      if (Date.now() + delay >= deadline) break;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => ((this.stopWaiting = null), resolve()), delay);
-        this.stopWaiting = () => (clearTimeout(timer), resolve());
-      });
-      delay = Math.min(delay * 2, o.maxDelayMs ?? 1000);
+    let rings: RingStart[] = [];
+    const outcome = await this.backoff.run(
+      o,
+      async (timeLeftMs) => {
+        const client = await this.connector!(timeLeftMs, this.closing.signal);
+        try {
+          if (this.closed) return;
+          rings = await this.startOn(client, null, { handshake: true, restart: true });
+          if (this.closed) return;
+          this.current.close();
+          this.current = client;
+          this.watch(client);
+          if (client.isBroken) throw client.error!;
+        } catch (e) {
+          client.close();
+          throw e;
+        } finally {
+          if (this.closed) client.close();
+        }
+      },
+      // A ring the old back-end corrupted cannot be resumed by any back-end.
+      (e) => e.code.startsWith('VHOST_RING_'),
+      cause,
+    );
+    if (this.closed || 'cancelled' in outcome) return;
+    if (outcome.ok) {
+      this.reconnectCount++;
+      this.emit('reconnect', { attempts: outcome.attempts, downMs: Date.now() - t0, cause, rings, inflightShared: this.shared });
+      return;
     }
-    if (this.closed) return;
+    const last = outcome.error;
     const code = last.code.startsWith('VHOST_RING_') || last.code === 'VHOST_CONNECT_TIMEOUT' ? last.code : 'VHOST_DISCONNECTED';
     this.emit('disconnect', new VhostUserError(code, `reconnecting gave up after ${Date.now() - t0} ms: ${last.toLine()}`, { request: last.request, cause: last }));
   }
@@ -629,7 +631,7 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
     if (this.closed) return;
     this.closed = true;
     this.running = false;
-    this.stopWaiting?.();
+    this.backoff.cancel();
     this.closing.abort();
     if (this.ownsClient) this.current.close();
     this.releaseDirtyLog();

@@ -8,7 +8,7 @@
 import { expect } from 'chai';
 import { ReferenceBackend } from '../../lib/backend/reference-backend.js';
 import type { TraceEvent } from '../../lib/client/trace.js';
-import { VhostDevice, type FeatureWishes, type VhostDeviceOptions } from '../../lib/devices/vhost-device.js';
+import { VhostDevice, type DeviceReconnectReport, type FeatureWishes, type VhostDeviceOptions } from '../../lib/devices/vhost-device.js';
 import { C, closeFd, libc } from '../../lib/native/libc.js';
 import { Mapping } from '../../lib/native/mapping.js';
 import { bit, DeviceStatus, FrontendRequest as R, ProtocolFeature, VirtioBlkFeature, VirtioFeature } from '../../lib/protocol/constants.js';
@@ -305,13 +305,15 @@ describe('VhostDevice: the device layer under the drivers', function () {
 
       // The back-end goes away; the next one on the same path gets the same area, marked by the first.
       let seen = -1n;
-      const reconnected = new Promise((resolve) => d.dev.once('reconnect', resolve));
+      const reconnected = new Promise<DeviceReconnectReport>((resolve) => d.dev.once('reconnect', resolve));
       first.close();
       const second = inflightPeer(tmp.path, (m) => {
         if (m.request === R.SET_INFLIGHT_FD && m.fds.length === 1) seen = markOf(m);
       });
       cleanups.push(() => second.close());
-      await reconnected;
+      const report = await reconnected;
+      expect(report.inflightShared).to.equal(true);
+      expect(report.rings).to.deep.equal([{ index: 0, base: 0, resumed: 0 }]);
       expect(second.log.map((m) => m.request)).to.not.include(R.GET_INFLIGHT_FD);
       expect(second.log.filter((m) => m.request === R.SET_INFLIGHT_FD)).to.have.length(1);
       expect(seen, 'the area the first back-end marked').to.equal(MARK);
