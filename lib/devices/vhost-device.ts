@@ -19,8 +19,10 @@
  *   // the device lays its buffers out from dev.dataGpa and may pre-fill rings
  *   await dev.start({ configure, ready, resumeBase });        // SET_FEATURES .. DRIVER_OK
  *
- * and closes it on any failure. The data path never goes through this class: a
- * device keeps direct references to dev.queues[i].vq / .kick / .call.
+ * and closes it on any failure. Between the steps the device may send requests
+ * of its own on dev.client (blk: GET_CONFIG to size its queues). The data path
+ * never goes through this class: a device keeps direct references to
+ * dev.queues[i].vq / .kick / .call.
  */
 import { EventEmitter } from 'eventemitter3';
 import { SUPPORTED_PROTOCOL_FEATURES, VhostUserClient, type InflightArea, type Negotiated, type VhostUserClientOptions } from '../client/vhost-user-client.js';
@@ -314,7 +316,8 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
    * VHOST_FEATURE_NOT_NEGOTIATED with the requirement's message.
    */
   selectFeatures(wishes: FeatureWishes): bigint {
-    if (this.started) throw new VhostUserError('VHOST_INVALID_STATE', 'features are fixed once the device started');
+    // The rings are built for the features (event index, indirect tables): they cannot change after allocate().
+    if (this.mem !== null) throw new VhostUserError('VHOST_INVALID_STATE', 'features are fixed once the rings are allocated');
     const offered = this.offered;
     const required: FeatureRequirement[] = [{ bit: VirtioFeature.VIRTIO_F_VERSION_1, message: 'the back-end does not offer VIRTIO_F_VERSION_1; legacy devices are not supported' }];
     if (this.ring === 'packed') required.push({ bit: VirtioFeature.VIRTIO_F_RING_PACKED, message: 'packed rings asked for, but the back-end does not offer VIRTIO_F_RING_PACKED' });

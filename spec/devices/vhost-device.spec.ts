@@ -192,12 +192,16 @@ describe('VhostDevice: the device layer under the drivers', function () {
       expect(names(trace)).to.not.include('SET_FEATURES');
     });
 
-    it('more rings than GET_QUEUE_NUM is VHOST_INVALID_ARGUMENT', async () => {
+    it('more rings than GET_QUEUE_NUM is VHOST_INVALID_ARGUMENT; features and rings are fixed once allocated', async () => {
       const backend = reference();
       const dev = await VhostDevice.open(backend.path);
       cleanups.push(() => dev.close());
       dev.selectFeatures({ wanted: 0n });
       expect(() => dev.allocate({ count: 2, size: SIZE, dataBytes: 0 })).to.throw().with.property('code', 'VHOST_INVALID_ARGUMENT');
+      dev.allocate({ count: 1, size: SIZE, dataBytes: 0 });
+      // The rings were built for these features.
+      expect(() => dev.selectFeatures({ wanted: 0n })).to.throw().with.property('code', 'VHOST_INVALID_STATE');
+      expect(() => dev.allocate({ count: 1, size: SIZE, dataBytes: 0 })).to.throw().with.property('code', 'VHOST_INVALID_STATE');
     });
   });
 
