@@ -12,7 +12,7 @@ import { VhostDevice, type DeviceReconnectReport, type FeatureWishes, type Vhost
 import { C, closeFd, libc } from '../../lib/native/libc.js';
 import { Mapping } from '../../lib/native/mapping.js';
 import { bit, DeviceStatus, FrontendRequest as R, ProtocolFeature, VirtioBlkFeature, VirtioFeature } from '../../lib/protocol/constants.js';
-import { Inflight, U64 } from '../../lib/protocol/payloads.js';
+import { Inflight, U64, VringState } from '../../lib/protocol/payloads.js';
 import type { VhostUserMessage } from '../../lib/transport/connection.js';
 import { RawPeer } from '../helpers/raw-peer.js';
 import { expectRejectCode, leakedAfter, resourceSnapshot, settle } from '../helpers/resources.js';
@@ -285,6 +285,61 @@ describe('VhostDevice: the device layer under the drivers', function () {
     });
   });
 
+  describe('dirty log, reconnect, hand-over', () => {
+    it('logs the pages the back-end writes (data, status, used ring) and not those it only reads; a restart with logging on keeps logging, the log shared before the rings are enabled', async () => {
+      const backend = reference();
+      const trace: TraceEvent[] = [];
+      const d = await OneRing.open(backend.path, { trace: (e) => trace.push(e) });
+      cleanups.push(() => d.close());
+      const dev = d.dev;
+      const page = (gpa: number) => Math.floor(gpa / 4096);
+      const hdrPage = page(dev.dataGpa);
+      const dataPage = page(dev.dataGpa + 4096);
+      const usedPage = page(dev.queues[0]!.vq.addresses.device);
+      expect(dev.canLogDirty).to.equal(true);
+      await dev.startDirtyLog();
+      expect(dev.syncDirtyLog()).to.deep.equal([]);
+      await d.request(BLK_T_IN, 0, new Uint8Array(4096));
+      let pages = dev.syncDirtyLog();
+      expect(pages).to.include.members([dataPage, dataPage + 1, usedPage]);
+      expect(pages, 'the request header is only read by the back-end').to.not.include(hdrPage);
+      await dev.stop();
+      const before = trace.length;
+      await dev.start();
+      const sent = names(trace.slice(before));
+      expect(sent.indexOf('SET_LOG_BASE')).to.be.above(sent.lastIndexOf('SET_VRING_KICK'));
+      expect(sent.indexOf('SET_LOG_BASE')).to.be.below(sent.indexOf('SET_VRING_ENABLE'));
+      const features = trace.slice(before).find((e) => e.direction === 'send' && e.request === 'SET_FEATURES')!.decoded as bigint;
+      expect(features & bit(VirtioFeature.VHOST_F_LOG_ALL)).to.not.equal(0n);
+      dev.syncDirtyLog();
+      await d.request(BLK_T_IN, 8, new Uint8Array(4096));
+      pages = await dev.stopDirtyLog();
+      expect(pages).to.include.members([dataPage, usedPage]);
+      expect(dev.isLoggingDirty).to.equal(false);
+      await d.roundTrip(16, 9);
+    });
+
+    it('reconnect: the back-end goes away and a new one listens on the path; the device replays and requests work again', async () => {
+      const tmp = tempSocketPath();
+      cleanups.push(() => tmp.cleanup());
+      let backend = ReferenceBackend.listen(tmp.path, { device: 'blk', queueNum: 1, blkSize: 1024 * 1024 });
+      cleanups.push(() => backend.close());
+      const d = await OneRing.open(tmp.path, { reconnect: { timeoutMs: 5000, initialDelayMs: 10 } });
+      cleanups.push(() => d.close());
+      await d.roundTrip(0, 10);
+      const reconnected = new Promise<DeviceReconnectReport>((resolve) => d.dev.once('reconnect', resolve));
+      backend.close();
+      backend = ReferenceBackend.listen(tmp.path, { device: 'blk', queueNum: 1, blkSize: 1024 * 1024 });
+      const report = await reconnected;
+      // Both requests were completed before the loss: the ring resumes after them, nothing is redone.
+      expect(report.rings).to.deep.equal([{ index: 0, base: 2, resumed: 0 }]);
+      expect(report.inflightShared).to.equal(false);
+      expect(d.dev.reconnects).to.equal(1);
+      await d.roundTrip(8, 11);
+      expect(backend.blk).to.deep.include({ reads: 1, writes: 1, errors: 0 });
+    });
+  });
+
   describe('inflight area (INFLIGHT_SHMFD), opt-in', () => {
     it('GET_INFLIGHT_FD once, after SET_FEATURES; SET_INFLIGHT_FD at the first start and again, with the same area, at a reconnect; closed with the device', async () => {
       const tmp = tempSocketPath();
@@ -323,6 +378,30 @@ describe('VhostDevice: the device layer under the drivers', function () {
       expect(seen, 'the area the first back-end marked').to.equal(MARK);
       expect(d.dev.inflight).to.equal(area);
       expect(d.dev.inflightRequests).to.equal(1);
+    });
+
+    it('hand-over: the new back-end gets the same area with SET_INFLIGHT_FD, no GET_INFLIGHT_FD, and the bases the old one reported', async () => {
+      const first = inflightPeer();
+      cleanups.push(() => first.close());
+      const d = await OneRing.open(first.path, { timeoutMs: 1000, inflight: true });
+      cleanups.push(() => d.close());
+      let seen = -1n;
+      const second = inflightPeer(undefined, (m) => {
+        if (m.request === R.SET_INFLIGHT_FD && m.fds.length === 1) seen = markOf(m);
+      });
+      cleanups.push(() => second.close());
+      let after = '';
+      const report = await d.dev.handOver(second.path, async (client) => {
+        after = client === d.dev.client ? 'old' : 'new';
+      });
+      expect(after, 'afterStart runs on the new client before the switch').to.equal('new');
+      expect(report.bases).to.deep.equal([42]); // what the scripted peer answers to GET_VRING_BASE
+      const requests = second.log.map((m) => m.request);
+      expect(requests).to.not.include(R.GET_INFLIGHT_FD);
+      expect(seen).to.equal(MARK);
+      expect(second.log.filter((m) => m.request === R.SET_VRING_BASE).map((m) => VringState.decode(m.payload).num)).to.deep.equal([42]);
+      expect(d.dev.inflightRequests).to.equal(1);
+      expect(first.log.map((m) => m.request)).to.include(R.GET_VRING_BASE);
     });
 
     it('a device that does not opt in (net) neither asks for INFLIGHT_SHMFD nor sends GET/SET_INFLIGHT_FD', async () => {
