@@ -19,8 +19,10 @@
  *   // the device lays its buffers out from dev.dataGpa and may pre-fill rings
  *   await dev.start({ configure, ready, resumeBase });        // SET_FEATURES .. DRIVER_OK
  *
- * and closes it on any failure. The data path never goes through this class: a
- * device keeps direct references to dev.queues[i].vq / .kick / .call.
+ * and closes it on any failure. Between the steps the device may send requests
+ * of its own on dev.client (blk: GET_CONFIG to size its queues). The data path
+ * never goes through this class: a device keeps direct references to
+ * dev.queues[i].vq / .kick / .call.
  */
 import { EventEmitter } from 'eventemitter3';
 import { SUPPORTED_PROTOCOL_FEATURES, VhostUserClient, type InflightArea, type Negotiated, type VhostUserClientOptions } from '../client/vhost-user-client.js';
@@ -33,19 +35,11 @@ import type { UnixListener } from '../transport/unix-listener.js';
 import type { ConnectOptions } from '../transport/unix-stream.js';
 import type { Virtqueue, VirtqueueOptions } from '../virtqueue/virtqueue.js';
 import { InflightKeeper } from './inflight.js';
+import { Backoff, type ReconnectOptions } from './reconnect.js';
 import { alignUp, defaultCreateQueue, PAGE, programRings, resumedCount, ringAddr, ringBytes, type DeviceQueue, type RingKind } from './vring-setup.js';
 
 export type { DeviceQueue, RingKind } from './vring-setup.js';
-
-/** How hard to try getting a back-end back after it went away. */
-export interface ReconnectOptions {
-  /** Give up (and emit `disconnect`) when no back-end is back within this time (default 30 000 ms). */
-  timeoutMs?: number;
-  /** First pause between attempts (default 50 ms), doubled after each failure. */
-  initialDelayMs?: number;
-  /** Longest pause between attempts (default 1000 ms). */
-  maxDelayMs?: number;
-}
+export type { ReconnectOptions } from './reconnect.js';
 
 /** Options of a {@link VhostDevice}; devices pass theirs through. */
 export interface VhostDeviceOptions extends VhostUserClientOptions {
@@ -140,6 +134,12 @@ export interface DeviceReconnectReport {
   cause: VhostUserError;
   /** Every ring, in index order. */
   rings: RingStart[];
+  /**
+   * Whether the new back-end was given the inflight area (option `inflight`): it
+   * then resubmits what was in flight itself; otherwise the device decides
+   * (resubmit through `resumeBase`, or fail the requests).
+   */
+  inflightShared: boolean;
 }
 
 /** What {@link VhostDevice.handOver} did. */
@@ -169,6 +169,11 @@ const HUGE_PAGE = 2 * 1024 * 1024;
 /** Transport bits the layer decides on, whatever a device wishes. */
 const LAYER_BITS = bit(VirtioFeature.VIRTIO_RING_F_EVENT_IDX) | bit(VirtioFeature.VIRTIO_F_RING_PACKED) | bit(VirtioFeature.VHOST_F_LOG_ALL);
 
+/**
+ * One vhost-user device as a driver sees it: connection, features, guest memory,
+ * rings, and their life across stops, reconnects and hand-overs. See the file
+ * comment for the order a device calls it in.
+ */
 export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
   /** The handshake of the first connection (GET_FEATURES, protocol features, queue count, slots). */
   readonly negotiated: Negotiated;
@@ -194,8 +199,8 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
   private running = false;
   private closed = false;
   private reconnectCount = 0;
-  /** Ends the pause between reconnect attempts (close() calls it). */
-  private stopWaiting: (() => void) | null = null;
+  /** The reconnect attempts' pacing; close() cancels it. */
+  private readonly backoff = new Backoff();
   /** Aborts a connect or accept under way when close() is called. */
   private readonly closing = new AbortController();
 
@@ -311,7 +316,8 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
    * VHOST_FEATURE_NOT_NEGOTIATED with the requirement's message.
    */
   selectFeatures(wishes: FeatureWishes): bigint {
-    if (this.started) throw new VhostUserError('VHOST_INVALID_STATE', 'features are fixed once the device started');
+    // The rings are built for the features (event index, indirect tables): they cannot change after allocate().
+    if (this.mem !== null) throw new VhostUserError('VHOST_INVALID_STATE', 'features are fixed once the rings are allocated');
     const offered = this.offered;
     const required: FeatureRequirement[] = [{ bit: VirtioFeature.VIRTIO_F_VERSION_1, message: 'the back-end does not offer VIRTIO_F_VERSION_1; legacy devices are not supported' }];
     if (this.ring === 'packed') required.push({ bit: VirtioFeature.VIRTIO_F_RING_PACKED, message: 'packed rings asked for, but the back-end does not offer VIRTIO_F_RING_PACKED' });
@@ -482,39 +488,38 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
   private async reconnect(cause: VhostUserError): Promise<void> {
     const o = this.options.reconnect === true ? {} : (this.options.reconnect as ReconnectOptions);
     const t0 = Date.now();
-    const deadline = t0 + (o.timeoutMs ?? 30_000);
-    let delay = o.initialDelayMs ?? 50;
-    let last: VhostUserError = cause;
     this.emit('reconnecting', cause);
-    for (let attempts = 1; !this.closed; attempts++) {
-      let client: VhostUserClient | null = null;
-      try {
-        client = await this.connector!(Math.max(1, deadline - Date.now()), this.closing.signal);
-        if (this.closed) return client.close();
-        const rings = await this.startOn(client, null, { handshake: true, restart: true });
-        if (this.closed) return client.close();
-        this.current.close();
-        this.current = client;
-        this.watch(client);
-        if (client.isBroken) throw client.error!;
-        this.reconnectCount++;
-        this.emit('reconnect', { attempts, downMs: Date.now() - t0, cause, rings });
-        return;
-      } catch (e) {
-        client?.close();
-        last = e instanceof VhostUserError ? e : new VhostUserError('VHOST_INVALID_STATE', String(e), { cause: e });
-        // A ring the old back-end corrupted cannot be resumed by any back-end.
-        if (last.code.startsWith('VHOST_RING_')) break;
-      }
-      if (this.closed) return;
-      if (Date.now() + delay >= deadline) break;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => ((this.stopWaiting = null), resolve()), delay);
-        this.stopWaiting = () => (clearTimeout(timer), resolve());
-      });
-      delay = Math.min(delay * 2, o.maxDelayMs ?? 1000);
+    let rings: RingStart[] = [];
+    const outcome = await this.backoff.run(
+      o,
+      async (timeLeftMs) => {
+        const client = await this.connector!(timeLeftMs, this.closing.signal);
+        try {
+          if (this.closed) return;
+          rings = await this.startOn(client, null, { handshake: true, restart: true });
+          if (this.closed) return;
+          this.current.close();
+          this.current = client;
+          this.watch(client);
+          if (client.isBroken) throw client.error!;
+        } catch (e) {
+          client.close();
+          throw e;
+        } finally {
+          if (this.closed) client.close();
+        }
+      },
+      // A ring the old back-end corrupted cannot be resumed by any back-end.
+      (e) => e.code.startsWith('VHOST_RING_'),
+      cause,
+    );
+    if (this.closed || 'cancelled' in outcome) return;
+    if (outcome.ok) {
+      this.reconnectCount++;
+      this.emit('reconnect', { attempts: outcome.attempts, downMs: Date.now() - t0, cause, rings, inflightShared: this.shared });
+      return;
     }
-    if (this.closed) return;
+    const last = outcome.error;
     const code = last.code.startsWith('VHOST_RING_') || last.code === 'VHOST_CONNECT_TIMEOUT' ? last.code : 'VHOST_DISCONNECTED';
     this.emit('disconnect', new VhostUserError(code, `reconnecting gave up after ${Date.now() - t0} ms: ${last.toLine()}`, { request: last.request, cause: last }));
   }
@@ -629,7 +634,7 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
     if (this.closed) return;
     this.closed = true;
     this.running = false;
-    this.stopWaiting?.();
+    this.backoff.cancel();
     this.closing.abort();
     if (this.ownsClient) this.current.close();
     this.releaseDirtyLog();
