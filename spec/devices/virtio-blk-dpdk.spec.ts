@@ -10,17 +10,11 @@
  *
  * It offers INFLIGHT_SHMFD: the driver hands it the inflight area.
  */
-import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { expect } from 'chai';
 import { VirtioBlk, type VirtioBlkOptions } from '../../lib/devices/blk/virtio-blk.js';
 import { isVhostUserError } from '../../lib/errors.js';
-import { spawnBackend, type BackendProcess } from '../../lib/launch/backend-process.js';
-import { dpdkRuntimeDir } from '../../lib/launch/dpdk-testpmd.js';
-
-const SOURCES = '/usr/share/dpdk/examples/vhost_blk';
+import type { BackendProcess } from '../../lib/launch/backend-process.js';
+import { buildVhostBlk, startVhostBlk } from '../helpers/dpdk-vhost-blk.js';
 
 function pattern(n: number, seed: number): Uint8Array {
   const b = new Uint8Array(n);
@@ -30,27 +24,16 @@ function pattern(n: number, seed: number): Uint8Array {
 
 describe("VirtioBlk against DPDK's vhost_blk example @integration", function () {
   this.timeout(60_000);
-  let build: string;
+  let binary = '';
   let backend: BackendProcess | null = null;
   let blk: VirtioBlk | null = null;
 
   before(function () {
-    if (!existsSync(SOURCES)) {
-      process.stdout.write(`      skipped: ${SOURCES} is missing (apt-get install dpdk-doc dpdk-dev)\n`);
+    const b = buildVhostBlk();
+    if ('skip' in b) {
+      process.stdout.write(`      skipped: ${b.skip}\n`);
       this.skip();
-    }
-    build = mkdtempSync(path.join(tmpdir(), 'vhost-blk-dpdk-'));
-    cpSync(SOURCES, build, { recursive: true });
-    try {
-      execFileSync('make', ['-C', build], { stdio: 'pipe', timeout: 120_000 });
-    } catch (e) {
-      process.stdout.write(`      skipped: building ${SOURCES} failed: ${String((e as { stderr?: Buffer }).stderr ?? e).split('\n')[0]}\n`);
-      this.skip();
-    }
-  });
-
-  after(() => {
-    if (build) rmSync(build, { recursive: true, force: true });
+    } else binary = b.binary;
   });
 
   afterEach(async () => {
@@ -60,17 +43,8 @@ describe("VirtioBlk against DPDK's vhost_blk example @integration", function () 
     backend = null;
   });
 
-  /** Starts vhost-blk in its own directory (it listens on ./vhost.socket) and opens the driver. */
   async function open(options: VirtioBlkOptions): Promise<VirtioBlk> {
-    const dir = mkdtempSync(path.join(tmpdir(), 'vhost-blk-dpdk-run-'));
-    const prefix = `vhostblk${process.pid}x${Date.now() % 100000}`;
-    backend = await spawnBackend({
-      command: 'sh',
-      args: ['-c', `cd "${dir}" && exec "${build}/build/vhost-blk" --no-huge -m 1024 --no-pci --no-shconf --no-telemetry --file-prefix=${prefix} -l 1`],
-      socketPath: path.join(dir, 'vhost.socket'),
-      tempDir: dir,
-      cleanupPaths: [dpdkRuntimeDir(prefix)],
-    });
+    backend = await startVhostBlk(binary);
     blk = await VirtioBlk.open(backend.socketPath, { timeoutMs: 2000, ...options });
     return blk;
   }

@@ -103,6 +103,17 @@ describe('VirtioBlk against the reference back-end', function () {
     expect(Date.now() - t0).to.be.below(3000);
   });
 
+  it('the back-end goes away (no reconnect): requests in flight and new ones fail with VHOST_DISCONNECTED, a disconnect event', async () => {
+    const b = await open({ faults: [{ name: 'stop-ring', ring: 0 }] }, { timeoutMs: 10_000 });
+    const gone = new Promise<{ code: string }>((r) => b.once('disconnect', r));
+    const p = b.read(0, 512).then(() => 'ok', (e: { code: string }) => e.code);
+    await new Promise((r) => setTimeout(r, 50));
+    backend!.close();
+    expect((await gone).code).to.equal('VHOST_DISCONNECTED');
+    expect(await p).to.equal('VHOST_DISCONNECTED');
+    await rejects(b.write(0, new Uint8Array(512)), 'VHOST_DISCONNECTED');
+  });
+
   it('an id never made available: VHOST_RING_ID_NOT_OUTSTANDING fails what is in flight', async () => {
     const b = await open({ faults: [{ name: 'used-id-not-outstanding', ring: 0 }] }, {});
     await rejects(b.read(0, 512), 'VHOST_RING_ID_NOT_OUTSTANDING');
