@@ -110,6 +110,8 @@ export interface VhostDeviceHooks {
   /**
    * Where ring `vq` resumes after the back-end vanished without GET_VRING_BASE.
    * Default: `vq.resumeBase()`, just past the last completion (in-order devices).
+   * Runs after the inflight area was offered to the new back-end, so
+   * {@link VhostDevice.inflightShared} says whether it resubmits by itself.
    */
   resumeBase?(vq: Virtqueue): number;
 }
@@ -434,15 +436,16 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
         throw new VhostUserError('VHOST_INVALID_STATE', `the back-end now serves ${n.queueNum} rings; the device runs ${this.list.length}`, { request: 'GET_QUEUE_NUM' });
       }
     }
-    const rings: RingStart[] = this.list.map(({ vq }, i) => {
-      const base = bases?.[i] ?? (this.hooks.resumeBase ? this.hooks.resumeBase(vq) : vq.resumeBase());
-      return { index: vq.index, base, resumed: resumedCount(vq, base) };
-    });
     const log = this.dirtyLog;
     await client.setFeatures(log ? features | bit(VirtioFeature.VHOST_F_LOG_ALL) : features);
     await this.hooks.configure?.(client);
     // After SET_FEATURES: the area's layout depends on VIRTIO_F_RING_PACKED (vhost-user.rst, "Inflight I/O tracking").
     this.shared = this.options.inflight ? await this.keeper.share(client, this.list.length, this.list[0]!.vq.size) : false;
+    // After the area: the resume hook can tell (inflightShared) whether this back-end resubmits by itself.
+    const rings: RingStart[] = this.list.map(({ vq }, i) => {
+      const base = bases?.[i] ?? (this.hooks.resumeBase ? this.hooks.resumeBase(vq) : vq.resumeBase());
+      return { index: vq.index, base, resumed: resumedCount(vq, base) };
+    });
     await this.shareMemory(client);
     await programRings(client, this.list, this.memory, rings.map((r) => r.base), log !== null);
     // As vhost_dev_start: the log before the rings are enabled, so no write goes unlogged.
