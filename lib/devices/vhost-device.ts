@@ -27,16 +27,16 @@
 import { EventEmitter } from 'eventemitter3';
 import { SUPPORTED_PROTOCOL_FEATURES, VhostUserClient, type InflightArea, type Negotiated, type VhostUserClientOptions } from '../client/vhost-user-client.js';
 import { VhostUserError } from '../errors.js';
-import { DirtyLog } from '../memory/dirty-log.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { bit, DeviceStatus, hasBit, ProtocolFeature, VirtioFeature } from '../protocol/constants.js';
 import { EventFd } from '../transport/eventfd.js';
 import type { UnixListener } from '../transport/unix-listener.js';
 import type { ConnectOptions } from '../transport/unix-stream.js';
 import type { Virtqueue, VirtqueueOptions } from '../virtqueue/virtqueue.js';
+import { DirtyLogging } from './dirty-logging.js';
 import { InflightKeeper } from './inflight.js';
 import { Backoff, type ReconnectOptions } from './reconnect.js';
-import { alignUp, defaultCreateQueue, PAGE, programRings, resumedCount, ringAddr, ringBytes, type DeviceQueue, type RingKind } from './vring-setup.js';
+import { alignUp, defaultCreateQueue, PAGE, programRings, resumedCount, ringBytes, type DeviceQueue, type RingKind } from './vring-setup.js';
 
 export type { DeviceQueue, RingKind } from './vring-setup.js';
 export type { ReconnectOptions } from './reconnect.js';
@@ -110,6 +110,8 @@ export interface VhostDeviceHooks {
   /**
    * Where ring `vq` resumes after the back-end vanished without GET_VRING_BASE.
    * Default: `vq.resumeBase()`, just past the last completion (in-order devices).
+   * Runs after the inflight area was offered to the new back-end, so
+   * {@link VhostDevice.inflightShared} says whether it resubmits by itself.
    */
   resumeBase?(vq: Virtqueue): number;
 }
@@ -194,7 +196,7 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
   private pendingBases: number[] | null = null;
   private readonly keeper = new InflightKeeper();
   private shared = false;
-  private dirtyLog: DirtyLog | null = null;
+  private readonly logging = new DirtyLogging();
   private started = false;
   private running = false;
   private closed = false;
@@ -434,15 +436,16 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
         throw new VhostUserError('VHOST_INVALID_STATE', `the back-end now serves ${n.queueNum} rings; the device runs ${this.list.length}`, { request: 'GET_QUEUE_NUM' });
       }
     }
-    const rings: RingStart[] = this.list.map(({ vq }, i) => {
-      const base = bases?.[i] ?? (this.hooks.resumeBase ? this.hooks.resumeBase(vq) : vq.resumeBase());
-      return { index: vq.index, base, resumed: resumedCount(vq, base) };
-    });
-    const log = this.dirtyLog;
+    const log = this.logging.active;
     await client.setFeatures(log ? features | bit(VirtioFeature.VHOST_F_LOG_ALL) : features);
     await this.hooks.configure?.(client);
     // After SET_FEATURES: the area's layout depends on VIRTIO_F_RING_PACKED (vhost-user.rst, "Inflight I/O tracking").
     this.shared = this.options.inflight ? await this.keeper.share(client, this.list.length, this.list[0]!.vq.size) : false;
+    // After the area: the resume hook can tell (inflightShared) whether this back-end resubmits by itself.
+    const rings: RingStart[] = this.list.map(({ vq }, i) => {
+      const base = bases?.[i] ?? (this.hooks.resumeBase ? this.hooks.resumeBase(vq) : vq.resumeBase());
+      return { index: vq.index, base, resumed: resumedCount(vq, base) };
+    });
     await this.shareMemory(client);
     await programRings(client, this.list, this.memory, rings.map((r) => r.base), log !== null);
     // As vhost_dev_start: the log before the rings are enabled, so no write goes unlogged.
@@ -543,7 +546,7 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
     if (!this.running) throw new VhostUserError('VHOST_INVALID_STATE', 'only a running device can be handed over');
     const t0 = Date.now();
     const old = this.current;
-    if (this.dirtyLog) await this.stopDirtyLog();
+    if (this.logging.active) await this.stopDirtyLog();
     const bases = await this.stopRings(old);
     const client = typeof target === 'string' ? await VhostUserClient.connect(target, this.options) : target;
     try {
@@ -568,7 +571,7 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
 
   /** Whether dirty logging is on (startDirtyLog). */
   get isLoggingDirty(): boolean {
-    return this.dirtyLog !== null;
+    return this.logging.active !== null;
   }
 
   /**
@@ -582,17 +585,11 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
    */
   async startDirtyLog(): Promise<void> {
     this.checkOpen();
-    if (this.dirtyLog) return;
+    if (this.logging.active) return;
     if (!this.canLogDirty) {
       throw new VhostUserError('VHOST_FEATURE_NOT_NEGOTIATED', 'dirty logging needs VHOST_F_LOG_ALL offered and LOG_SHMFD negotiated', { request: 'SET_LOG_BASE' });
     }
-    this.dirtyLog = DirtyLog.create(Math.max(...this.memory.regions.map((r) => r.guestPhysAddr + r.size)));
-    try {
-      await this.applyDirtyLog(this.current, true);
-    } catch (e) {
-      this.releaseDirtyLog();
-      throw e;
-    }
+    await this.logging.start(this.current, this);
   }
 
   /**
@@ -601,30 +598,12 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
    * the read is kept for the next call. Allocates: not for the data path.
    */
   syncDirtyLog(): number[] {
-    if (!this.dirtyLog) throw new VhostUserError('VHOST_INVALID_STATE', 'dirty logging is not on (startDirtyLog)');
-    return this.dirtyLog.sync();
+    return this.logging.sync();
   }
 
   /** Stops logging (rings unlogged, VHOST_F_LOG_ALL cleared), releases the log, and returns the pages dirtied since the last sync. */
-  async stopDirtyLog(): Promise<number[]> {
-    if (!this.dirtyLog) return [];
-    await this.applyDirtyLog(this.current, false);
-    const pages = this.syncDirtyLog();
-    this.releaseDirtyLog();
-    return pages;
-  }
-
-  /** Switches logging on `client` on (log base, LOG_ALL, logged rings) or off (the reverse). */
-  private async applyDirtyLog(client: VhostUserClient, on: boolean): Promise<void> {
-    const log = this.dirtyLog!;
-    if (on) await client.setLogBase(log.fd, BigInt(log.size));
-    await client.setFeatures(on ? this.features | bit(VirtioFeature.VHOST_F_LOG_ALL) : this.features);
-    for (const q of this.list) await client.setVringAddr(ringAddr(this.memory, q.vq, on));
-  }
-
-  private releaseDirtyLog(): void {
-    this.dirtyLog?.close();
-    this.dirtyLog = null;
+  stopDirtyLog(): Promise<number[]> {
+    return this.logging.stop(this.current, this);
   }
 
   // ------------------------------------------------------------ lifecycle
@@ -637,7 +616,7 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
     this.backoff.cancel();
     this.closing.abort();
     if (this.ownsClient) this.current.close();
-    this.releaseDirtyLog();
+    this.logging.close();
     this.keeper.close();
     for (const q of this.list) {
       q.kick.close();

@@ -8,7 +8,7 @@
 import { expect } from 'chai';
 import { ReferenceBackend } from '../../lib/backend/reference-backend.js';
 import type { TraceEvent } from '../../lib/client/trace.js';
-import { VhostDevice, type DeviceReconnectReport, type FeatureWishes, type VhostDeviceOptions } from '../../lib/devices/vhost-device.js';
+import { VhostDevice, type DeviceReconnectReport, type FeatureWishes, type VhostDeviceHooks, type VhostDeviceOptions } from '../../lib/devices/vhost-device.js';
 import { C, closeFd, libc } from '../../lib/native/libc.js';
 import { Mapping } from '../../lib/native/mapping.js';
 import { bit, DeviceStatus, FrontendRequest as R, ProtocolFeature, VirtioBlkFeature, VirtioFeature } from '../../lib/protocol/constants.js';
@@ -35,12 +35,17 @@ class OneRing {
 
   private constructor(readonly dev: VhostDevice) {}
 
-  static async open(target: string, options: VhostDeviceOptions = {}, wishes: FeatureWishes = { wanted: bit(VirtioBlkFeature.VIRTIO_BLK_F_FLUSH) }): Promise<OneRing> {
+  static async open(
+    target: string,
+    options: VhostDeviceOptions = {},
+    wishes: FeatureWishes = { wanted: bit(VirtioBlkFeature.VIRTIO_BLK_F_FLUSH) },
+    hooks?: VhostDeviceHooks,
+  ): Promise<OneRing> {
     const dev = await VhostDevice.open(target, options);
     try {
       dev.selectFeatures(wishes);
       dev.allocate({ count: 1, size: SIZE, dataBytes: DATA });
-      await dev.start();
+      await dev.start(hooks);
       return new OneRing(dev);
     } catch (e) {
       dev.close();
@@ -346,7 +351,11 @@ describe('VhostDevice: the device layer under the drivers', function () {
       cleanups.push(() => tmp.cleanup());
       const first = inflightPeer(tmp.path);
       cleanups.push(() => first.close());
-      const d = await OneRing.open(tmp.path, { timeoutMs: 1000, inflight: true, reconnect: { timeoutMs: 5000, initialDelayMs: 10 } });
+      const sharedAtResume: boolean[] = [];
+      const hooks: VhostDeviceHooks = {
+        resumeBase: (vq) => (sharedAtResume.push(d.dev.inflightShared), vq.resumeBase()),
+      };
+      const d: OneRing = await OneRing.open(tmp.path, { timeoutMs: 1000, inflight: true, reconnect: { timeoutMs: 5000, initialDelayMs: 10 } }, undefined, hooks);
       cleanups.push(() => d.close());
       const order = first.log.map((m) => m.request);
       const at = (r: number) => order.indexOf(r);
@@ -373,6 +382,7 @@ describe('VhostDevice: the device layer under the drivers', function () {
       const report = await reconnected;
       expect(report.inflightShared).to.equal(true);
       expect(report.rings).to.deep.equal([{ index: 0, base: 0, resumed: 0 }]);
+      expect(sharedAtResume, 'the resume hook runs once the new back-end has the area').to.deep.equal([true]);
       expect(second.log.map((m) => m.request)).to.not.include(R.GET_INFLIGHT_FD);
       expect(second.log.filter((m) => m.request === R.SET_INFLIGHT_FD)).to.have.length(1);
       expect(seen, 'the area the first back-end marked').to.equal(MARK);
