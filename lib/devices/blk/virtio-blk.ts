@@ -191,8 +191,8 @@ export class VirtioBlk extends EventEmitter<VirtioBlkEvents> {
     await device.start({
       resumeBase: (vq) => {
         const q = queues[vq.index]!;
-        // The back-end holds the inflight area and resubmits what it had; the ring resumes past the last completion.
-        if (device.inflight !== null) return vq.resumeBase();
+        // The new back-end was given the inflight area and resubmits what it had; the ring resumes past the last completion.
+        if (device.inflightShared) return vq.resumeBase();
         const r = q.rebind(options.inflightPolicy ?? 'resubmit');
         if (blk) {
           blk.pendingReport.resubmitted += r.resubmitted;
