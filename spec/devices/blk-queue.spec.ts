@@ -5,11 +5,8 @@
  * timeouts, the batch API and rebind after a lost device, on split and packed rings.
  */
 import { expect } from 'chai';
-import {
-  BLK_RESULT_TIMEOUT,
-  BlkBatch,
-  BlkBatchResults,
-} from '../../lib/devices/blk/blk-queue.js';
+import { BlkBatch, BlkBatchResults } from '../../lib/devices/blk/blk-batch.js';
+import { BLK_RESULT_TIMEOUT } from '../../lib/devices/blk/blk-queue.js';
 import { BlkRequestError, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../lib/devices/blk/blk-request.js';
 import { isVhostUserError, type VhostErrorCode } from '../../lib/errors.js';
 import { BlkModel, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, type ModelOptions } from '../helpers/blk-model.js';

@@ -8,7 +8,7 @@
 import { closeSync, openSync, readSync, rmSync, statSync, truncateSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { BlkBatchResults } from '../../lib/devices/blk/blk-queue.js';
+import { BlkBatchResults } from '../../lib/devices/blk/blk-batch.js';
 import { VirtioBlk } from '../../lib/devices/blk/virtio-blk.js';
 import type { BlkRequestError } from '../../lib/devices/blk/blk-request.js';
 import { isVhostUserError, type VhostErrorCode } from '../../lib/errors.js';

@@ -26,7 +26,8 @@ import { PackedVirtqueue } from '../../virtqueue/packed-queue.js';
 import { SplitVirtqueue } from '../../virtqueue/split-queue.js';
 import type { VirtqueueOptions } from '../../virtqueue/virtqueue.js';
 import { BLK_CONFIG_SIZE, decodeBlkConfig, type BlkConfig } from './blk-config.js';
-import { BlkBatch, BlkQueue, type BlkCompletionMode, type BlkInflightPolicy, type BlkQueueCounters, type GuestBuffer } from './blk-queue.js';
+import { BlkBatch } from './blk-batch.js';
+import { BlkQueue, type BlkCompletionMode, type BlkInflightPolicy, type BlkQueueCounters, type GuestBuffer } from './blk-queue.js';
 import { blkLimits, type BlkLimits, type BlkRange } from './blk-request.js';
 
 export interface VirtioBlkOptions extends VhostDeviceOptions {
