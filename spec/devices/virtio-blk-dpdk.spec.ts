@@ -45,7 +45,7 @@ describe("VirtioBlk against DPDK's vhost_blk example @integration", function () 
 
   async function open(options: VirtioBlkOptions): Promise<VirtioBlk> {
     backend = await startVhostBlk(binary);
-    blk = await VirtioBlk.open(backend.socketPath, { timeoutMs: 2000, ...options });
+    blk = await VirtioBlk.open(backend.socketPath, { requestTimeoutMs: 2000, ...options });
     return blk;
   }
 
@@ -62,6 +62,20 @@ describe("VirtioBlk against DPDK's vhost_blk example @integration", function () 
     }
   });
 
+  it('strict used length: a read reported without its status byte fails with VHOST_BLK_USED_LEN naming the request; the ring stays usable', async () => {
+    const b = await open({});
+    for (let i = 0; i < 2; i++) {
+      try {
+        await b.read(8192, 4096);
+        expect.fail('the read was accepted');
+      } catch (e) {
+        expect(isVhostUserError(e, 'VHOST_BLK_USED_LEN'), String(e)).to.equal(true);
+        expect((e as Error).message).to.match(/^VIRTIO_BLK_T_IN sector 16 length 4096: used len 4096; the device must report 4097/);
+      }
+    }
+    expect(b.queue(0).error).to.equal(null);
+  });
+
   it('strictUsedLen false: data round-trips, each wrong used length counted', async () => {
     const b = await open({ strictUsedLen: false });
     for (let i = 0; i < 8; i++) await b.write(i * 8192, pattern(8192, i));
@@ -73,8 +87,8 @@ describe("VirtioBlk against DPDK's vhost_blk example @integration", function () 
     expect(c.failed).to.equal(0);
   });
 
-  it('packed rings: a write is never completed (finding); VHOST_BLK_TIMEOUT within timeoutMs, no hang', async () => {
-    const b = await open({ ring: 'packed', strictUsedLen: false, timeoutMs: 1000 });
+  it('packed rings: a write is never completed (finding); VHOST_BLK_TIMEOUT within requestTimeoutMs, no hang', async () => {
+    const b = await open({ ring: 'packed', strictUsedLen: false, requestTimeoutMs: 1000 });
     const t0 = Date.now();
     try {
       await b.write(0, pattern(4096, 3));

@@ -157,7 +157,7 @@ describe('VirtioBlk against qemu-storage-daemon @integration', function () {
     let qsd: QemuStorageDaemonBackend;
     beforeEach(async () => {
       qsd = await startQemuStorageDaemon({ imageSize: 64 * MiB });
-      blk = await VirtioBlk.open(qsd.socketPath, { timeoutMs: 2000 });
+      blk = await VirtioBlk.open(qsd.socketPath, { requestTimeoutMs: 2000 });
     });
 
     const cases: [string, (b: VirtioBlk) => Promise<unknown>, VhostErrorCode][] = [
@@ -277,7 +277,7 @@ describe('VirtioBlk against qemu-storage-daemon @integration', function () {
         truncateSync(image, 8 * MiB);
         try {
           let qsd = await startQemuStorageDaemon({ imagePath: image, socketPath });
-          blk = await VirtioBlk.open(socketPath, { reconnect: { timeoutMs: 15_000 }, inflightPolicy: policy, timeoutMs: 20_000 });
+          blk = await VirtioBlk.open(socketPath, { reconnect: { timeoutMs: 15_000 }, inflightPolicy: policy, requestTimeoutMs: 20_000 });
           const reconnected = new Promise<{ resubmitted: number; failed: number }>((r) => blk!.once('reconnect', r));
           // Stopped, so the 128 requests are surely in flight when it dies.
           process.kill(qsd.pid, 'SIGSTOP');

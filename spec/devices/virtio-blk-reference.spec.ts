@@ -97,14 +97,14 @@ describe('VirtioBlk against the reference back-end', function () {
   }
 
   it('a ring that stops: VHOST_BLK_TIMEOUT in bounded time, never a hang', async () => {
-    const b = await open({ faults: [{ name: 'stop-ring', ring: 0 }] }, { timeoutMs: 300 });
+    const b = await open({ faults: [{ name: 'stop-ring', ring: 0 }] }, { requestTimeoutMs: 300 });
     const t0 = Date.now();
     await rejects(b.read(0, 512), 'VHOST_BLK_TIMEOUT');
     expect(Date.now() - t0).to.be.below(3000);
   });
 
   it('the back-end goes away (no reconnect): requests in flight and new ones fail with VHOST_DISCONNECTED, a disconnect event', async () => {
-    const b = await open({ faults: [{ name: 'stop-ring', ring: 0 }] }, { timeoutMs: 10_000 });
+    const b = await open({ faults: [{ name: 'stop-ring', ring: 0 }] }, { requestTimeoutMs: 10_000 });
     const gone = new Promise<{ code: string }>((r) => b.once('disconnect', r));
     const p = b.read(0, 512).then(() => 'ok', (e: { code: string }) => e.code);
     await new Promise((r) => setTimeout(r, 50));

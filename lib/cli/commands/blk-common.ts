@@ -28,6 +28,7 @@ export function openBlk(args: BlkArgs): Promise<VirtioBlk> {
     queueSize: args.queueSize,
     ring: args.ring as RingKind,
     timeoutMs: args.timeout,
+    requestTimeoutMs: args.timeout,
     connect: { timeoutMs: args.timeout },
     strictUsedLen: !args.lenientUsedLen,
   });

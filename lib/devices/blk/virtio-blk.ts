@@ -37,8 +37,11 @@ export interface VirtioBlkOptions extends VhostDeviceOptions {
   queueSize?: number;
   /** Completions by the call eventfd ('interrupt', default) or by polling. */
   mode?: BlkCompletionMode;
-  /** A request not completed after this many ms fails with VHOST_BLK_TIMEOUT; 0: never. Default 30 000. */
-  timeoutMs?: number;
+  /**
+   * A request not completed after this many ms fails with VHOST_BLK_TIMEOUT; 0: never.
+   * Default 30 000. (`timeoutMs` is the deadline for each vhost-user reply.)
+   */
+  requestTimeoutMs?: number;
   /**
    * Fail a request whose used length is not what its type implies (default true).
    * false counts it instead (BlkQueueCounters.usedLenViolations) and believes the
@@ -183,7 +186,7 @@ export class VirtioBlk extends EventEmitter<VirtioBlkEvents> {
           call: dq.call,
           mode: options.mode ?? 'interrupt',
           maxSegments: segments,
-          timeoutMs: options.timeoutMs,
+          timeoutMs: options.requestTimeoutMs,
           strictUsedLen: options.strictUsedLen,
         }),
       );
