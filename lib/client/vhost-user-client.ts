@@ -225,6 +225,11 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
     return this.brokenBy;
   }
 
+  /** Regions the back-end was given on this connection (SET_MEM_TABLE, ADD_MEM_REG, less REM_MEM_REG), in the order given. */
+  get sharedRegions(): readonly GuestRegion[] {
+    return [...this.memSlots];
+  }
+
   /** Whether protocol feature `bitNumber` ({@link ProtocolFeature}) was acknowledged with SET_PROTOCOL_FEATURES. */
   hasProtocolFeature(bitNumber: number): boolean {
     return hasBit(this.ackedProtocolFeatures, bitNumber);

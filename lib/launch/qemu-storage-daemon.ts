@@ -12,6 +12,11 @@ export interface QemuStorageDaemonOptions {
   driver?: 'file' | 'null-co';
   /** Export `writable=on`; default true. */
   writable?: boolean;
+  /**
+   * Blockdev option `discard`: 'unmap' passes DISCARD and WRITE_ZEROES with UNMAP
+   * to the file (holes punched); 'ignore', QEMU's default, drops discards.
+   */
+  discard?: 'ignore' | 'unmap';
   /** Export option `num-queues`. */
   numQueues?: number;
   /** Default `<tempDir>/vhost-blk.sock`. */
@@ -73,6 +78,7 @@ export async function startQemuStorageDaemon(opts: QemuStorageDaemonOptions = {}
       await truncate(imagePath, imageSize);
     }
     blockdev = `driver=file,node-name=f0,filename=${qemuValue(imagePath)}`;
+    if (opts.discard !== undefined) blockdev += `,discard=${opts.discard}`;
   }
   const exportOpt = [
     'type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix',

@@ -49,6 +49,12 @@ describe('launch/qemu-storage-daemon @integration', function () {
     expect(statSync(b.socketPath).isSocket()).to.equal(true);
   });
 
+  it("discard: 'unmap' is passed to the file blockdev (its effect is tested in spec/devices/virtio-blk-qsd)", async () => {
+    const b = await startQemuStorageDaemon({ imageSize: 1 << 20, discard: 'unmap' });
+    expect(b.args[1]).to.match(/^driver=file,node-name=f0,filename=.*,discard=unmap$/);
+    expect(statSync(b.socketPath).isSocket()).to.equal(true);
+  });
+
   it('leaves a caller-supplied image in place', async () => {
     const dir = await makeTempDir();
     extraDirs.push(dir);

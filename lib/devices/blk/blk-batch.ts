@@ -1,0 +1,146 @@
+/**
+ * The batch API of a BlkQueue, for benchmarks: request buffers preallocated in
+ * the queue's guest bounce space, submit N, kick once, poll completions into a
+ * caller-owned result array. Nothing is allocated per request.
+ */
+import { VhostUserError } from '../../errors.js';
+import type { GuestHeap } from '../../memory/guest-heap.js';
+import { BOUNCE_ALIGN, type BlkQueue } from './blk-queue.js';
+import type { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from './blk-request.js';
+
+/** Reusable completion records for {@link BlkBatch.poll}. */
+export class BlkBatchResults {
+  /** Batch buffer index of each completion. */
+  readonly index: Int32Array;
+  /** VIRTIO_BLK_S_* or a BLK_RESULT_* code. */
+  readonly status: Int32Array;
+  constructor(readonly capacity: number) {
+    this.index = new Int32Array(capacity);
+    this.status = new Int32Array(capacity);
+  }
+}
+
+/**
+ * Preallocated request buffers in one queue's guest bounce space, for
+ * benchmarks: submit() and poll() allocate nothing. Buffer `i` is busy from
+ * submit(i) until its completion (or timeout, then until the device returns it
+ * anyway) has been reported by poll().
+ */
+export class BlkBatch {
+  /** Number of buffers. */
+  readonly count: number;
+  /** Bytes per buffer. */
+  readonly bufferBytes: number;
+  private readonly queue: BlkQueue;
+  private readonly heap: GuestHeap;
+  private readonly gpas: Float64Array;
+  private readonly views: Uint8Array[];
+  private readonly busy: Uint8Array;
+  private readonly doneIndex: Int32Array;
+  private readonly doneStatus: Int32Array;
+  private doneHead = 0;
+  private doneCount = 0;
+  private nextExpiry = 0;
+  private closed = false;
+
+  constructor(queue: BlkQueue, count: number, bufferBytes: number) {
+    if (!Number.isInteger(count) || count < 1 || count > queue.size) {
+      throw new VhostUserError('VHOST_INVALID_ARGUMENT', `a batch of ${count} buffers on a queue of ${queue.size}`);
+    }
+    this.queue = queue;
+    this.count = count;
+    this.bufferBytes = bufferBytes;
+    this.heap = queue.attachBatch(this);
+    this.gpas = new Float64Array(count);
+    this.views = [];
+    try {
+      for (let i = 0; i < count; i++) {
+        const gpa = this.heap.alloc(bufferBytes, BOUNCE_ALIGN);
+        if (gpa < 0) throw new VhostUserError('VHOST_BUSY', `no room for ${count} × ${bufferBytes} bytes in the queue's bounce space (${queue.memory.totalSize} bytes of guest memory)`);
+        this.gpas[i] = gpa;
+        this.views.push(queue.memory.bytes(gpa, bufferBytes));
+      }
+    } catch (e) {
+      for (let i = 0; i < this.views.length; i++) this.heap.free(this.gpas[i]!);
+      queue.detachBatch(this);
+      throw e;
+    }
+    this.busy = new Uint8Array(count);
+    this.doneIndex = new Int32Array(count);
+    this.doneStatus = new Int32Array(count);
+  }
+
+  /** Buffer `i` (data to write, or where a read lands). */
+  buffer(i: number): Uint8Array {
+    return this.views[i]!;
+  }
+
+  /** Whether buffer `i` is owned by the device. */
+  isBusy(i: number): boolean {
+    return this.busy[i] === 1;
+  }
+
+  /**
+   * Adds a read (VIRTIO_BLK_T_IN) or write (VIRTIO_BLK_T_OUT) of `length` bytes
+   * (default the buffer size) at byte `offset` using buffer `i`. Not visible to
+   * the device until kick(). False when the ring is full. Throws the limit
+   * errors of the promise API, and VHOST_BUSY when buffer `i` is in flight.
+   */
+  submit(i: number, type: typeof VIRTIO_BLK_T_IN | typeof VIRTIO_BLK_T_OUT, offset: number, length = this.bufferBytes): boolean {
+    if (this.busy[i] !== 0) throw new VhostUserError('VHOST_BUSY', `batch buffer ${i} is in flight`);
+    if (length > this.bufferBytes) throw new VhostUserError('VHOST_INVALID_ARGUMENT', `${length} bytes do not fit batch buffers of ${this.bufferBytes}`);
+    if (!this.queue.submitBatch(i, type, offset, this.gpas[i]!, length)) return false;
+    this.busy[i] = 1;
+    return true;
+  }
+
+  /** Publishes what submit() added and kicks the device if it wants a kick. */
+  kick(): void {
+    this.queue.publishNow();
+  }
+
+  /**
+   * Reaps the queue and copies up to `results.capacity` batch completions into
+   * `results`; returns how many. Status 0 is success. When nothing completed,
+   * checks the deadlines now and then, reporting BLK_RESULT_TIMEOUT.
+   */
+  poll(results: BlkBatchResults): number {
+    if (this.queue.poll() === 0 && this.doneCount === 0) {
+      const now = performance.now();
+      if (now >= this.nextExpiry) {
+        this.nextExpiry = now + 10;
+        this.queue.expire(now);
+      }
+    }
+    const n = Math.min(this.doneCount, results.capacity);
+    for (let k = 0; k < n; k++) {
+      results.index[k] = this.doneIndex[this.doneHead]!;
+      results.status[k] = this.doneStatus[this.doneHead]!;
+      this.doneHead = (this.doneHead + 1) % this.count;
+    }
+    this.doneCount -= n;
+    return n;
+  }
+
+  /** Frees the buffers. Throws VHOST_BUSY while any is in flight. */
+  close(): void {
+    if (this.closed) return;
+    if (this.busy.some((b) => b !== 0)) throw new VhostUserError('VHOST_BUSY', 'batch buffers are still in flight');
+    this.closed = true;
+    for (let i = 0; i < this.count; i++) this.heap.free(this.gpas[i]!);
+    this.queue.detachBatch(this);
+  }
+
+  /** @internal A result for buffer `i` (the buffer stays busy after a timeout). */
+  record(i: number, status: number): void {
+    const at = (this.doneHead + this.doneCount) % this.count;
+    this.doneIndex[at] = i;
+    this.doneStatus[at] = status;
+    this.doneCount++;
+  }
+
+  /** @internal The device gave buffer `i` back. */
+  release(i: number): void {
+    this.busy[i] = 0;
+  }
+}
