@@ -234,9 +234,11 @@ export class InflightArea {
       const mapping = Mapping.map(fd, Number(need), { offset: Number(desc.mmapOffset) });
       const regions = Array.from({ length: desc.numQueues }, (_, q) => new SplitInflightRegion(mapping, q * per, desc.queueSize));
       for (const [q, r] of regions.entries()) {
-        if (r.version !== 0 && (r.version !== INFLIGHT_VERSION || r.headerDescNum !== desc.queueSize)) {
+        const version = r.version;
+        const descNum = r.headerDescNum;
+        if (version !== 0 && (version !== INFLIGHT_VERSION || descNum !== desc.queueSize)) {
           mapping.close();
-          throw violation('VHOST_INVALID_PAYLOAD', `queue ${q} region: version ${r.version}, desc_num ${r.headerDescNum} (expected version ${INFLIGHT_VERSION}, desc_num ${desc.queueSize})`, request, "vhost-user.rst, 'Inflight I/O tracking'");
+          throw violation('VHOST_INVALID_PAYLOAD', `queue ${q} region: version ${version}, desc_num ${descNum} (expected version ${INFLIGHT_VERSION}, desc_num ${desc.queueSize})`, request, "vhost-user.rst, 'Inflight I/O tracking'");
         }
       }
       return new InflightArea(mapping, desc.numQueues, desc.queueSize, regions);
