@@ -122,10 +122,11 @@ describe('reference blk back-end: inflight I/O tracking', function () {
       await settle(100);
       expect(rig.reap()).to.equal(0, 'held: nothing completed yet');
       const held = inflightHeads(v.dv, 64);
-      // Four heads, counters 0..3 in the order they were taken.
+      // Four heads with consecutive counters, in the order they were taken.
       expect(held).to.have.length(4);
-      expect(held.map((h) => h.counter).sort()).to.deep.equal([0n, 1n, 2n, 3n]);
-      const lastTaken = held.find((h) => h.counter === 3n)!.head;
+      const counters = held.map((h) => h.counter).sort((a, b) => (a < b ? -1 : 1));
+      expect(counters).to.deep.equal([0n, 1n, 2n, 3n].map((k) => counters[0]! + k));
+      const lastTaken = held.find((h) => h.counter === counters[3])!.head;
       expect(v.dv.getUint16(14, true), 'used_idx').to.equal(0);
       expect(await rig.waitFor(4)).to.equal(true);
       expect(inflightHeads(v.dv, 64)).to.deep.equal([]);
