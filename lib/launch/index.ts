@@ -30,3 +30,14 @@ export {
   startReferenceBackend,
   type ReferenceBackendProcessOptions,
 } from './reference-backend.js';
+export {
+  buildVhostBlk,
+  startVhostBlk,
+  VhostBlkBackend,
+  VHOST_BLK_BLOCK_SIZE,
+  VHOST_BLK_CAPACITY,
+  VHOST_BLK_SOCKET,
+  VHOST_BLK_SOURCES,
+  type BuildVhostBlkOptions,
+  type VhostBlkOptions,
+} from './dpdk-vhost-blk.js';

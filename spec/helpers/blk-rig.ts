@@ -9,7 +9,7 @@
 import { VhostUserClient, SUPPORTED_PROTOCOL_FEATURES, type InflightArea, type Negotiated } from '../../lib/client/vhost-user-client.js';
 import { GuestMemory } from '../../lib/memory/guest-memory.js';
 import { closeFd } from '../../lib/native/libc.js';
-import { bit, ProtocolFeature, VirtioFeature } from '../../lib/protocol/constants.js';
+import { bit, DeviceStatus, hasBit, ProtocolFeature, VirtioFeature } from '../../lib/protocol/constants.js';
 import { EventFd } from '../../lib/transport/eventfd.js';
 import { SplitVirtqueue } from '../../lib/virtqueue/split-queue.js';
 
@@ -52,6 +52,10 @@ export class BlkRig {
     const n = await c.negotiate({ protocolFeatures: SUPPORTED_PROTOCOL_FEATURES | (options.inflight ? bit(ProtocolFeature.INFLIGHT_SHMFD) : 0n) });
     this.negotiated = n;
     await c.setFeatures(bit(VirtioFeature.VIRTIO_F_VERSION_1) | bit(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES) | (options.extraFeatures ?? 0n));
+    // virtio 1.2 §3.1.1; DPDK starts a device only once it sees DRIVER_OK.
+    const status = hasBit(n.protocolFeatures, ProtocolFeature.STATUS);
+    const FEATURES_OK = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK;
+    if (status) await c.setStatus(FEATURES_OK);
     if (options.inflight) {
       // QEMU's vhost-user-blk: GET_INFLIGHT_FD once, SET_INFLIGHT_FD on every start.
       this.area ??= await c.getInflightFd(1, this.queueSize);
@@ -66,6 +70,7 @@ export class BlkRig {
     await c.setVringCall(0, this.call.fd);
     await c.setVringKick(0, this.kick.fd);
     await c.setVringEnable(0, true);
+    if (status) await c.setStatus(FEATURES_OK | DeviceStatus.DRIVER_OK);
     return n;
   }
 
