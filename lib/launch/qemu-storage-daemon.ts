@@ -14,6 +14,10 @@ export interface QemuStorageDaemonOptions {
   writable?: boolean;
   /** Export option `num-queues`. */
   numQueues?: number;
+  /** file driver: `aio=` (threads, native or io_uring); default QEMU's (threads). */
+  aio?: 'threads' | 'native' | 'io_uring';
+  /** file driver: `cache.direct=on` (O_DIRECT; needs a file system that has it, not tmpfs). Default off. */
+  cacheDirect?: boolean;
   /** Default `<tempDir>/vhost-blk.sock`. */
   socketPath?: string;
   /** Default 15 000 ms. */
@@ -72,7 +76,13 @@ export async function startQemuStorageDaemon(opts: QemuStorageDaemonOptions = {}
       await writeFile(imagePath, '');
       await truncate(imagePath, imageSize);
     }
-    blockdev = `driver=file,node-name=f0,filename=${qemuValue(imagePath)}`;
+    blockdev = [
+      `driver=file,node-name=f0,filename=${qemuValue(imagePath)}`,
+      // A read-only export on a read-only node: the image may then be a file this process cannot write.
+      ...(opts.writable === false ? ['read-only=on'] : []),
+      ...(opts.aio ? [`aio=${opts.aio}`] : []),
+      ...(opts.cacheDirect ? ['cache.direct=on'] : []),
+    ].join(',');
   }
   const exportOpt = [
     'type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix',
