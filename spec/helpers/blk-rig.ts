@@ -12,6 +12,9 @@ import { closeFd } from '../../lib/native/libc.js';
 import { bit, DeviceStatus, hasBit, ProtocolFeature, VirtioFeature } from '../../lib/protocol/constants.js';
 import { EventFd } from '../../lib/transport/eventfd.js';
 import { SplitVirtqueue } from '../../lib/virtqueue/split-queue.js';
+import { PackedVirtqueue } from '../../lib/virtqueue/packed-queue.js';
+import type { Virtqueue } from '../../lib/virtqueue/virtqueue.js';
+import { PACKED_INITIAL_BASE } from '../../lib/conformance/datapath.js';
 
 export const BLK_T = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13 } as const;
 export const RIG_PAGE = 4096;
@@ -27,7 +30,7 @@ export interface RigCompletion {
 
 export class BlkRig {
   readonly memory: GuestMemory;
-  readonly vq: SplitVirtqueue;
+  readonly vq: Virtqueue;
   readonly kick = new EventFd();
   readonly call = new EventFd();
   client: VhostUserClient | null = null;
@@ -38,9 +41,10 @@ export class BlkRig {
   private readonly tokens: Uint32Array;
   private readonly lens: Uint32Array;
 
-  constructor(readonly queueSize = 512, readonly slots = 128) {
+  constructor(readonly queueSize = 512, readonly slots = 128, readonly ring: 'split' | 'packed' = 'split') {
     this.memory = GuestMemory.create({ size: DATA + slots * RIG_PAGE });
-    this.vq = new SplitVirtqueue({ memory: this.memory, index: 0, size: queueSize, ringGpa: 0, eventIdx: false });
+    const q = { memory: this.memory, index: 0, size: queueSize, ringGpa: 0, eventIdx: false };
+    this.vq = ring === 'packed' ? new PackedVirtqueue(q) : new SplitVirtqueue(q);
     this.tokens = new Uint32Array(queueSize);
     this.lens = new Uint32Array(queueSize);
   }
@@ -51,7 +55,8 @@ export class BlkRig {
     this.client = c;
     const n = await c.negotiate({ protocolFeatures: SUPPORTED_PROTOCOL_FEATURES | (options.inflight ? bit(ProtocolFeature.INFLIGHT_SHMFD) : 0n) });
     this.negotiated = n;
-    await c.setFeatures(bit(VirtioFeature.VIRTIO_F_VERSION_1) | bit(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES) | (options.extraFeatures ?? 0n));
+    const packed = this.ring === 'packed' ? bit(VirtioFeature.VIRTIO_F_RING_PACKED) : 0n;
+    await c.setFeatures(bit(VirtioFeature.VIRTIO_F_VERSION_1) | bit(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES) | packed | (options.extraFeatures ?? 0n));
     // virtio 1.2 §3.1.1; DPDK starts a device only once it sees DRIVER_OK.
     const status = hasBit(n.protocolFeatures, ProtocolFeature.STATUS);
     const FEATURES_OK = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK;
@@ -64,7 +69,7 @@ export class BlkRig {
     await c.setMemTable(this.memory);
     await c.setVringNum(0, this.queueSize);
     // After a crash the back-end cannot be asked GET_VRING_BASE: the used index is the base (as QEMU does).
-    await c.setVringBase(0, this.usedIdx());
+    await c.setVringBase(0, this.ring === 'packed' ? PACKED_INITIAL_BASE : this.usedIdx());
     const a = this.vq.addresses;
     await c.setVringAddr({ index: 0, descUserAddr: this.memory.userAddr(a.desc), availUserAddr: this.memory.userAddr(a.driver), usedUserAddr: this.memory.userAddr(a.device) });
     await c.setVringCall(0, this.call.fd);
@@ -74,7 +79,7 @@ export class BlkRig {
     return n;
   }
 
-  /** used.idx as the back-end wrote it. */
+  /** used.idx as the back-end wrote it (split rings). */
   usedIdx(): number {
     return this.memory.dataView(this.vq.addresses.device, 4).getUint16(2, true);
   }
