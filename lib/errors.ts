@@ -43,6 +43,20 @@ export type VhostErrorCode =
   | 'VHOST_RING_LEN_TOO_LARGE'
   | 'VHOST_RING_IDX_JUMP'
   | 'VHOST_RING_BROKEN'
+  // virtio-blk requests (virtio 1.2 §5.2): refused before sending, or what the device answered
+  | 'VHOST_BLK_UNALIGNED'
+  | 'VHOST_BLK_BEYOND_CAPACITY'
+  | 'VHOST_BLK_TOO_MANY_SEGMENTS'
+  | 'VHOST_BLK_SEGMENT_TOO_LARGE'
+  | 'VHOST_BLK_TOO_MANY_SECTORS'
+  | 'VHOST_BLK_READ_ONLY'
+  | 'VHOST_BLK_IOERR'
+  | 'VHOST_BLK_UNSUPP'
+  | 'VHOST_BLK_BAD_STATUS'
+  | 'VHOST_BLK_USED_LEN'
+  | 'VHOST_BLK_TIMEOUT'
+  | 'VHOST_BLK_ABORTED'
+  | 'VHOST_BLK_MISMATCH'
   // memory and system calls
   | 'VHOST_MEMORY_OUT_OF_RANGE'
   | 'VHOST_MEMORY_OVERLAP'
@@ -59,6 +73,8 @@ const RETRYABLE: ReadonlySet<VhostErrorCode> = new Set<VhostErrorCode>([
   'VHOST_CONNECT_TIMEOUT',
   'VHOST_DISCONNECTED',
   'VHOST_TIMEOUT',
+  'VHOST_BLK_TIMEOUT',
+  'VHOST_BLK_ABORTED',
 ]);
 
 export interface VhostErrorDetails {

@@ -30,6 +30,19 @@ export { SplitVirtqueue, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY } fr
 export { SplitDeviceQueue, type DeviceChain, type DescSegment } from './virtqueue/device/split-device.js';
 export * from './virtqueue/virtqueue.js';
 export {
+  VhostDevice,
+  type VhostDeviceOptions,
+  type VhostDeviceEvents,
+  type VhostDeviceHooks,
+  type FeatureWishes,
+  type FeatureRequirement,
+  type QueuePlan,
+  type DeviceQueue,
+  type RingStart,
+  type DeviceReconnectReport,
+  type DeviceHandOverReport,
+} from './devices/vhost-device.js';
+export {
   VirtioNet,
   RxBurst,
   NetCounter,
@@ -44,6 +57,10 @@ export {
 export * from './devices/net/virtio-net-hdr.js';
 export { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig } from './devices/net/net-config.js';
 export { decodeBlkConfig, BLK_CONFIG_SIZE, type BlkConfig } from './devices/blk/blk-config.js';
+export * from './devices/blk/blk-request.js';
+export * from './devices/blk/blk-queue.js';
+export { VirtioBlk, type VirtioBlkOptions, type VirtioBlkEvents, type BlkReconnectReport } from './devices/blk/virtio-blk.js';
+export { GuestHeap } from './memory/guest-heap.js';
 export * from './pcap/index.js';
 export * from './net/frame-builder.js';
 export { PackedVirtqueue } from './virtqueue/packed-queue.js';

@@ -199,6 +199,11 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
     return this.brokenBy;
   }
 
+  /** Regions the back-end was given on this connection (SET_MEM_TABLE, ADD_MEM_REG, less REM_MEM_REG), in the order given. */
+  get sharedRegions(): readonly GuestRegion[] {
+    return [...this.memSlots];
+  }
+
   hasProtocolFeature(bitNumber: number): boolean {
     return hasBit(this.ackedProtocolFeatures, bitNumber);
   }

@@ -12,6 +12,11 @@ export interface QemuStorageDaemonOptions {
   driver?: 'file' | 'null-co';
   /** Export `writable=on`; default true. */
   writable?: boolean;
+  /**
+   * Blockdev option `discard`: 'unmap' passes DISCARD and WRITE_ZEROES with UNMAP
+   * to the file (holes punched); 'ignore', QEMU's default, drops discards.
+   */
+  discard?: 'ignore' | 'unmap';
   /** Export option `num-queues`. */
   numQueues?: number;
   /** file driver: `aio=` (threads, native or io_uring); default QEMU's (threads). */
@@ -80,6 +85,7 @@ export async function startQemuStorageDaemon(opts: QemuStorageDaemonOptions = {}
       `driver=file,node-name=f0,filename=${qemuValue(imagePath)}`,
       // A read-only export on a read-only node: the image may then be a file this process cannot write.
       ...(opts.writable === false ? ['read-only=on'] : []),
+      ...(opts.discard !== undefined ? [`discard=${opts.discard}`] : []),
       ...(opts.aio ? [`aio=${opts.aio}`] : []),
       ...(opts.cacheDirect ? ['cache.direct=on'] : []),
     ].join(',');

@@ -123,6 +123,9 @@ export class PackedVirtqueue implements Virtqueue {
   private publishedPos = 0;
   private driverFlags = RING_EVENT_FLAGS_DISABLE;
   private brokenBy: VhostUserError | null = null;
+  private readonly clampUsedLen: boolean;
+  /** See VirtqueueOptions.clampUsedLen. */
+  usedLenClamped = 0;
 
   /** Bytes of guest memory a queue of `size` needs from its ring GPA. */
   static footprint(size: number, indirectMax = 0): number {
@@ -139,6 +142,7 @@ export class PackedVirtqueue implements Virtqueue {
     this.index = options.index;
     this.size = size;
     this.eventIdx = options.eventIdx;
+    this.clampUsedLen = options.clampUsedLen ?? false;
     this.layout = packedRingLayout(ringGpa, size);
     this.indirectMax = indirectMax;
     this.indirectGpa = alignUp(this.layout.end, 16);
@@ -157,7 +161,6 @@ export class PackedVirtqueue implements Virtqueue {
     this.indirect = indirectMax > 0 ? view(Uint32Array, this.indirectGpa, size * indirectMax * PACKED_DESC_SIZE, 4) : null;
 
     this.freeIds = new Uint16Array(size);
-    for (let i = 0; i < size; i++) this.freeIds[i] = size - 1 - i;
     this.freeTop = size;
     this.freeSlots = size;
     this.tokens = new Uint32Array(size);
@@ -166,6 +169,28 @@ export class PackedVirtqueue implements Virtqueue {
     this.inFlight = new Uint8Array(size);
     this.addedIn = new Float64Array(size);
 
+    this.reset();
+  }
+
+  reset(): void {
+    const size = this.size;
+    for (let i = 0; i < size; i++) this.freeIds[i] = size - 1 - i;
+    this.freeTop = size;
+    this.freeSlots = size;
+    this.inFlight.fill(0);
+    this.outstandingCount = 0;
+    this.visible = 0;
+    this.pendingChains = 0;
+    this.nextAvail = 0;
+    this.availWrap = 1;
+    this.availBits = VIRTQ_DESC_F_AVAIL;
+    this.nextUsed = 0;
+    this.usedWrap = 1;
+    this.pendingHead = -1;
+    this.pendingFlags = 0;
+    this.publishedPos = 0;
+    this.driverFlags = RING_EVENT_FLAGS_DISABLE;
+    this.brokenBy = null;
     // §2.8.13: the descriptor ring is zero-initialized. Polling is the initial mode.
     this.desc32.fill(0);
     this.deviceEvent32[0] = RING_EVENT_FLAGS_ENABLE;
@@ -331,7 +356,11 @@ export class PackedVirtqueue implements Virtqueue {
         return this.fail(ringError('VHOST_RING_ID_NOT_OUTSTANDING', this.index, `used id ${id} is not outstanding`, 'virtio 1.2 §2.8.22: each buffer made available is used once'));
       }
       // §2.8.4: len is meaningful only with WRITE in the used descriptor; otherwise nothing was written.
-      const len = (flags & VIRTQ_DESC_F_WRITE) !== 0 ? this.desc32[(slot << 2) + 2]! : 0;
+      let len = (flags & VIRTQ_DESC_F_WRITE) !== 0 ? this.desc32[(slot << 2) + 2]! : 0;
+      if (len > this.writable[id]! && this.clampUsedLen) {
+        this.usedLenClamped++;
+        len = this.writable[id]!;
+      }
       if (len > this.writable[id]!) {
         return this.fail(ringError('VHOST_RING_LEN_TOO_LARGE', this.index, `used len ${len} exceeds the ${this.writable[id]} writable bytes of buffer ${id}`, 'virtio 1.2 §2.8.4: len is the number of bytes written'));
       }

@@ -83,6 +83,9 @@ export class SplitVirtqueue implements Virtqueue {
   private publishedIdx = 0;
   private lastUsedIdx = 0;
   private brokenBy: VhostUserError | null = null;
+  private readonly clampUsedLen: boolean;
+  /** See VirtqueueOptions.clampUsedLen. */
+  usedLenClamped = 0;
 
   /** Bytes of guest memory a queue of `size` needs from its ring GPA. */
   static footprint(size: number, indirectMax = 0): number {
@@ -96,6 +99,7 @@ export class SplitVirtqueue implements Virtqueue {
     this.size = size;
     this.mask = size - 1;
     this.eventIdx = options.eventIdx;
+    this.clampUsedLen = options.clampUsedLen ?? false;
     this.layout = splitRingLayout(ringGpa, size);
     this.indirectMax = options.indirectMax ?? 0;
     this.indirectGpa = alignUp(this.layout.end, 16);
@@ -116,7 +120,6 @@ export class SplitVirtqueue implements Virtqueue {
     this.indirect = this.indirectMax > 0 ? view(Uint32Array, this.indirectGpa, size * this.indirectMax * VRING_DESC_SIZE, 4) : null;
 
     this.freeStack = new Uint16Array(size);
-    for (let i = 0; i < size; i++) this.freeStack[i] = size - 1 - i;
     this.freeTop = size;
     this.nextShadow = new Uint16Array(size);
     this.chainLength = new Uint16Array(size);
@@ -125,6 +128,20 @@ export class SplitVirtqueue implements Virtqueue {
     this.inFlight = new Uint8Array(size);
     this.addedIn = new Float64Array(size);
 
+    this.reset();
+  }
+
+  reset(): void {
+    const size = this.size;
+    for (let i = 0; i < size; i++) this.freeStack[i] = size - 1 - i;
+    this.freeTop = size;
+    this.inFlight.fill(0);
+    this.outstandingCount = 0;
+    this.visible = 0;
+    this.availIdx = 0;
+    this.publishedIdx = 0;
+    this.lastUsedIdx = 0;
+    this.brokenBy = null;
     this.desc.fill(0);
     this.avail.fill(0);
     this.usedU16.fill(0);
@@ -249,13 +266,17 @@ export class SplitVirtqueue implements Virtqueue {
     for (let i = 0; i < n; i++) {
       const e = 1 + 2 * (slot & this.mask);
       const id = this.usedU32[e]!;
-      const len = this.usedU32[e + 1]!;
+      let len = this.usedU32[e + 1]!;
       if (id >= size) {
         return this.fail(ringError('VHOST_RING_ID_OUT_OF_RANGE', this.index, `used id ${id} with queue size ${size}`, 'virtio 1.2 §2.7.8: id is the head of a descriptor chain'));
       }
       // A head added since the last publish() was never given to the device.
       if (this.inFlight[id] === 0 || this.addedIn[id]! >= this.batch) {
         return this.fail(ringError('VHOST_RING_ID_NOT_OUTSTANDING', this.index, `used id ${id} is not outstanding`, 'virtio 1.2 §2.7.8: each buffer is used once'));
+      }
+      if (len > this.writableBytes[id]! && this.clampUsedLen) {
+        this.usedLenClamped++;
+        len = this.writableBytes[id]!;
       }
       if (len > this.writableBytes[id]!) {
         return this.fail(ringError('VHOST_RING_LEN_TOO_LARGE', this.index, `used len ${len} exceeds the ${this.writableBytes[id]} writable bytes of buffer ${id}`, 'virtio 1.2 §2.7.8.1: len is at most the writable length'));

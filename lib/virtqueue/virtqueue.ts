@@ -38,6 +38,14 @@ export interface VirtqueueOptions {
    * The tables are laid out after the ring and counted in `footprint`.
    */
   indirectMax?: number;
+  /**
+   * A used length beyond the buffer's writable bytes normally breaks the queue
+   * (VHOST_RING_LEN_TOO_LARGE). With this set it is clamped to the writable bytes
+   * and counted in `usedLenClamped` instead, so a caller can drive a back-end known
+   * to report lengths wrongly (DPDK's vhost_blk example reports the data length
+   * of a write); Linux's virtio drivers ignore the used length altogether. Default false.
+   */
+  clampUsedLen?: boolean;
 }
 
 /** Guest-physical addresses to hand to SET_VRING_ADDR (after translation to user addresses). */
@@ -61,6 +69,8 @@ export interface Virtqueue {
   readonly freeCount: number;
   /** Chains made available and not yet returned by the device. */
   readonly outstanding: number;
+  /** Used entries whose length exceeded the writable bytes and were clamped (see VirtqueueOptions.clampUsedLen). */
+  readonly usedLenClamped: number;
   /** The error that broke the queue, or null. */
   readonly error: VhostUserError | null;
 
@@ -121,6 +131,16 @@ export interface Virtqueue {
    * VHOST_RING_* error if the used ring shows more completions than are outstanding.
    */
   resumeBase(): number;
+
+  /**
+   * Forgets every buffer and starts over as a fresh ring (indexes and wrap
+   * counters at their initial values, ring memory zeroed, a broken queue usable
+   * again), as after a device reset (virtio 1.2 §2.1.1). For a driver that puts
+   * its outstanding requests in front of a new back-end itself; the caller must
+   * take what the old device completed first (reap) and must not start the ring
+   * on a back-end before re-adding.
+   */
+  reset(): void;
 }
 
 export function ringError(code: VhostErrorCode, index: number, message: string, rule: string, cause?: unknown): VhostUserError {

@@ -27,16 +27,17 @@ export class RawPeer {
   /** Our end of the back-end channel, once SET_BACKEND_REQ_FD arrived. */
   backendChannel: Connection | null = null;
   private readonly listener: UnixListener;
-  private readonly tmp: ReturnType<typeof tempSocketPath>;
+  private readonly tmp: ReturnType<typeof tempSocketPath> | null;
 
-  private constructor() {
-    this.tmp = tempSocketPath();
-    this.path = this.tmp.path;
+  private constructor(path?: string) {
+    this.tmp = path === undefined ? tempSocketPath() : null;
+    this.path = path ?? this.tmp!.path;
     this.listener = UnixListener.listen(this.path);
   }
 
-  static start(handler?: Handler): RawPeer {
-    const peer = new RawPeer();
+  /** Listens on a fresh temp path, or on `path` (a peer that replaces one that went away; the caller owns its dir). */
+  static start(handler?: Handler, path?: string): RawPeer {
+    const peer = new RawPeer(path);
     if (handler) peer.handler = handler;
     void peer.listener.accept(5000).then(
       (stream) => {
@@ -100,6 +101,6 @@ export class RawPeer {
     this.backendChannel?.close();
     this.connection?.close();
     this.listener.close();
-    this.tmp.cleanup();
+    this.tmp?.cleanup();
   }
 }

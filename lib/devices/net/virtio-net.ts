@@ -3,33 +3,39 @@
  * negotiates with a vhost-user net back-end, lays rings and packet buffers out
  * in memfd guest memory, and pushes real frames through them (virtio 1.2 §5.1).
  *
+ * Only what is net lives here: the feature wishes (MAC, MTU, STATUS, MRG_RXBUF,
+ * CSUM, MQ), queue pairs, packet buffers, the virtio_net_hdr, NET_SET_MTU, the
+ * config space and SEND_RARP after a hand-over. Negotiation, memory, ring set-up,
+ * reconnect, dirty logging and hand-over are the device layer's (VhostDevice,
+ * ../vhost-device.ts, as QEMU's net/vhost-user.c sits on hw/virtio/vhost.c).
+ *
  * Queue pair i is RX ring 2i and TX ring 2i+1 (§5.1.2). Every buffer is one
  * descriptor: TX slots hold a zeroed 12-byte virtio_net_hdr followed by the frame,
  * RX slots are written whole by the device. The token of a buffer is its slot
  * number, so completions map back to slots with no lookup.
  *
- * The packet path allocates nothing: frames are copied into slots with
+ * The packet path allocates nothing and never goes through the device layer: it
+ * uses the virtqueues and eventfds directly. Frames are copied into slots with
  * TypedArray.set, completions are reaped into preallocated arrays, received
  * frames are handed out as offsets into one reusable view, and counters live in a
  * Float64Array (large counts in object fields would be boxed).
  */
 import { EventEmitter } from 'eventemitter3';
-import { VhostUserClient, type VhostUserClientOptions, type VringAddrOptions } from '../../client/vhost-user-client.js';
+import type { VhostUserClient, VhostUserClientOptions } from '../../client/vhost-user-client.js';
 import { VhostUserError } from '../../errors.js';
-import { GuestMemory } from '../../memory/guest-memory.js';
-import { bit, DeviceStatus, hasBit, ProtocolFeature, VHOST_VRING_F_LOG, VirtioFeature, VirtioNetFeature } from '../../protocol/constants.js';
-import { DirtyLog } from '../../memory/dirty-log.js';
-import { EventFd } from '../../transport/eventfd.js';
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import { bit, hasBit, ProtocolFeature, VirtioNetFeature } from '../../protocol/constants.js';
+import type { EventFd } from '../../transport/eventfd.js';
 import type { UnixListener } from '../../transport/unix-listener.js';
 import type { ConnectOptions } from '../../transport/unix-stream.js';
-import { PackedVirtqueue } from '../../virtqueue/packed-queue.js';
-import { SplitVirtqueue } from '../../virtqueue/split-queue.js';
 import type { Virtqueue, VirtqueueOptions } from '../../virtqueue/virtqueue.js';
 import { parseMac } from '../../net/frame-builder.js';
+import { VhostDevice, type DeviceReconnectReport, type ReconnectOptions, type RingKind, type VhostDeviceOptions } from '../vhost-device.js';
+import { alignUp, PAGE } from '../vring-setup.js';
 import { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig } from './net-config.js';
 import { HDR_NUM_BUFFERS, VIRTIO_NET_HDR_SIZE } from './virtio-net-hdr.js';
 
-export type RingKind = 'split' | 'packed';
+export type { RingKind, ReconnectOptions } from '../vhost-device.js';
 
 export interface VirtioNetOptions extends VhostUserClientOptions {
   /** Queue pairs to use (default 1); more need VIRTIO_NET_F_MQ and are capped by GET_QUEUE_NUM. */
@@ -60,15 +66,6 @@ export interface VirtioNetOptions extends VhostUserClientOptions {
    * resume the rings. `true` takes the defaults.
    */
   reconnect?: boolean | ReconnectOptions;
-}
-
-export interface ReconnectOptions {
-  /** Give up (and emit `disconnect`) when no back-end is back within this time (default 30 000 ms). */
-  timeoutMs?: number;
-  /** First pause between attempts (default 50 ms), doubled after each failure. */
-  initialDelayMs?: number;
-  /** Longest pause between attempts (default 1000 ms). */
-  maxDelayMs?: number;
 }
 
 /** What handOver() did. */
@@ -168,14 +165,11 @@ export interface VirtioNetEvents {
   reconnect: (report: ReconnectReport) => void;
 }
 
-/** Gets a fresh connection to a back-end, within `timeoutMs`, unless `signal` aborts first. */
-type Connector = (timeoutMs: number, signal: AbortSignal) => Promise<VhostUserClient>;
-
-const PAGE = 4096;
 const MERGE_AREA = 65536;
 
 export class VirtioNet extends EventEmitter<VirtioNetEvents> {
-  private current: VhostUserClient;
+  /** The device layer under this driver: connection, memory, rings, reconnect, dirty log, hand-over. */
+  readonly device: VhostDevice;
   readonly memory: GuestMemory;
   /** Features acknowledged with SET_FEATURES. */
   readonly features: bigint;
@@ -190,57 +184,37 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   private readonly mrgRxbuf: boolean;
   private readonly reapTokens: Uint32Array;
   private readonly reapLengths: Uint32Array;
-  private readonly options: VirtioNetOptions;
-  private readonly connector: Connector | null;
-  /** Features the back-end offered (GET_FEATURES). */
-  private offered: bigint;
-  /** The dirty log shared with the back-end while logging (startDirtyLog). */
-  private dirtyLog: DirtyLog | null = null;
   private closed = false;
-  /** Ends the pause between reconnect attempts (close() calls it). */
-  private stopWaiting: (() => void) | null = null;
-  /** Aborts a connect or accept under way when close() is called. */
-  private readonly closing = new AbortController();
-  /** Reconnects completed. */
-  reconnects = 0;
 
-  private constructor(init: {
-    client: VhostUserClient;
-    memory: GuestMemory;
-    features: bigint;
-    pairs: QueuePair[];
-    queueSize: number;
-    ring: RingKind;
-    rxBufferSize: number;
-    txSlotSize: number;
-    config: NetConfig | null;
-    options: VirtioNetOptions;
-    connector: Connector | null;
-    offered: bigint;
-  }) {
+  private constructor(init: { device: VhostDevice; pairs: QueuePair[]; rxBufferSize: number; txSlotSize: number; config: NetConfig | null }) {
     super();
-    this.offered = init.offered;
-    this.current = init.client;
-    this.options = init.options;
-    this.connector = init.connector;
-    this.memory = init.memory;
-    this.features = init.features;
+    const device = init.device;
+    this.device = device;
+    this.memory = device.memory;
+    this.features = device.features;
     this.pairs = init.pairs;
     this.queuePairs = init.pairs.length;
-    this.queueSize = init.queueSize;
-    this.ring = init.ring;
+    this.queueSize = device.queues[0]!.vq.size;
+    this.ring = device.ring;
     this.rxBufferSize = init.rxBufferSize;
     this.txSlotSize = init.txSlotSize;
     this.config = init.config;
-    this.mrgRxbuf = hasBit(init.features, VirtioNetFeature.VIRTIO_NET_F_MRG_RXBUF);
-    this.reapTokens = new Uint32Array(init.queueSize);
-    this.reapLengths = new Uint32Array(init.queueSize);
-    this.watch(this.current);
+    this.mrgRxbuf = hasBit(this.features, VirtioNetFeature.VIRTIO_NET_F_MRG_RXBUF);
+    this.reapTokens = new Uint32Array(this.queueSize);
+    this.reapLengths = new Uint32Array(this.queueSize);
+    device.on('disconnect', (e) => this.emit('disconnect', e));
+    device.on('reconnecting', (e) => this.emit('reconnecting', e));
+    device.on('reconnect', (r) => this.emit('reconnect', this.pairReport(r)));
   }
 
   /** The connection in use (a new one after each reconnect). */
   get client(): VhostUserClient {
-    return this.current;
+    return this.device.client;
+  }
+
+  /** Reconnects completed. */
+  get reconnects(): number {
+    return this.device.reconnects;
   }
 
   /**
@@ -249,99 +223,59 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
    * back-end speaks STATUS. On failure everything opened here is closed again.
    */
   static async open(target: string | VhostUserClient, options: VirtioNetOptions = {}): Promise<VirtioNet> {
-    if (typeof target !== 'string') {
-      if (options.reconnect) throw new VhostUserError('VHOST_INVALID_ARGUMENT', 'reconnect needs a socket path or a listener to get a new connection from, not a client');
-      return VirtioNet.start(target, options, null, false);
-    }
-    const connector: Connector = (timeoutMs, signal) => VhostUserClient.connect(target, { ...options, connect: { ...options.connect, timeoutMs, signal } });
-    const client = await VhostUserClient.connect(target, options);
-    return VirtioNet.start(client, options, connector, true);
+    return VirtioNet.setUp(await VhostDevice.open(target, deviceOptions(options)), options);
   }
 
   /** Server mode: waits for a back-end to connect to `listener` (DPDK `client=1`); with `reconnect`, for the next one after it goes away. */
   static async accept(listener: UnixListener, options: VirtioNetOptions & { acceptTimeoutMs?: number } = {}): Promise<VirtioNet> {
-    const connector: Connector = (timeoutMs, signal) => VhostUserClient.accept(listener, { ...options, acceptTimeoutMs: timeoutMs, signal });
-    const client = await VhostUserClient.accept(listener, options);
-    return VirtioNet.start(client, options, connector, true);
+    return VirtioNet.setUp(await VhostDevice.accept(listener, { ...deviceOptions(options), acceptTimeoutMs: options.acceptTimeoutMs }), options);
   }
 
-  private static async start(client: VhostUserClient, options: VirtioNetOptions, connector: Connector | null, ownsClient: boolean): Promise<VirtioNet> {
-    const opened: { close(): void }[] = [];
+  private static async setUp(device: VhostDevice, options: VirtioNetOptions): Promise<VirtioNet> {
     try {
-      return await VirtioNet.setUp(client, options, opened, connector);
+      return await VirtioNet.build(device, options);
     } catch (e) {
-      for (const r of opened.reverse()) r.close();
-      if (ownsClient) client.close();
+      device.close();
       throw e;
     }
   }
 
-  private static async setUp(client: VhostUserClient, options: VirtioNetOptions, opened: { close(): void }[], connector: Connector | null): Promise<VirtioNet> {
-    const negotiated = await client.negotiate();
-    const offered = negotiated.features;
-    const ring = options.ring ?? 'split';
+  private static async build(device: VhostDevice, options: VirtioNetOptions): Promise<VirtioNet> {
     const queueSize = options.queueSize ?? 256;
     const rxBufferSize = options.rxBufferSize ?? 2048;
     const txSlotSize = options.txSlotSize ?? 2048;
-    if (!hasBit(offered, VirtioFeature.VIRTIO_F_VERSION_1)) {
-      throw new VhostUserError('VHOST_FEATURE_NOT_NEGOTIATED', 'the back-end does not offer VIRTIO_F_VERSION_1; legacy devices are not supported');
-    }
-    if (ring === 'packed' && !hasBit(offered, VirtioFeature.VIRTIO_F_RING_PACKED)) {
-      throw new VhostUserError('VHOST_FEATURE_NOT_NEGOTIATED', 'packed rings asked for, but the back-end does not offer VIRTIO_F_RING_PACKED');
-    }
-    let wanted =
-      bit(VirtioFeature.VIRTIO_F_VERSION_1) |
-      bit(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES) |
-      bit(VirtioNetFeature.VIRTIO_NET_F_MAC) |
-      bit(VirtioNetFeature.VIRTIO_NET_F_MTU) |
-      bit(VirtioNetFeature.VIRTIO_NET_F_STATUS);
-    if (options.eventIdx ?? true) wanted |= bit(VirtioFeature.VIRTIO_RING_F_EVENT_IDX);
+    const wantPairs = options.queuePairs ?? 1;
+    let wanted = bit(VirtioNetFeature.VIRTIO_NET_F_MAC) | bit(VirtioNetFeature.VIRTIO_NET_F_MTU) | bit(VirtioNetFeature.VIRTIO_NET_F_STATUS);
     if (options.mrgRxbuf ?? true) wanted |= bit(VirtioNetFeature.VIRTIO_NET_F_MRG_RXBUF);
     if (options.csum) wanted |= bit(VirtioNetFeature.VIRTIO_NET_F_CSUM) | bit(VirtioNetFeature.VIRTIO_NET_F_GUEST_CSUM);
-    if (ring === 'packed') wanted |= bit(VirtioFeature.VIRTIO_F_RING_PACKED);
-    const wantPairs = options.queuePairs ?? 1;
     if (wantPairs > 1) wanted |= bit(VirtioNetFeature.VIRTIO_NET_F_MQ);
-    const features = offered & wanted;
-    const maxPairs = hasBit(features, VirtioNetFeature.VIRTIO_NET_F_MQ) && negotiated.queueNum !== null ? Math.floor(negotiated.queueNum / 2) || 1 : 1;
+    const features = device.selectFeatures({ wanted });
+    const queueNum = device.negotiated.queueNum;
+    // §5.1.2: queue pairs beyond the first need VIRTIO_NET_F_MQ.
+    const maxPairs = hasBit(features, VirtioNetFeature.VIRTIO_NET_F_MQ) && queueNum !== null ? Math.floor(queueNum / 2) || 1 : 1;
     if (wantPairs > maxPairs) {
       throw new VhostUserError('VHOST_INVALID_ARGUMENT', `${wantPairs} queue pairs asked for; the back-end serves at most ${maxPairs}`);
     }
-    await client.setFeatures(features);
-    if (options.mtu !== undefined && client.hasProtocolFeature(ProtocolFeature.MTU) && hasBit(features, VirtioNetFeature.VIRTIO_NET_F_MTU)) {
-      await client.netSetMtu(options.mtu);
-    }
-
-    const eventIdx = hasBit(features, VirtioFeature.VIRTIO_RING_F_EVENT_IDX);
-    const createQueue = options.createQueue ?? defaultCreateQueue;
-    const footprint = ring === 'packed' ? PackedVirtqueue.footprint(queueSize) : SplitVirtqueue.footprint(queueSize);
-    const ringBytes = alignUp(footprint, PAGE) * 2 + PAGE;
-    const pairBytes = ringBytes + alignUp(queueSize * txSlotSize, PAGE) + alignUp(queueSize * rxBufferSize + MERGE_AREA, PAGE);
-    const memory = GuestMemory.create({ size: alignUp(pairBytes * wantPairs, 2 * 1024 * 1024) });
-    opened.push(memory);
-    await client.setMemTable(memory);
-
+    const txPoolBytes = alignUp(queueSize * txSlotSize, PAGE);
+    const rxPoolLength = queueSize * rxBufferSize + MERGE_AREA;
+    const pairBytes = txPoolBytes + alignUp(rxPoolLength, PAGE);
+    device.allocate({ count: 2 * wantPairs, size: queueSize, dataBytes: pairBytes * wantPairs });
+    const memory = device.memory;
     const pairs: QueuePair[] = [];
     for (let p = 0; p < wantPairs; p++) {
-      const base = p * pairBytes;
-      const rxRingGpa = base;
-      const txRingGpa = base + ringBytes / 2;
-      const txPoolGpa = base + ringBytes;
-      const rxPoolGpa = txPoolGpa + alignUp(queueSize * txSlotSize, PAGE);
-      const mk = (index: number, ringGpa: number) => createQueue(ring, { memory, index, size: queueSize, ringGpa, eventIdx });
-      const rx = mk(2 * p, rxRingGpa);
-      const tx = mk(2 * p + 1, txRingGpa);
-      const fds = [new EventFd(), new EventFd(), new EventFd(), new EventFd()] as const;
-      opened.push(...fds);
+      const rxq = device.queues[2 * p]!;
+      const txq = device.queues[2 * p + 1]!;
+      const txPoolGpa = device.dataGpa + p * pairBytes;
+      const rxPoolGpa = txPoolGpa + txPoolBytes;
       const txFree = new Uint16Array(queueSize);
       for (let s = 0; s < queueSize; s++) txFree[s] = s;
-      const rxPoolLength = queueSize * rxBufferSize + MERGE_AREA;
       pairs.push({
-        rx,
-        tx,
-        rxKick: fds[0],
-        txKick: fds[1],
-        rxCall: fds[2],
-        txCall: fds[3],
+        rx: rxq.vq,
+        tx: txq.vq,
+        rxKick: rxq.kick,
+        txKick: txq.kick,
+        rxCall: rxq.call,
+        txCall: txq.call,
         txPoolGpa,
         txBytes: memory.bytes(txPoolGpa, queueSize * txSlotSize),
         txFrames: Array.from({ length: queueSize }, (_, s) => memory.bytes(txPoolGpa + s * txSlotSize + VIRTIO_NET_HDR_SIZE, txSlotSize - VIRTIO_NET_HDR_SIZE)),
@@ -355,215 +289,80 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
         counters: new Float64Array(COUNTERS),
       });
     }
-    // Where the device starts: before the RX buffers filled in next, which it must see.
-    const bases = new Map(pairs.flatMap((p) => [[p.rx, p.rx.vringBase] as const, [p.tx, p.tx.vringBase] as const]));
+    // RX buffers go in before the start: the back-end sees them at its first kick.
     for (const pair of pairs) {
       for (let s = 0; s < queueSize; s++) pair.rx.addBuffer(pair.rxPoolGpa + s * rxBufferSize, rxBufferSize, true, s);
       pair.rx.publish();
     }
-    await startRings(client, pairs, memory, features, (vq) => bases.get(vq)!);
     let config: NetConfig | null = null;
-    if (client.hasProtocolFeature(ProtocolFeature.CONFIG)) {
-      config = decodeNetConfig(await client.getConfig(0, NET_CONFIG_SIZE), features);
-    }
-    if (client.hasProtocolFeature(ProtocolFeature.STATUS)) await client.setStatus(DRIVER_OK_STATUS);
-    return new VirtioNet({ client, memory, features, pairs, queueSize, ring, rxBufferSize, txSlotSize, config, options, connector, offered });
-  }
-
-  // ------------------------------------------------------------ reconnect
-
-  private watch(client: VhostUserClient): void {
-    client.once('disconnect', (e) => {
-      if (this.closed || client !== this.current) return;
-      if (this.options.reconnect && this.connector) void this.reconnect(e);
-      else this.emit('disconnect', e);
+    const mtu = options.mtu;
+    await device.start({
+      configure: async (client) => {
+        if (mtu !== undefined && client.hasProtocolFeature(ProtocolFeature.MTU) && hasBit(features, VirtioNetFeature.VIRTIO_NET_F_MTU)) await client.netSetMtu(mtu);
+      },
+      ready: async (client, restart) => {
+        if (!restart && client.hasProtocolFeature(ProtocolFeature.CONFIG)) config = decodeNetConfig(await client.getConfig(0, NET_CONFIG_SIZE), features);
+      },
     });
+    return new VirtioNet({ device, pairs, rxBufferSize, txSlotSize, config });
   }
 
-  /**
-   * Gets a back-end again and replays what the device had (QEMU's vhost-user
-   * reconnect does the same: vhost_dev_start on a fresh vhost_dev): features,
-   * protocol features, memory table, then every ring with its size, addresses,
-   * eventfds and a base resuming after the last completion the old back-end
-   * wrote (Virtqueue.resumeBase). The packet path keeps working meanwhile:
-   * sendBurst fills the ring until it is full, receiveBurst returns what was
-   * completed before the loss.
-   */
-  private async reconnect(cause: VhostUserError): Promise<void> {
-    const o = this.options.reconnect === true ? {} : (this.options.reconnect as ReconnectOptions);
-    const t0 = Date.now();
-    const deadline = t0 + (o.timeoutMs ?? 30_000);
-    let delay = o.initialDelayMs ?? 50;
-    let last: VhostUserError = cause;
-    this.emit('reconnecting', cause);
-    for (let attempts = 1; !this.closed; attempts++) {
-      let client: VhostUserClient | null = null;
-      try {
-        client = await this.connector!(Math.max(1, deadline - Date.now()), this.closing.signal);
-        if (this.closed) return client.close();
-        const queues = await this.replay(client);
-        if (this.closed) return client.close();
-        this.current.close();
-        this.current = client;
-        this.watch(client);
-        if (client.isBroken) throw client.error!;
-        this.reconnects++;
-        this.emit('reconnect', { attempts, downMs: Date.now() - t0, cause, queues });
-        return;
-      } catch (e) {
-        client?.close();
-        last = e instanceof VhostUserError ? e : new VhostUserError('VHOST_INVALID_STATE', String(e), { cause: e });
-        // A ring the old back-end corrupted cannot be resumed by any back-end.
-        if (last.code.startsWith('VHOST_RING_')) break;
-      }
-      if (this.closed) return;
-      if (Date.now() + delay >= deadline) break;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => (this.stopWaiting = null, resolve()), delay);
-        this.stopWaiting = () => (clearTimeout(timer), resolve());
-      });
-      delay = Math.min(delay * 2, o.maxDelayMs ?? 1000);
-    }
-    if (this.closed) return;
-    const code = last.code.startsWith('VHOST_RING_') || last.code === 'VHOST_CONNECT_TIMEOUT' ? last.code : 'VHOST_DISCONNECTED';
-    this.emit('disconnect', new VhostUserError(code, `reconnecting gave up after ${Date.now() - t0} ms: ${last.toLine()}`, { request: last.request, cause: last }));
+  /** The layer's per-ring report as per-pair numbers (RX ring 2i, TX ring 2i+1). */
+  private pairReport(r: DeviceReconnectReport): ReconnectReport {
+    const queues = this.pairs.map((_, p) => {
+      const rx = r.rings[2 * p]!;
+      const tx = r.rings[2 * p + 1]!;
+      return { txBase: tx.base, rxBase: rx.base, txResumed: tx.resumed, rxResumed: rx.resumed };
+    });
+    return { attempts: r.attempts, downMs: r.downMs, cause: r.cause, queues };
   }
 
-  // ------------------------------------------------------------ dirty logging (migration)
+  // ------------------------------------------------------------ dirty logging (migration): the layer's
 
   /** Whether the back-end can log the pages it writes into shared memory: VHOST_F_LOG_ALL offered, LOG_SHMFD negotiated. */
   get canLogDirty(): boolean {
-    return hasBit(this.offered, VirtioFeature.VHOST_F_LOG_ALL) && this.current.hasProtocolFeature(ProtocolFeature.LOG_SHMFD);
+    return this.device.canLogDirty;
   }
 
   /** Whether dirty logging is on (startDirtyLog). */
   get isLoggingDirty(): boolean {
-    return this.dirtyLog !== null;
+    return this.device.isLoggingDirty;
   }
 
-  /**
-   * Starts dirty-page logging the way QEMU does when a migration begins
-   * (vhost_dev_set_log): shares a log covering all of guest memory, one bit per
-   * 4 KiB page, as a memfd (SET_LOG_BASE, LOG_SHMFD), sets VHOST_F_LOG_ALL with
-   * SET_FEATURES, and switches every ring to logging its used ring (SET_VRING_ADDR
-   * with VHOST_VRING_F_LOG and log_guest_addr = the used ring's GPA). The rings keep
-   * running; vhost-user.rst, "Migration", allows both changes on running rings.
-   * Read the log with syncDirtyLog(). A reconnect replays the logging too.
-   */
-  async startDirtyLog(): Promise<void> {
-    if (this.dirtyLog) return;
-    if (!this.canLogDirty) {
-      throw new VhostUserError('VHOST_FEATURE_NOT_NEGOTIATED', 'dirty logging needs VHOST_F_LOG_ALL offered and LOG_SHMFD negotiated', { request: 'SET_LOG_BASE' });
-    }
-    this.dirtyLog = DirtyLog.create(Math.max(...this.memory.regions.map((r) => r.guestPhysAddr + r.size)));
-    try {
-      await this.applyDirtyLog(this.current, true);
-    } catch (e) {
-      this.releaseDirtyLog();
-      throw e;
-    }
+  /** See {@link VhostDevice.startDirtyLog}: logging of every page the back-end writes, until stopDirtyLog(). */
+  startDirtyLog(): Promise<void> {
+    return this.device.startDirtyLog();
   }
 
-  /**
-   * The guest pages (GPA / 4096) the back-end wrote since the last call, in
-   * ascending order; their bits are cleared atomically, so a write racing with
-   * the read is kept for the next call. Allocates: not for the packet path.
-   */
+  /** The guest pages (GPA / 4096) the back-end wrote since the last call, ascending; see {@link VhostDevice.syncDirtyLog}. */
   syncDirtyLog(): number[] {
-    if (!this.dirtyLog) throw new VhostUserError('VHOST_INVALID_STATE', 'dirty logging is not on (startDirtyLog)');
-    return this.dirtyLog.sync();
+    return this.device.syncDirtyLog();
   }
 
-  /** Stops logging (rings unlogged, VHOST_F_LOG_ALL cleared), releases the log, and returns the pages dirtied since the last sync. */
-  async stopDirtyLog(): Promise<number[]> {
-    if (!this.dirtyLog) return [];
-    await this.applyDirtyLog(this.current, false);
-    const pages = this.syncDirtyLog();
-    this.releaseDirtyLog();
-    return pages;
-  }
-
-  /** Switches logging on `client` on (log base, LOG_ALL, logged rings) or off (the reverse). */
-  private async applyDirtyLog(client: VhostUserClient, on: boolean): Promise<void> {
-    const log = this.dirtyLog!;
-    if (on) await client.setLogBase(log.fd, BigInt(log.size));
-    await client.setFeatures(on ? this.features | bit(VirtioFeature.VHOST_F_LOG_ALL) : this.features);
-    for (const pair of this.pairs) {
-      for (const vq of [pair.rx, pair.tx]) await client.setVringAddr(ringAddr(this.memory, vq, on));
-    }
-  }
-
-  private releaseDirtyLog(): void {
-    this.dirtyLog?.close();
-    this.dirtyLog = null;
+  /** Stops logging, releases the log, and returns the pages dirtied since the last sync. */
+  stopDirtyLog(): Promise<number[]> {
+    return this.device.stopDirtyLog();
   }
 
   // ------------------------------------------------------------ hand-over (migration)
 
   /**
    * Hands the rings over to another back-end: the vhost-user part of a live
-   * migration, with both back-ends on this host. The current back-end stops each
-   * ring and reports where it got to (GET_VRING_BASE, vhost-user.rst "Starting and
-   * stopping rings"); the new one (a socket path, or a client already connected)
-   * gets the same device: features, protocol features, the same memfd memory, and
-   * every ring from exactly that base, then DRIVER_OK; finally SEND_RARP announces
-   * the guest's MAC when RARP is negotiated. Unlike a crash, nothing is processed
-   * twice or lost. The old connection is closed; dirty logging, if on, is stopped
-   * first. The old back-end must complete what it took before answering
-   * GET_VRING_BASE, as the spec asks.
+   * migration, with both back-ends on this host (see {@link VhostDevice.handOver}:
+   * GET_VRING_BASE on the old one, the same device on the new one from exactly
+   * those bases, then DRIVER_OK). Then SEND_RARP announces the guest's MAC (from
+   * `options.mac`, else the config space) when RARP is negotiated. Unlike a
+   * crash, nothing is processed twice or lost. The old connection is closed;
+   * dirty logging, if on, is stopped first.
    */
   async handOver(target: string | VhostUserClient, options: { mac?: Uint8Array } = {}): Promise<HandOverReport> {
-    const t0 = Date.now();
-    const old = this.current;
-    if (this.dirtyLog) await this.stopDirtyLog();
-    const bases = new Map<Virtqueue, number>();
-    for (const pair of this.pairs) {
-      for (const vq of [pair.rx, pair.tx]) bases.set(vq, (await old.getVringBase(vq.index)).num);
-    }
-    const client = typeof target === 'string' ? await VhostUserClient.connect(target, this.options) : target;
-    try {
-      await this.replay(client, bases);
+    let rarp = false;
+    const report = await this.device.handOver(target, async (client) => {
       const mac = options.mac ?? (this.config?.mac ? parseMac(this.config.mac) : null);
-      const rarp = mac !== null && client.hasProtocolFeature(ProtocolFeature.RARP);
-      if (rarp) await client.sendRarp(mac);
-      this.current = client;
-      this.watch(client);
-      old.close();
-      return { queues: this.pairs.map((p) => ({ rxBase: bases.get(p.rx)!, txBase: bases.get(p.tx)! })), rarp, ms: Date.now() - t0 };
-    } catch (e) {
-      if (typeof target === 'string') client.close();
-      throw e;
-    }
-  }
-
-  /**
-   * Sets the device up on a fresh connection, every ring from `bases` (a
-   * hand-over) or, by default, resuming after the last completion the previous
-   * back-end wrote (a reconnect); returns the per-pair report.
-   */
-  private async replay(client: VhostUserClient, given?: ReadonlyMap<Virtqueue, number>): Promise<ReconnectReport['queues']> {
-    const negotiated = await client.negotiate();
-    const missing = this.features & ~negotiated.features;
-    if (missing !== 0n) {
-      throw new VhostUserError('VHOST_FEATURE_NOT_NEGOTIATED', `the back-end no longer offers features 0x${missing.toString(16)} the device runs with`, { request: 'GET_FEATURES' });
-    }
-    await client.setFeatures(this.features);
-    const mtu = this.options.mtu;
-    if (mtu !== undefined && client.hasProtocolFeature(ProtocolFeature.MTU) && hasBit(this.features, VirtioNetFeature.VIRTIO_NET_F_MTU)) await client.netSetMtu(mtu);
-    await client.setMemTable(this.memory);
-    const report: ReconnectReport['queues'] = [];
-    const bases = new Map<Virtqueue, number>();
-    for (const pair of this.pairs) {
-      const txBase = given?.get(pair.tx) ?? pair.tx.resumeBase();
-      const rxBase = given?.get(pair.rx) ?? pair.rx.resumeBase();
-      bases.set(pair.tx, txBase).set(pair.rx, rxBase);
-      report.push({ txBase, rxBase, txResumed: resumed(pair.tx, txBase), rxResumed: resumed(pair.rx, rxBase) });
-    }
-    await startRings(client, this.pairs, this.memory, this.features, (vq) => bases.get(vq)!);
-    if (this.dirtyLog) await this.applyDirtyLog(client, true);
-    for (const pair of this.pairs) pair.txKick.signal();
-    if (client.hasProtocolFeature(ProtocolFeature.STATUS)) await client.setStatus(DRIVER_OK_STATUS);
-    return report;
+      rarp = mac !== null && client.hasProtocolFeature(ProtocolFeature.RARP);
+      if (rarp) await client.sendRarp(mac!);
+    });
+    return { queues: this.pairs.map((_, p) => ({ rxBase: report.bases[2 * p]!, txBase: report.bases[2 * p + 1]! })), rarp, ms: report.ms };
   }
 
   /** The largest frame sendBurst() accepts. */
@@ -807,12 +606,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.stopWaiting?.();
-    this.closing.abort();
-    this.client.close();
-    this.releaseDirtyLog();
-    for (const p of this.pairs) for (const f of [p.rxKick, p.txKick, p.rxCall, p.txCall]) f.close();
-    this.memory.close();
+    this.device.close();
   }
 
   private pair(queue: number): QueuePair {
@@ -822,64 +616,8 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   }
 }
 
-const DRIVER_OK_STATUS = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK;
-
-/**
- * Programs every ring of every pair (size, addresses, `base`, call and kick
- * eventfds), enables them when PROTOCOL_FEATURES was negotiated, and kicks the RX
- * rings so the back-end sees the buffers already there.
- */
-async function startRings(client: VhostUserClient, pairs: readonly QueuePair[], memory: GuestMemory, features: bigint, base: (vq: Virtqueue) => number): Promise<void> {
-  for (const pair of pairs) {
-    for (const [vq, kick, call] of [
-      [pair.rx, pair.rxKick, pair.rxCall],
-      [pair.tx, pair.txKick, pair.txCall],
-    ] as const) {
-      await client.setVringNum(vq.index, vq.size);
-      await client.setVringAddr(ringAddr(memory, vq, false));
-      await client.setVringBase(vq.index, base(vq));
-      await client.setVringCall(vq.index, call.fd);
-      await client.setVringKick(vq.index, kick.fd);
-    }
-  }
-  if (hasBit(features, VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)) {
-    for (const pair of pairs) {
-      await client.setVringEnable(pair.rx.index, true);
-      await client.setVringEnable(pair.tx.index, true);
-    }
-  }
-  for (const pair of pairs) pair.rxKick.signal();
-}
-
-/**
- * SET_VRING_ADDR for `vq`; `logged`: VHOST_VRING_F_LOG with log_guest_addr where
- * the device writes completions: the used ring (split, as QEMU sets it), the
- * descriptor ring (packed, whose used entries overwrite descriptors; DPDK logs
- * packed completions at log_guest_addr + slot * 16).
- */
-function ringAddr(memory: GuestMemory, vq: Virtqueue, logged: boolean): VringAddrOptions {
-  const a = vq.addresses;
-  return {
-    index: vq.index,
-    descUserAddr: memory.userAddr(a.desc),
-    availUserAddr: memory.userAddr(a.driver),
-    usedUserAddr: memory.userAddr(a.device),
-    ...(logged ? { flags: VHOST_VRING_F_LOG, logGuestAddr: vq.packed ? a.desc : a.device } : {}),
-  };
-}
-
-/** Buffers between the resume position and what the driver has published: processed again by the new device. */
-function resumed(vq: Virtqueue, base: number): number {
-  if (!vq.packed) return (vq.vringBase - base) & 0xffff;
-  const size = vq.size;
-  const pos = (b: number) => (b & 0x7fff) + (((b >>> 15) & 1) === 1 ? size : 0);
-  return (pos(vq.vringBase) - pos(base) + 2 * size) % (2 * size);
-}
-
-function defaultCreateQueue(kind: RingKind, options: VirtqueueOptions): Virtqueue {
-  return kind === 'packed' ? new PackedVirtqueue(options) : new SplitVirtqueue(options);
-}
-
-function alignUp(n: number, to: number): number {
-  return Math.ceil(n / to) * to;
+/** The layer's options from the net ones: everything but the net fields; SET_MEM_TABLE as before the layer existed. */
+function deviceOptions(o: VirtioNetOptions): VhostDeviceOptions {
+  const { queuePairs: _qp, queueSize: _qs, mrgRxbuf: _m, csum: _c, rxBufferSize: _r, txSlotSize: _t, mtu: _mtu, ...rest } = o;
+  return { ...rest, memoryTable: 'table' };
 }
