@@ -12,7 +12,7 @@ import { findExecutable, stopAll } from '../lib/launch/backend-process.js';
 import { startQemuStorageDaemon, type QemuStorageDaemonBackend } from '../lib/launch/qemu-storage-daemon.js';
 import { runFio, runQemuImgBench, type AnchorCell, type AnchorResult } from './bench/blk-anchors.js';
 import { blkBenchHelp, parseBlkBenchArgs, BLK_BS, type BlkBackendKind, type BlkBenchOptions, type BlkRw } from './bench/blk-options.js';
-import { runOurs, type OursResult } from './bench/blk-ours.js';
+import { runOurs, runRawRings, type OursResult } from './bench/blk-ours.js';
 
 function progress(msg: string): void {
   process.stderr.write(`[bench:blk] ${msg}\n`);
@@ -96,7 +96,7 @@ async function run(opts: BlkBenchOptions): Promise<number> {
               cases.push(c);
               const errors: string[] = [];
               try {
-                const o: OursResult = await runOurs({ rw, qd, queues, socket: qsd.socketPath, backendPid: qsd.pid, durationMs: opts.durationMs, warmupMs: opts.warmupMs });
+                const o: OursResult = await (opts.driver === 'raw' ? runRawRings : runOurs)({ rw, qd, queues, socket: qsd.socketPath, backendPid: qsd.pid, durationMs: opts.durationMs, warmupMs: opts.warmupMs });
                 c.ours = { iops: round(o.iops, 0), latUs: round(o.latUs), p99Us: round(o.p99Us), cpuUsPerIo: round(o.cpuUsPerIo, 3) };
                 c.backendCpuUsPerIo = round(o.backendCpuUsPerIo, 3);
                 progress(`${label}: ours ${o.iops.toFixed(0)} IOPS, ${o.latUs.toFixed(1)} µs (p99 ${o.p99Us.toFixed(1)}), CPU ${o.cpuUsPerIo.toFixed(2)} µs/IO, back-end ${o.backendCpuUsPerIo.toFixed(2)} µs/IO`);
@@ -137,7 +137,7 @@ async function run(opts: BlkBenchOptions): Promise<number> {
   } finally {
     await rm(image, { force: true });
   }
-  const meta = { machine: { cpu: os.cpus()[0]?.model ?? null, cpus: os.cpus().length, kernel: os.release(), node: process.version }, durationMs: opts.durationMs, warmupMs: opts.warmupMs, commands };
+  const meta = { machine: { cpu: os.cpus()[0]?.model ?? null, cpus: os.cpus().length, kernel: os.release(), node: process.version }, durationMs: opts.durationMs, warmupMs: opts.warmupMs, driver: opts.driver, commands };
   if (opts.json) process.stdout.write(`${JSON.stringify({ cases, meta }, null, 2)}\n`);
   else process.stdout.write(`${formatTable(cases)}\n`);
   return failed ? 1 : 0;

@@ -22,6 +22,7 @@ export const BLK_BENCH_SPECS = {
   backends: { type: 'string', default: 'qsd-null,qsd-file', valueName: 'LIST', description: 'qsd-null (driver=null-co) and/or qsd-file (raw image, O_DIRECT, io_uring)' },
   imageSize: { type: 'number', integer: true, min: 1 << 20, default: 256 << 20, valueName: 'BYTES', description: 'size of the image (and of the null-co device)' },
   dir: { type: 'string', valueName: 'DIR', description: 'where the image file goes (default /var/tmp: O_DIRECT needs a disk file system, not tmpfs)' },
+  driver: { type: 'enum', choices: ['virtio-blk', 'raw'], default: 'virtio-blk', description: "ours: VirtioBlk's batch API, or 'raw' rings on VhostUserClient (no device layer)" },
   noAnchors: { type: 'boolean', description: 'skip qemu-img bench and fio' },
   json: { type: 'boolean', description: 'print one JSON document on stdout (progress stays on stderr)' },
 } as const satisfies OptionSpecs;
@@ -36,6 +37,8 @@ export interface BlkBenchOptions {
   imageSize: number;
   dir: string;
   anchors: boolean;
+  /** What "ours" is: VirtioBlk, or raw split rings on VhostUserClient. */
+  driver: 'virtio-blk' | 'raw';
   json: boolean;
 }
 
@@ -46,7 +49,8 @@ const DESCRIPTION = [
   'time per I/O of this process) and the back-end (CPU time per I/O of qemu-storage-daemon, from',
   "/proc/PID/stat), and the anchors on the same image: 'qemu-img bench' (QEMU's block layer with no",
   "vhost-user; sequential 4 KiB steps, it has no random mode) and fio (io_uring, O_DIRECT; its 'null'",
-  'engine for the null-co cells). A failed run of either side fails the benchmark.',
+  "engine for the null-co cells). 'Ours' is VirtioBlk's batch API, polling (--driver raw: split",
+  'rings on VhostUserClient with no device layer). A failed run of either side fails the benchmark.',
   'Progress goes to stderr. For clean JSON on stdout through npm, add -s:',
   '  npm run -s bench:blk -- --json > result.json',
 ].join('\n');
@@ -102,6 +106,7 @@ export function parseBlkBenchArgs(argv: readonly string[]): BlkBenchOptions | un
     imageSize: o.imageSize,
     dir: o.dir ?? '/var/tmp',
     anchors: !o.noAnchors,
+    driver: o.driver as 'virtio-blk' | 'raw',
     json: o.json ?? false,
   };
 }

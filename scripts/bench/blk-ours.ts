@@ -3,12 +3,10 @@
  * with 4 KiB random requests, `qd` in flight on each of `queues` rings, polled,
  * for a fixed window; and the CPU both processes spent in that window.
  *
- * INTEGRATION POINT (issue #9): runOurs() drives the rings with VhostUserClient
- * and SplitVirtqueue directly, the way lib/conformance/datapath.ts does, because
- * VirtioBlk (h/blkdrv) had no fixed batch API when this was written. At
- * integration, replace the body of runOurs() (set-up, submit, reap) with
- * VirtioBlk's batch API; the measurement around it (window, latency histogram,
- * CPU accounting, result) stays.
+ * runOurs() drives VirtioBlk's batch API (createBatch / submit / kick / poll:
+ * nothing allocated per request) in polling mode. runRawRings() is the same
+ * measurement on VhostUserClient and SplitVirtqueue directly, with no device
+ * layer, kept for comparison (`--driver raw`): what the device layer costs.
  */
 import { readFileSync } from 'node:fs';
 import { VhostUserClient, SUPPORTED_PROTOCOL_FEATURES } from '../../lib/client/vhost-user-client.js';
@@ -17,6 +15,9 @@ import { GuestMemory } from '../../lib/memory/guest-memory.js';
 import { bit, DeviceStatus, hasBit, ProtocolFeature, VirtioFeature } from '../../lib/protocol/constants.js';
 import { EventFd } from '../../lib/transport/eventfd.js';
 import { SplitVirtqueue } from '../../lib/virtqueue/split-queue.js';
+import { VirtioBlk } from '../../lib/devices/blk/virtio-blk.js';
+import { BlkBatchResults, type BlkBatch } from '../../lib/devices/blk/blk-queue.js';
+import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../lib/devices/blk/blk-request.js';
 import { parsePidStat } from './cpu.js';
 import { BLK_BS, type BlkRw } from './blk-options.js';
 
@@ -66,8 +67,98 @@ export function histogramPercentile(hist: Uint32Array, count: number, p: number)
   return hist.length * HIST_STEP_US;
 }
 
-/** Runs one cell against the back-end at `cell.socket`; throws on any failure (the benchmark then fails). */
+/** Runs one cell with VirtioBlk against the back-end at `cell.socket`; throws on any failure (the benchmark then fails). */
 export async function runOurs(cell: OursCell): Promise<OursResult> {
+  const { qd, queues } = cell;
+  const blk = await VirtioBlk.open(cell.socket, { queues, queueSize: 256, mode: 'poll', timeoutMs: 30_000 });
+  const batches: BlkBatch[] = [];
+  try {
+    const blocks = Math.floor(blk.capacityBytes / BLK_BS);
+    if (blocks < 1) throw new Error('the device has no 4 KiB block');
+    for (let q = 0; q < queues; q++) batches.push(blk.createBatch(q, qd, BLK_BS));
+    const type = cell.rw === 'randread' ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT;
+    const started = new Float64Array(queues * qd);
+    const results = new BlkBatchResults(qd);
+    const hist = new Uint32Array(HIST_BUCKETS);
+    let rng = 0x9e3779b9 | 0;
+    const submit = (q: number, i: number): void => {
+      rng ^= rng << 13;
+      rng ^= rng >>> 17;
+      rng ^= rng << 5;
+      started[q * qd + i] = performance.now();
+      if (!batches[q]!.submit(i, type, ((rng >>> 0) % blocks) * BLK_BS)) throw new Error(`ring ${q} full`);
+    };
+    for (let q = 0; q < queues; q++) {
+      for (let i = 0; i < qd; i++) submit(q, i);
+      batches[q]!.kick();
+    }
+    let ios = 0;
+    let latSum = 0;
+    let measuring = false;
+    let cpu0 = process.cpuUsage();
+    let be0 = backendTicks(cell.backendPid);
+    let t0 = performance.now();
+    const warmEnd = t0 + cell.warmupMs;
+    const end = warmEnd + cell.durationMs;
+    for (let now = performance.now(); now < end; now = performance.now()) {
+      if (!measuring && now >= warmEnd) {
+        measuring = true;
+        cpu0 = process.cpuUsage();
+        be0 = backendTicks(cell.backendPid);
+        t0 = now;
+      }
+      for (let q = 0; q < queues; q++) {
+        const b = batches[q]!;
+        const got = b.poll(results);
+        if (got === 0) continue;
+        const done = performance.now();
+        for (let k = 0; k < got; k++) {
+          const i = results.index[k]!;
+          if (results.status[k] !== 0) throw new Error(`request on queue ${q} completed with status ${results.status[k]}`);
+          if (measuring) {
+            const us = (done - started[q * qd + i]!) * 1000;
+            latSum += us;
+            hist[Math.min(HIST_BUCKETS - 1, Math.floor(us / HIST_STEP_US))]!++;
+            ios++;
+          }
+          submit(q, i);
+        }
+        b.kick();
+      }
+    }
+    const elapsedUs = (performance.now() - t0) * 1000;
+    const cpu = process.cpuUsage(cpu0);
+    const beUs = (backendTicks(cell.backendPid) - be0) * TICK_US;
+    if (ios === 0) throw new Error('no request completed in the measured window');
+    const drainEnd = performance.now() + 5000;
+    for (let q = 0; q < queues; q++) {
+      for (let i = 0; i < qd && performance.now() < drainEnd; ) {
+        if (!batches[q]!.isBusy(i)) i++;
+        else batches[q]!.poll(results);
+      }
+    }
+    return {
+      iops: ios / (elapsedUs / 1e6),
+      latUs: latSum / ios,
+      p99Us: histogramPercentile(hist, ios, 0.99),
+      cpuUsPerIo: (cpu.user + cpu.system) / ios,
+      backendCpuUsPerIo: beUs / ios,
+      ios,
+    };
+  } finally {
+    for (const b of batches) {
+      try {
+        b.close();
+      } catch {
+        // still in flight after the drain deadline: closing the device releases them
+      }
+    }
+    blk.close();
+  }
+}
+
+/** The same cell on VhostUserClient and SplitVirtqueue directly (no device layer). */
+export async function runRawRings(cell: OursCell): Promise<OursResult> {
   const { qd, queues } = cell;
   if (qd * 3 > QUEUE_SIZE) throw new Error(`qd ${qd} needs more than ${QUEUE_SIZE} descriptors per ring`);
   const client = await VhostUserClient.connect(cell.socket, { timeoutMs: 5000 });

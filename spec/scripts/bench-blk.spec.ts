@@ -5,14 +5,14 @@
 import { expect } from 'chai';
 import { parseFioJson, parseQemuImgBench } from '../../scripts/bench/blk-anchors.js';
 import { parseBlkBenchArgs } from '../../scripts/bench/blk-options.js';
-import { histogramPercentile, runOurs } from '../../scripts/bench/blk-ours.js';
+import { histogramPercentile, runOurs, runRawRings } from '../../scripts/bench/blk-ours.js';
 import { startQemuStorageDaemon } from '../../lib/launch/qemu-storage-daemon.js';
 import { findExecutable } from '../../lib/launch/backend-process.js';
 
 describe('bench:blk', () => {
   it('parses its options, with the issue-9 cells as defaults', () => {
     const o = parseBlkBenchArgs([])!;
-    expect(o).to.deep.include({ rws: ['randread', 'randwrite'], qds: [1, 32], queues: [1, 2], backends: ['qsd-null', 'qsd-file'], anchors: true, json: false });
+    expect(o).to.deep.include({ rws: ['randread', 'randwrite'], qds: [1, 32], queues: [1, 2], backends: ['qsd-null', 'qsd-file'], anchors: true, driver: 'virtio-blk', json: false });
     expect(parseBlkBenchArgs(['--qd', '4', '--backends', 'qsd-null', '--no-anchors', '--json'])).to.deep.include({ qds: [4], backends: ['qsd-null'], anchors: false, json: true });
     expect(() => parseBlkBenchArgs(['--rw', 'seqread'])).to.throw(/--rw takes randread/);
     expect(() => parseBlkBenchArgs(['--qd', '0'])).to.throw(/--qd: '0'/);
@@ -36,18 +36,20 @@ describe('bench:blk', () => {
     expect(histogramPercentile(h, 100, 0.99)).to.be.closeTo(50.1, 1e-9);
   });
 
-  it('measures a real cell: qemu-storage-daemon null-co, randread qd 4 @integration', async function () {
-    if (!findExecutable('qemu-storage-daemon')) this.skip();
-    this.timeout(30_000);
-    const qsd = await startQemuStorageDaemon({ driver: 'null-co', imageSize: 16 << 20 });
-    try {
-      const r = await runOurs({ rw: 'randread', qd: 4, queues: 1, socket: qsd.socketPath, backendPid: qsd.pid, durationMs: 300, warmupMs: 50 });
-      expect(r.ios).to.be.greaterThan(100);
-      expect(r.iops).to.be.greaterThan(0);
-      expect(r.p99Us).to.be.at.least(r.latUs / 100);
-      expect(r.backendCpuUsPerIo).to.be.greaterThan(0, 'qemu-storage-daemon used CPU for the I/O');
-    } finally {
-      await qsd.stop();
-    }
-  });
+  for (const [name, run] of [['VirtioBlk', runOurs], ['raw rings', runRawRings]] as const) {
+    it(`measures a real cell with ${name}: qemu-storage-daemon null-co, 2 queues, randwrite qd 4 @integration`, async function () {
+      if (!findExecutable('qemu-storage-daemon')) this.skip();
+      this.timeout(30_000);
+      const qsd = await startQemuStorageDaemon({ driver: 'null-co', imageSize: 16 << 20, numQueues: 2 });
+      try {
+        const r = await run({ rw: 'randwrite', qd: 4, queues: 2, socket: qsd.socketPath, backendPid: qsd.pid, durationMs: 300, warmupMs: 50 });
+        expect(r.ios).to.be.greaterThan(100);
+        expect(r.iops).to.be.greaterThan(0);
+        expect(r.p99Us).to.be.at.least(r.latUs / 100);
+        expect(r.backendCpuUsPerIo).to.be.greaterThan(0, 'qemu-storage-daemon used CPU for the I/O');
+      } finally {
+        await qsd.stop();
+      }
+    });
+  }
 });
