@@ -57,6 +57,8 @@ export interface ReferenceBackendOptions {
   blkReadOnly?: boolean;
   /** blk: hold every request this many ms before serving it, so requests are caught in flight (default 0). */
   blkLatencyMs?: number;
+  /** blk: offer INFLIGHT_SHMFD (default true). */
+  blkInflight?: boolean;
   /** GET_MAX_MEM_SLOTS (default 32, as libvhost-user). */
   maxMemSlots?: number;
   /** net: MAC reported in config space (default 52:54:00:12:34:56). */
@@ -124,7 +126,7 @@ export class ReferenceBackend extends EventEmitter<ReferenceBackendEvents> {
     this.model =
       this.device === 'net'
         ? new NetLoopback(this.queueNum, options.mac ?? Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56), options.mtu ?? 1500, this.net)
-        : new BlkDevice(image!, this.queueNum, this.blk, { latencyMs: options.blkLatencyMs ?? 0 });
+        : new BlkDevice(image!, this.queueNum, this.blk, { latencyMs: options.blkLatencyMs ?? 0, inflight: options.blkInflight ?? true });
     this.features = COMMON_FEATURES | this.model.features;
     this.acceptTimeoutMs = options.acceptTimeoutMs ?? 2 ** 31 - 1;
     this.faults = new FaultPlan(options.faults ?? [], (f, connection) => this.emit('fault', connection, f, formatFault(f)));

@@ -22,6 +22,8 @@ export interface ReferenceBackendProcessOptions {
   readOnly?: boolean;
   /** blk: hold each request this long before serving it (serve --latency-ms). */
   latencyMs?: number;
+  /** blk: false does not offer INFLIGHT_SHMFD (serve --no-inflight). */
+  inflight?: boolean;
   faults?: readonly Fault[];
   /** Default 15 000 ms. */
   readyTimeoutMs?: number;
@@ -55,6 +57,7 @@ export async function startReferenceBackend(opts: ReferenceBackendProcessOptions
   if (opts.size !== undefined) args.push('--size', String(opts.size));
   if (opts.readOnly) args.push('--read-only');
   if (opts.latencyMs !== undefined) args.push('--latency-ms', String(opts.latencyMs));
+  if (opts.inflight === false) args.push('--no-inflight');
   if (opts.faults?.length) args.push('--fault', opts.faults.map(formatFault).join(','));
   const proc = await spawnBackend({
     command: process.execPath,

@@ -93,6 +93,12 @@ describe('reference blk back-end: inflight I/O tracking', function () {
     c.close();
     expect(hasBit(n.protocolFeatures, ProtocolFeature.INFLIGHT_SHMFD)).to.equal(false);
     backend!.close();
+    backend = ReferenceBackend.listen(sock.path, { device: 'blk', blkSize: 1 << 20, blkInflight: false });
+    const off = await VhostUserClient.connect(sock.path, { timeoutMs: 2000 });
+    const n2 = await off.negotiate({ protocolFeatures: WANT });
+    off.close();
+    expect(hasBit(n2.protocolFeatures, ProtocolFeature.INFLIGHT_SHMFD), 'blkInflight: false').to.equal(false);
+    backend.close();
     listen();
     rig = new BlkRig(64, 8);
     await rig.attach(sock.path, { inflight: true });

@@ -36,6 +36,8 @@ export interface BlkDeviceOptions {
   readOnly?: boolean;
   /** Hold each request this many ms before serving it (default 0: at once). */
   latencyMs?: number;
+  /** Offer INFLIGHT_SHMFD (default true); false makes a back-end that leaves recovery to the driver. */
+  inflight?: boolean;
 }
 
 const BLK_T_IN = 0;
@@ -146,7 +148,7 @@ export class BlkImage {
 export class BlkDevice implements DeviceModel {
   readonly features: bigint;
   /** INFLIGHT_SHMFD: the blk device resubmits what a predecessor left in flight (inflight-area.ts). */
-  readonly protocolFeatures = bit(ProtocolFeature.INFLIGHT_SHMFD);
+  readonly protocolFeatures: bigint;
   private readonly readOnly: boolean;
   private readonly latencyMs: number;
 
@@ -158,6 +160,7 @@ export class BlkDevice implements DeviceModel {
   ) {
     this.readOnly = (options.readOnly ?? false) || image.readOnly;
     this.latencyMs = options.latencyMs ?? 0;
+    this.protocolFeatures = options.inflight === false ? 0n : bit(ProtocolFeature.INFLIGHT_SHMFD);
     let f =
       bit(VirtioBlkFeature.VIRTIO_BLK_F_SEG_MAX) |
       bit(VirtioBlkFeature.VIRTIO_BLK_F_BLK_SIZE) |
