@@ -159,6 +159,9 @@ export class Vring {
   /** GET_VRING_BASE: stop the ring, return its position; kick and call fds are released. */
   stop(): number {
     this.drain();
+    // Heads recovered but not served yet stay in flight in the area: the next start recovers them again.
+    if (this.resubmit.length > 0) this.recoverInflight = true;
+    this.resubmit = [];
     const base = this.position();
     this.base = base;
     this.started = false;
