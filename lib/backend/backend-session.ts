@@ -20,13 +20,14 @@ import {
   frontendRequestName,
   hasBit,
 } from '../protocol/constants.js';
-import { Config, Log, MemoryTable, SingleMemoryRegion, U64, VringState, decodeVringFdIndex, VringAddr } from '../protocol/payloads.js';
+import { Config, Inflight, Log, MemoryTable, SingleMemoryRegion, U64, VringState, decodeVringFdIndex, VringAddr } from '../protocol/payloads.js';
 import { frontendRequestSpec, type RequestSpec } from '../protocol/requests.js';
 import type { Connection, VhostUserMessage } from '../transport/connection.js';
 import { closeAll } from '../transport/msg-scratch.js';
 import { EventFd } from '../transport/eventfd.js';
 import { BackendMemory } from './backend-memory.js';
 import { DirtyLog } from '../memory/dirty-log.js';
+import { InflightArea } from './inflight-area.js';
 import type { Fault, FaultPlan } from './faults.js';
 import type { DeviceModel, DeviceRings } from './devices/device.js';
 import { Refusal, violation, violationInfo, type ViolationInfo } from './violation.js';
@@ -67,6 +68,10 @@ export class BackendSession implements DeviceRings {
   closed = false;
   /** The dirty log from SET_LOG_BASE (LOG_SHMFD), or null. */
   private log: DirtyLog | null = null;
+  /** The inflight area (INFLIGHT_SHMFD): allocated by GET_INFLIGHT_FD, replaced by SET_INFLIGHT_FD. */
+  private inflight: InflightArea | null = null;
+  /** An fd to send with the next reply (GET_INFLIGHT_FD); closed once sent. */
+  private replyFds: number[] = [];
   private pollTimer: NodeJS.Timeout | null = null;
   /** Replies held back by a 'late-reply' fault. */
   private readonly lateReplies = new Set<NodeJS.Timeout>();
@@ -140,11 +145,12 @@ export class BackendSession implements DeviceRings {
       spec = this.validate(m, name);
       const reply = this.handle(spec, m);
       if (this.closed) return;
-      if (reply !== undefined) this.reply(m.request, reply, fault);
+      if (reply !== undefined) this.reply(m.request, reply, fault, this.takeReplyFds());
       else if (m.flags & VHOST_USER_NEED_REPLY_MASK) this.ack(m, 0n, fault);
       if (fault?.name === 'disconnect-after') this.close();
     } catch (e) {
       closeAll(m.fds);
+      closeAll(this.takeReplyFds());
       m.fds = [];
       if (e instanceof Refusal) {
         this.host.report('refused', violationInfo(this.id, e));
@@ -178,8 +184,22 @@ export class BackendSession implements DeviceRings {
     return this.host.faults.takeMessageFault(this.id, name, replies, needReply);
   }
 
-  /** Sends a reply (or ack), broken the way `fault` says. */
-  private reply(request: number, body: Uint8Array, fault: Fault | null): void {
+  private takeReplyFds(): number[] {
+    const fds = this.replyFds;
+    this.replyFds = [];
+    return fds;
+  }
+
+  /** Sends a reply (or ack), broken the way `fault` says; `fds` go with it and are closed here. */
+  private reply(request: number, body: Uint8Array, fault: Fault | null, fds: number[] = []): void {
+    try {
+      this.replyWith(request, body, fault, fds);
+    } finally {
+      closeAll(fds);
+    }
+  }
+
+  private replyWith(request: number, body: Uint8Array, fault: Fault | null, fds: number[]): void {
     const flags = VHOST_USER_VERSION | VHOST_USER_REPLY_MASK;
     switch (fault?.name) {
       case 'wrong-code':
@@ -209,7 +229,7 @@ export class BackendSession implements DeviceRings {
         return;
       }
       default:
-        return this.conn.send(request, flags, body);
+        return this.conn.send(request, flags, body, fds);
     }
   }
 
@@ -459,11 +479,46 @@ export class BackendSession implements DeviceRings {
       }
       case R.GET_STATUS:
         return U64.encode(BigInt(this.status));
+      case R.GET_INFLIGHT_FD: {
+        const req = Inflight.decode(m.payload, name);
+        InflightArea.checkShape(req, this.rings.length, name);
+        if (this.packed) {
+          // Packed rings are not tracked (inflight-area.ts): an empty area, which QEMU takes without an fd.
+          return Inflight.encode({ mmapSize: 0n, mmapOffset: 0n, numQueues: req.numQueues, queueSize: req.queueSize });
+        }
+        const { area, fd, mmapSize } = InflightArea.allocate(req.numQueues, req.queueSize);
+        // A repeated GET_INFLIGHT_FD replaces the area: nothing of the old one is kept (CVE-2020-10726's class of fd leak).
+        this.setInflight(area, false);
+        this.replyFds = [fd];
+        return Inflight.encode({ mmapSize: BigInt(mmapSize), mmapOffset: 0n, numQueues: req.numQueues, queueSize: req.queueSize });
+      }
+      case R.SET_INFLIGHT_FD: {
+        const desc = Inflight.decode(m.payload, name);
+        const fd = m.fds[0]!;
+        m.fds = [];
+        if (this.rings.some((r) => r.started)) {
+          closeAll([fd]);
+          throw violation('VHOST_INVALID_STATE', 'SET_INFLIGHT_FD while rings are running', name, "vhost-user.rst, 'Inflight I/O tracking': the area is handed over before the rings start");
+        }
+        this.setInflight(InflightArea.adopt(fd, desc, this.rings.length, name), true);
+        return undefined;
+      }
       default:
         // Known requests this device does not implement, and whose feature gate (if
         // any) was negotiated only because it has none: logging, IOTLB, GPU socket.
         throw violation('VHOST_FEATURE_NOT_NEGOTIATED', `${name} is not supported by this back-end (its features were not offered)`, name);
     }
+  }
+
+  /** Points each ring at its region of `area` (rings beyond it track nothing); the old area is unmapped. */
+  private setInflight(area: InflightArea | null, recover: boolean): void {
+    for (const [i, r] of this.rings.entries()) {
+      if (r.hasQueue) r.detach();
+      r.inflight = area?.regions[i] ?? null;
+      r.recoverInflight = recover && r.inflight !== null;
+    }
+    this.inflight?.close();
+    this.inflight = area;
   }
 
   // ---------------------------------------------------------------- rings
@@ -537,6 +592,9 @@ export class BackendSession implements DeviceRings {
   private reset(owner: boolean): void {
     for (const r of this.rings) r.release();
     this.rings.forEach((_, i) => (this.rings[i] = this.newRing(i)));
+    // vhost-user.rst: "QEMU should retrieve a new one when vm reset".
+    this.inflight?.close();
+    this.inflight = null;
     this.ackedFeatures = null;
     this.status = 0;
     if (owner) {
@@ -561,6 +619,8 @@ export class BackendSession implements DeviceRings {
     this.memory.close();
     this.log?.close();
     this.log = null;
+    this.inflight?.close();
+    this.inflight = null;
     this.conn.close(reason);
   }
 }

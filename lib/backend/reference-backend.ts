@@ -20,7 +20,9 @@
  * stops it.
  *
  * Devices: 'net' is a loopback (a frame sent on TX ring 2i+1 comes back on RX
- * ring 2i); 'blk' serves a memfd or a file as a virtio-blk disk.
+ * ring 2i); 'blk' serves a memfd or a file as a virtio-blk disk, and alone offers
+ * INFLIGHT_SHMFD (inflight-area.ts): a blk back-end started on the same disk
+ * resubmits what a killed one left in flight.
  *
  * This file owns the listener, the connection loop, the events and close();
  * a connection is a BackendSession (backend-session.ts), its rings Vrings
@@ -51,6 +53,12 @@ export interface ReferenceBackendOptions {
   blkImage?: string;
   /** blk without an image: a memfd of this many bytes (default 64 MiB). */
   blkSize?: number;
+  /** blk: open the image read-only and offer VIRTIO_BLK_F_RO (writes are answered IOERR). */
+  blkReadOnly?: boolean;
+  /** blk: hold every request this many ms before serving it, so requests are caught in flight (default 0). */
+  blkLatencyMs?: number;
+  /** blk: offer INFLIGHT_SHMFD (default true). */
+  blkInflight?: boolean;
   /** GET_MAX_MEM_SLOTS (default 32, as libvhost-user). */
   maxMemSlots?: number;
   /** net: MAC reported in config space (default 52:54:00:12:34:56). */
@@ -93,7 +101,7 @@ export class ReferenceBackend extends EventEmitter<ReferenceBackendEvents> {
   readonly maxMemSlots: number;
   readonly features: bigint;
   readonly net: NetStats = { frames: 0, bytes: 0, txErrors: 0, rxTooSmall: 0 };
-  readonly blk: BlkStats = { reads: 0, writes: 0, flushes: 0, errors: 0 };
+  readonly blk: BlkStats = { reads: 0, writes: 0, flushes: 0, discards: 0, writeZeroes: 0, errors: 0 };
   /** Connections served so far (including the current one). */
   connections = 0;
   private readonly listener: UnixListener;
@@ -118,7 +126,7 @@ export class ReferenceBackend extends EventEmitter<ReferenceBackendEvents> {
     this.model =
       this.device === 'net'
         ? new NetLoopback(this.queueNum, options.mac ?? Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56), options.mtu ?? 1500, this.net)
-        : new BlkDevice(image!, this.queueNum, this.blk);
+        : new BlkDevice(image!, this.queueNum, this.blk, { latencyMs: options.blkLatencyMs ?? 0, inflight: options.blkInflight ?? true });
     this.features = COMMON_FEATURES | this.model.features;
     this.acceptTimeoutMs = options.acceptTimeoutMs ?? 2 ** 31 - 1;
     this.faults = new FaultPlan(options.faults ?? [], (f, connection) => this.emit('fault', connection, f, formatFault(f)));

@@ -16,6 +16,7 @@ import { VIRTQUEUE_MAX_SIZE } from '../virtqueue/split-layout.js';
 import type { BackendMemory } from './backend-memory.js';
 import type { DirtyLog } from '../memory/dirty-log.js';
 import type { Fault } from './faults.js';
+import type { SplitInflightRegion } from './inflight-area.js';
 import { violation } from './violation.js';
 
 /** Asks the fault plan whether the next completion on ring `index` is to be corrupted. */
@@ -63,7 +64,16 @@ export class Vring {
   pendingTx: Chain | null = null;
   /** Set while VHOST_F_LOG_ALL is negotiated and a log is shared: every write is logged there. */
   log: DirtyLog | null = null;
-
+  /** This ring's region of the inflight area (INFLIGHT_SHMFD), when one is set. */
+  inflight: SplitInflightRegion | null = null;
+  /** Set by SET_INFLIGHT_FD: the next build recovers what the area says was in flight. */
+  recoverInflight = false;
+  /** Heads to serve again before anything new: in flight when the previous back-end stopped. */
+  private resubmit: number[] = [];
+  /** Chains a device took and has not completed yet (a device with latency). */
+  held: Chain[] = [];
+  private heldTimer: NodeJS.Timeout | null = null;
+  private completeHeld: (() => void) | null = null;
 
   constructor(
     readonly index: number,
@@ -148,6 +158,10 @@ export class Vring {
 
   /** GET_VRING_BASE: stop the ring, return its position; kick and call fds are released. */
   stop(): number {
+    this.drain();
+    // Heads recovered but not served yet stay in flight in the area: the next start recovers them again.
+    if (this.resubmit.length > 0) this.recoverInflight = true;
+    this.resubmit = [];
     const base = this.position();
     this.base = base;
     this.started = false;
@@ -195,10 +209,30 @@ export class Vring {
     } catch (e) {
       throw violation('VHOST_INVALID_PAYLOAD', `ring ${this.index} cannot be set up: ${(e as Error).message}`, 'SET_VRING_ADDR');
     }
+    if (this.split && this.inflight && this.recoverInflight) this.recover(this.split, this.inflight);
+  }
+
+  /**
+   * vhost-user.rst, 'Inflight I/O tracking', "When reconnecting": the position
+   * comes from the area and the used ring, not from SET_VRING_BASE (a front-end
+   * whose back-end crashed could not ask GET_VRING_BASE): every head still in
+   * flight was taken from the avail ring after the last used one, so the next
+   * avail entry is used.idx plus their number; they are served first, in counter order.
+   */
+  private recover(split: SplitDeviceQueue, region: SplitInflightRegion): void {
+    this.recoverInflight = false;
+    if (region.descNum !== this.num) {
+      throw violation('VHOST_INVALID_PAYLOAD', `inflight area tracks ${region.descNum} descriptors per queue, ring ${this.index} has ${this.num}`, 'SET_INFLIGHT_FD', "vhost-user.rst, 'Inflight I/O tracking'");
+    }
+    const used = split.ringUsedIdx();
+    const heads = region.recover(used);
+    split.restore(used + heads.length, used);
+    this.resubmit = heads;
   }
 
   /** Drops the device queue model (its views die with the old mappings) keeping its position. */
   detach(): void {
+    this.drain();
     if (this.hasQueue) this.base = this.position();
     this.split = null;
     this.packed = null;
@@ -227,6 +261,10 @@ export class Vring {
 
   /** Closes every fd and drops the queue model (reset and session end). */
   release(): void {
+    // What is held is dropped, not completed: as if the back-end died. With an
+    // inflight area those requests stay marked there for the next back-end.
+    this.dropHeld();
+    this.resubmit = [];
     this.kick?.close();
     this.call?.close();
     if (this.err !== null) closeFd(this.err);
@@ -244,7 +282,10 @@ export class Vring {
   /** Pops the next available chain; the queue model must be built. */
   take(): Chain | null {
     if (this.split) {
+      const again = this.resubmit.shift();
+      if (again !== undefined) return fromSplit(this.split.chainAt(again));
       const c = this.split.pop();
+      if (c && this.inflight) this.inflight.begin(c.head);
       return c && fromSplit(c);
     }
     const c = this.packed!.pop();
@@ -255,7 +296,9 @@ export class Vring {
     const fault = this.ringFault?.(this.index) ?? null;
     if (fault !== null) return this.pushCorrupt(fault, c, len);
     if (this.split) {
+      this.inflight?.beforeUsed(c.head);
       this.split.push(c.head, len);
+      this.inflight?.afterUsed(c.head, this.split.usedIndex);
       if (this.log) this.logPush(c, len, (this.split.usedIndex - 1) & 0xffff);
     } else {
       const slot = this.packed!.usedSlot;
@@ -329,6 +372,39 @@ export class Vring {
       default:
         throw new Error(`${fault.name} is not a used-ring fault`);
     }
+  }
+
+  // ---------------------------------------------------------------- held chains
+
+  /**
+   * Holds `c` for `ms` before `complete` serves everything held (a device with
+   * latency). One timer per ring; what is held when the ring stops or its memory
+   * changes is completed at once (drain), what is held when the session ends is dropped.
+   */
+  hold(c: Chain, ms: number, complete: () => void): void {
+    this.held.push(c);
+    this.completeHeld = complete;
+    if (this.heldTimer === null) {
+      this.heldTimer = setTimeout(() => {
+        this.heldTimer = null;
+        if (this.hasQueue && this.held.length > 0) this.completeHeld?.();
+      }, ms);
+    }
+  }
+
+  /** Completes every held chain now (GET_VRING_BASE and memory changes drain the ring first). */
+  private drain(): void {
+    if (this.heldTimer !== null) clearTimeout(this.heldTimer);
+    this.heldTimer = null;
+    if (this.held.length > 0 && this.hasQueue) this.completeHeld?.();
+    this.held = [];
+  }
+
+  private dropHeld(): void {
+    if (this.heldTimer !== null) clearTimeout(this.heldTimer);
+    this.heldTimer = null;
+    this.held = [];
+    this.completeHeld = null;
   }
 
   /** Signals the call fd when the driver asked for it. */

@@ -24,6 +24,8 @@ export interface SpawnBackendOptions {
   readyTimeoutMs?: number;
   /** Added to (not replacing) `process.env`. */
   env?: NodeJS.ProcessEnv;
+  /** Working directory of the back-end (DPDK's vhost_blk listens in its own). Default: this process's. */
+  cwd?: string;
   /** Default 'ignore'. DPDK testpmd needs a pipe: it exits on EOF on stdin. */
   stdin?: 'ignore' | 'pipe';
   /** Further paths removed by `stop()` (e.g. DPDK's runtime directory). */
@@ -335,6 +337,7 @@ export async function spawnBackend(opts: SpawnBackendOptions): Promise<BackendPr
   const child = spawn(argv[0]!, argv.slice(1), {
     stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'],
     env: opts.env ? { ...process.env, ...opts.env } : process.env,
+    ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
     detached: false,
   });
   if (child.pid === undefined) {

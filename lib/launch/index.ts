@@ -38,3 +38,14 @@ export {
   VirtiofsdBackend,
   type VirtiofsdOptions,
 } from './virtiofsd.js';
+export {
+  buildVhostBlk,
+  startVhostBlk,
+  VhostBlkBackend,
+  VHOST_BLK_BLOCK_SIZE,
+  VHOST_BLK_CAPACITY,
+  VHOST_BLK_SOCKET,
+  VHOST_BLK_SOURCES,
+  type BuildVhostBlkOptions,
+  type VhostBlkOptions,
+} from './dpdk-vhost-blk.js';

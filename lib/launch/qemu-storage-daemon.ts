@@ -19,6 +19,10 @@ export interface QemuStorageDaemonOptions {
   discard?: 'ignore' | 'unmap';
   /** Export option `num-queues`. */
   numQueues?: number;
+  /** file driver: `aio=` (threads, native or io_uring); default QEMU's (threads). */
+  aio?: 'threads' | 'native' | 'io_uring';
+  /** file driver: `cache.direct=on` (O_DIRECT; needs a file system that has it, not tmpfs). Default off. */
+  cacheDirect?: boolean;
   /** Default `<tempDir>/vhost-blk.sock`. */
   socketPath?: string;
   /** Default 15 000 ms. */
@@ -77,8 +81,14 @@ export async function startQemuStorageDaemon(opts: QemuStorageDaemonOptions = {}
       await writeFile(imagePath, '');
       await truncate(imagePath, imageSize);
     }
-    blockdev = `driver=file,node-name=f0,filename=${qemuValue(imagePath)}`;
-    if (opts.discard !== undefined) blockdev += `,discard=${opts.discard}`;
+    blockdev = [
+      `driver=file,node-name=f0,filename=${qemuValue(imagePath)}`,
+      // A read-only export on a read-only node: the image may then be a file this process cannot write.
+      ...(opts.writable === false ? ['read-only=on'] : []),
+      ...(opts.discard !== undefined ? [`discard=${opts.discard}`] : []),
+      ...(opts.aio ? [`aio=${opts.aio}`] : []),
+      ...(opts.cacheDirect ? ['cache.direct=on'] : []),
+    ].join(',');
   }
   const exportOpt = [
     'type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix',

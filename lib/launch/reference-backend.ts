@@ -14,6 +14,16 @@ export interface ReferenceBackendProcessOptions {
   socketPath?: string;
   /** Virtqueues offered (serve --queues). */
   queues?: number;
+  /** blk: disk image file (serve --image): data outlives the process. */
+  image?: string;
+  /** blk without an image: memfd size in bytes (serve --size). */
+  size?: number;
+  /** blk: read-only (serve --read-only). */
+  readOnly?: boolean;
+  /** blk: hold each request this long before serving it (serve --latency-ms). */
+  latencyMs?: number;
+  /** blk: false does not offer INFLIGHT_SHMFD (serve --no-inflight). */
+  inflight?: boolean;
   faults?: readonly Fault[];
   /** Default 15 000 ms. */
   readyTimeoutMs?: number;
@@ -43,6 +53,11 @@ export async function startReferenceBackend(opts: ReferenceBackendProcessOptions
   const socketPath = opts.socketPath ?? path.join(tempDir, 'vhost-ref.sock');
   const args = [MAIN, 'serve', '--json', '--socket', socketPath, '--device', opts.device ?? 'net'];
   if (opts.queues !== undefined) args.push('--queues', String(opts.queues));
+  if (opts.image !== undefined) args.push('--image', opts.image);
+  if (opts.size !== undefined) args.push('--size', String(opts.size));
+  if (opts.readOnly) args.push('--read-only');
+  if (opts.latencyMs !== undefined) args.push('--latency-ms', String(opts.latencyMs));
+  if (opts.inflight === false) args.push('--no-inflight');
   if (opts.faults?.length) args.push('--fault', opts.faults.map(formatFault).join(','));
   const proc = await spawnBackend({
     command: process.execPath,

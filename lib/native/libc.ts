@@ -34,6 +34,7 @@ export interface Libc {
   eventfd: Fn<[initval: number, flags: number], number>;
   memfd_create: Fn<[name: string, flags: number], number>;
   ftruncate: Fn<[fd: number, length: number], number>;
+  fallocate: Fn<[fd: number, mode: number, offset: number, len: number], number>;
   lseek: Fn<[fd: number, offset: number, whence: number], number>;
   /** fcntl(fd, cmd, int arg): the variadic third argument is always an int here. */
   fcntl: Fn<[fd: number, cmd: number, arg: number], number>;
@@ -61,6 +62,7 @@ export const libc: Libc = {
   eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
   memfd_create: lib.func('int memfd_create(const char *name, unsigned int flags)'),
   ftruncate: lib.func('int ftruncate(int fd, int64_t length)'),
+  fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
   lseek: lib.func('int64_t lseek(int fd, int64_t offset, int whence)'),
   fcntl: (fd, cmd, arg) => fcntlVariadic(fd, cmd, 'int', arg) as number,
   mmap: lib.func('intptr_t mmap(uintptr_t addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
@@ -108,6 +110,8 @@ export const C = {
   MAP_POPULATE: 0x8000,
   MADV_DONTDUMP: 16,
   SEEK_END: 2,
+  FALLOC_FL_KEEP_SIZE: 1,
+  FALLOC_FL_PUNCH_HOLE: 2,
 } as const;
 
 const errnoNames = new Map<number, string>(

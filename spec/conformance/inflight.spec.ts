@@ -1,8 +1,8 @@
 /**
- * The inflight checks against scripted peers: neither DPDK 22.11, qemu-storage-daemon
- * 7.2 nor the reference back-end offers INFLIGHT_SHMFD, so a peer that allocates the
- * area like libvhost-user (and variants that get it wrong, or keep every fd) shows
- * that the layout and leak checks pass and fail on the bytes and fds they get.
+ * The inflight checks against scripted peers: a peer that allocates the area like
+ * libvhost-user (and variants that get it wrong, or keep every fd) shows that the
+ * layout and leak checks pass and fail on the bytes and fds they get. (The reference
+ * blk back-end passes them too: spec/conformance/reference.spec.ts.)
  */
 import { expect } from 'chai';
 import { runConformance, type ConformanceReport } from '../../lib/conformance/index.js';

@@ -149,9 +149,9 @@ describe('VhostDevice: the device layer under the drivers', function () {
     expect(await leakedAfter(snap)).to.deep.equal({ fds: 0, maps: 0 });
   });
 
-  function reference(): ReferenceBackend {
+  function reference(options: { inflight?: boolean } = {}): ReferenceBackend {
     const tmp = tempSocketPath();
-    const backend = ReferenceBackend.listen(tmp.path, { device: 'blk', queueNum: 1, blkSize: 1024 * 1024 });
+    const backend = ReferenceBackend.listen(tmp.path, { device: 'blk', queueNum: 1, blkSize: 1024 * 1024, blkInflight: options.inflight ?? true });
     cleanups.push(() => tmp.cleanup(), () => backend.close());
     return backend;
   }
@@ -167,7 +167,9 @@ describe('VhostDevice: the device layer under the drivers', function () {
         bit(VirtioFeature.VIRTIO_F_VERSION_1) |
         bit(VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES) |
         bit(VirtioFeature.VIRTIO_RING_F_EVENT_IDX) |
-        bit(VirtioBlkFeature.VIRTIO_BLK_F_FLUSH);
+        bit(VirtioBlkFeature.VIRTIO_BLK_F_FLUSH) |
+        // The reference blk device offers DISCARD; RO only for a read-only disk.
+        bit(VirtioBlkFeature.VIRTIO_BLK_F_DISCARD);
       expect(d.dev.features.toString(16)).to.equal(expected.toString(16));
       const sent = trace.filter((e) => e.direction === 'send' && e.request === 'SET_FEATURES').map((e) => e.decoded as bigint);
       expect(sent).to.deep.equal([expected]);
@@ -190,10 +192,10 @@ describe('VhostDevice: the device layer under the drivers', function () {
       const backend = reference();
       const trace: TraceEvent[] = [];
       const err = await expectRejectCode(
-        OneRing.open(backend.path, { trace: (e) => trace.push(e) }, { wanted: 0n, required: [{ bit: VirtioBlkFeature.VIRTIO_BLK_F_DISCARD, message: 'this device needs DISCARD' }] }),
+        OneRing.open(backend.path, { trace: (e) => trace.push(e) }, { wanted: 0n, required: [{ bit: VirtioBlkFeature.VIRTIO_BLK_F_TOPOLOGY, message: 'this device needs TOPOLOGY' }] }),
         'VHOST_FEATURE_NOT_NEGOTIATED',
       );
-      expect(err.message).to.equal('this device needs DISCARD');
+      expect(err.message).to.equal('this device needs TOPOLOGY');
       expect(names(trace)).to.not.include('SET_FEATURES');
     });
 
@@ -427,7 +429,7 @@ describe('VhostDevice: the device layer under the drivers', function () {
     });
 
     it('opted in, but the back-end does not offer INFLIGHT_SHMFD: the device runs without an area', async () => {
-      const backend = reference();
+      const backend = reference({ inflight: false });
       const d = await OneRing.open(backend.path, { inflight: true });
       cleanups.push(() => d.close());
       expect(d.dev.inflight).to.equal(null);

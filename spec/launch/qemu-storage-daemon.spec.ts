@@ -1,5 +1,5 @@
-import { existsSync, statSync } from 'node:fs';
-import { rm, writeFile } from 'node:fs/promises';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
 import { skipWithout } from '../helpers/backends.js';
@@ -12,6 +12,9 @@ import {
   stopAll,
 } from '../../lib/launch/index.js';
 import { expectGone, expectRemoved, rejectionOf, tmpEntries } from './helpers.js';
+import { BLK_T, BlkRig } from '../helpers/blk-rig.js';
+import { hasBit, VirtioBlkFeature } from '../../lib/protocol/constants.js';
+import { parsePidStat } from '../../scripts/bench/cpu.js';
 
 describe('launch/qemu-storage-daemon @integration', function () {
   this.timeout(20_000);
@@ -53,6 +56,32 @@ describe('launch/qemu-storage-daemon @integration', function () {
     const b = await startQemuStorageDaemon({ imageSize: 1 << 20, discard: 'unmap' });
     expect(b.args[1]).to.match(/^driver=file,node-name=f0,filename=.*,discard=unmap$/);
     expect(statSync(b.socketPath).isSocket()).to.equal(true);
+  });
+
+  it('a read-only file export with io_uring and O_DIRECT: RO offered, reads the file, refuses writes; its pid is accountable', async () => {
+    // O_DIRECT needs a disk file system (/tmp may be tmpfs).
+    const direct = await mkdtemp('/var/tmp/vhost-qsd-spec-');
+    extraDirs.push(direct);
+    const img = path.join(direct, 'disk.raw');
+    await writeFile(img, Buffer.alloc(1 << 20, 0x5a));
+    const b = await startQemuStorageDaemon({ imagePath: img, writable: false, numQueues: 2, aio: 'io_uring', cacheDirect: true });
+    expect(b.args[1]).to.equal(`driver=file,node-name=f0,filename=${img},read-only=on,aio=io_uring,cache.direct=on`);
+    const rig = new BlkRig(64, 4);
+    try {
+      const n = await rig.attach(b.socketPath);
+      expect(n.queueNum).to.equal(2);
+      expect(hasBit(n.features, VirtioBlkFeature.VIRTIO_BLK_F_RO)).to.equal(true);
+      expect((await rig.request(0, BLK_T.IN, 8n)).status).to.equal(0);
+      expect(rig.data(0).every((x) => x === 0x5a)).to.equal(true);
+      rig.data(1).fill(1);
+      expect((await rig.request(1, BLK_T.OUT, 8n)).status).to.equal(1, 'IOERR');
+      // CPU accounting reads /proc/PID/stat of the daemon itself.
+      expect(parsePidStat(readFileSync(`/proc/${b.pid}/stat`, 'utf8'))).to.be.a('number').and.at.least(0);
+      expect(readFileSync(`/proc/${b.pid}/comm`, 'utf8').trim()).to.match(/^qemu-storage-d/);
+    } finally {
+      rig.close();
+    }
+    expect((await readFile(img)).every((x) => x === 0x5a)).to.equal(true);
   });
 
   it('leaves a caller-supplied image in place', async () => {

@@ -1,19 +1,24 @@
 /**
  * The reference back-end's 'blk' device: a file or a memfd served as a
- * virtio-blk disk (IN, OUT, FLUSH and GET_ID requests; 512-byte sectors).
+ * virtio-blk disk (virtio 1.2 §5.2): IN, OUT, FLUSH, GET_ID, DISCARD and
+ * WRITE_ZEROES (with UNMAP) requests in 512-byte sectors, optionally
+ * read-only (VIRTIO_BLK_F_RO), optionally holding each request for a while
+ * before completing it (so tests can catch requests in flight).
  */
 import { BLK_CONFIG_SIZE, SECTOR_SIZE } from '../../devices/blk/blk-config.js';
 import { closeSync, fsyncSync, openSync, readSync, writeSync, fstatSync } from 'node:fs';
 import { VhostUserError } from '../../errors.js';
 import { C, closeFd, libc, syscallError } from '../../native/libc.js';
-import { VirtioBlkFeature, bit } from '../../protocol/constants.js';
-import type { Vring } from '../vring-state.js';
+import { ProtocolFeature, VirtioBlkFeature, bit } from '../../protocol/constants.js';
+import type { Chain, Vring } from '../vring-state.js';
 import type { DeviceModel, DeviceRings } from './device.js';
 
 export interface BlkStats {
   reads: number;
   writes: number;
   flushes: number;
+  discards: number;
+  writeZeroes: number;
   errors: number;
 }
 
@@ -21,31 +26,59 @@ export interface BlkStats {
 export interface BlkImageOptions {
   blkImage?: string;
   blkSize?: number;
+  /** Open the image read-only and offer VIRTIO_BLK_F_RO. */
+  blkReadOnly?: boolean;
+}
+
+/** How the device serves requests besides its image. */
+export interface BlkDeviceOptions {
+  /** Offer VIRTIO_BLK_F_RO: every write-type request is answered IOERR (§5.2.6.2). */
+  readOnly?: boolean;
+  /** Hold each request this many ms before serving it (default 0: at once). */
+  latencyMs?: number;
+  /** Offer INFLIGHT_SHMFD (default true); false makes a back-end that leaves recovery to the driver. */
+  inflight?: boolean;
 }
 
 const BLK_T_IN = 0;
 const BLK_T_OUT = 1;
 const BLK_T_FLUSH = 4;
 const BLK_T_GET_ID = 8;
+const BLK_T_DISCARD = 11;
+const BLK_T_WRITE_ZEROES = 13;
+/** virtio_blk_discard_write_zeroes.flags bit 0 (§5.2.6). */
+const BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
+/** sizeof(struct virtio_blk_discard_write_zeroes): le64 sector, le32 num_sectors, le32 flags. */
+const BLK_DWZ_SEGMENT = 16;
 const BLK_S_OK = 0;
 const BLK_S_IOERR = 1;
 const BLK_S_UNSUPP = 2;
 const BLK_ID = 'vhost-user-ref';
 const BLK_SEG_MAX = 126;
+/** Config limits offered with DISCARD and WRITE_ZEROES (§5.2.4), in 512-byte sectors. */
+export const BLK_MAX_DISCARD_SECTORS = 1 << 16;
+export const BLK_MAX_DISCARD_SEG = 16;
+export const BLK_DISCARD_SECTOR_ALIGNMENT = 8;
+export const BLK_MAX_WRITE_ZEROES_SECTORS = 1 << 16;
+export const BLK_MAX_WRITE_ZEROES_SEG = 16;
+/** Zeros written where a hole cannot be punched; shared, never written to. */
+const ZEROS = new Uint8Array(64 * 1024);
 
 /** The blk disk: a file or memfd accessed with pread/pwrite. */
 export class BlkImage {
   readonly capacity: number;
+  readonly readOnly: boolean;
   private fd: number;
-  constructor(fd: number, capacity: number) {
+  constructor(fd: number, capacity: number, readOnly = false) {
     this.fd = fd;
     this.capacity = capacity;
+    this.readOnly = readOnly;
   }
   static open(options: BlkImageOptions): BlkImage {
     if (options.blkImage !== undefined) {
       let fd: number;
       try {
-        fd = openSync(options.blkImage, 'r+');
+        fd = openSync(options.blkImage, options.blkReadOnly ? 'r' : 'r+');
       } catch (cause) {
         const code = (cause as NodeJS.ErrnoException).code;
         throw new VhostUserError('VHOST_INVALID_ARGUMENT', `cannot open blk image ${options.blkImage}: ${code ?? String(cause)}`, { errno: code, cause });
@@ -55,7 +88,7 @@ export class BlkImage {
         closeSync(fd);
         throw new VhostUserError('VHOST_INVALID_ARGUMENT', `blk image ${options.blkImage} is smaller than one ${SECTOR_SIZE}-byte sector`);
       }
-      return new BlkImage(fd, size - (size % SECTOR_SIZE));
+      return new BlkImage(fd, size - (size % SECTOR_SIZE), options.blkReadOnly ?? false);
     }
     const size = options.blkSize ?? 64 * 2 ** 20;
     if (!Number.isSafeInteger(size) || size < SECTOR_SIZE || size % SECTOR_SIZE !== 0) {
@@ -68,7 +101,7 @@ export class BlkImage {
       closeFd(fd);
       throw e;
     }
-    return new BlkImage(fd, size);
+    return new BlkImage(fd, size, options.blkReadOnly ?? false);
   }
   read(into: Uint8Array, position: number): void {
     let done = 0;
@@ -88,6 +121,22 @@ export class BlkImage {
   flush(): void {
     fsyncSync(this.fd);
   }
+  /**
+   * Deallocates [position, position + length) when the file system can punch a
+   * hole (reads then return zeros); returns false when it cannot.
+   */
+  punchHole(position: number, length: number): boolean {
+    return libc.fallocate(this.fd, C.FALLOC_FL_PUNCH_HOLE | C.FALLOC_FL_KEEP_SIZE, position, length) === 0;
+  }
+  /** Zeros [position, position + length): a punched hole, or zeros written where no hole can be. */
+  zero(position: number, length: number, unmap: boolean): void {
+    if (unmap && this.punchHole(position, length)) return;
+    for (let done = 0; done < length; ) {
+      const n = Math.min(ZEROS.length, length - done);
+      this.write(ZEROS.subarray(0, n), position + done);
+      done += n;
+    }
+  }
   close(): void {
     if (this.fd < 0) return;
     closeSync(this.fd);
@@ -98,14 +147,28 @@ export class BlkImage {
 /** Serves requests against `image`, which it uses but does not own (the caller closes it). */
 export class BlkDevice implements DeviceModel {
   readonly features: bigint;
+  /** INFLIGHT_SHMFD: the blk device resubmits what a predecessor left in flight (inflight-area.ts). */
+  readonly protocolFeatures: bigint;
+  private readonly readOnly: boolean;
+  private readonly latencyMs: number;
 
   constructor(
     private readonly image: BlkImage,
     private readonly queueNum: number,
     private readonly stats: BlkStats,
+    options: BlkDeviceOptions = {},
   ) {
-    let f = bit(VirtioBlkFeature.VIRTIO_BLK_F_SEG_MAX) | bit(VirtioBlkFeature.VIRTIO_BLK_F_BLK_SIZE) | bit(VirtioBlkFeature.VIRTIO_BLK_F_FLUSH);
+    this.readOnly = (options.readOnly ?? false) || image.readOnly;
+    this.latencyMs = options.latencyMs ?? 0;
+    this.protocolFeatures = options.inflight === false ? 0n : bit(ProtocolFeature.INFLIGHT_SHMFD);
+    let f =
+      bit(VirtioBlkFeature.VIRTIO_BLK_F_SEG_MAX) |
+      bit(VirtioBlkFeature.VIRTIO_BLK_F_BLK_SIZE) |
+      bit(VirtioBlkFeature.VIRTIO_BLK_F_FLUSH) |
+      bit(VirtioBlkFeature.VIRTIO_BLK_F_DISCARD) |
+      bit(VirtioBlkFeature.VIRTIO_BLK_F_WRITE_ZEROES);
     if (queueNum > 1) f |= bit(VirtioBlkFeature.VIRTIO_BLK_F_MQ);
+    if (this.readOnly) f |= bit(VirtioBlkFeature.VIRTIO_BLK_F_RO);
     this.features = f;
   }
 
@@ -116,22 +179,50 @@ export class BlkDevice implements DeviceModel {
     dv.setUint32(12, BLK_SEG_MAX, true);
     dv.setUint32(20, SECTOR_SIZE, true);
     dv.setUint16(34, this.queueNum, true);
+    dv.setUint32(36, BLK_MAX_DISCARD_SECTORS, true);
+    dv.setUint32(40, BLK_MAX_DISCARD_SEG, true);
+    dv.setUint32(44, BLK_DISCARD_SECTOR_ALIGNMENT, true);
+    dv.setUint32(48, BLK_MAX_WRITE_ZEROES_SECTORS, true);
+    dv.setUint32(52, BLK_MAX_WRITE_ZEROES_SEG, true);
+    // §5.2.6.2: may_unmap says a write-zeroes request can deallocate: memfds and the usual
+    // file systems (tmpfs, ext4, xfs, btrfs) punch holes; elsewhere zeros are written instead.
+    dv.setUint8(56, 1);
     return c;
   }
 
   process(s: DeviceRings, r: Vring): void {
-    const image = this.image;
-    const mem = s.memory;
+    if (this.latencyMs > 0) {
+      for (let c = s.pop(r); c !== null; c = s.pop(r)) r.hold(c, this.latencyMs, () => this.serveHeld(s, r));
+      return;
+    }
     let done = 0;
     for (let c = s.pop(r); c !== null; c = s.pop(r)) {
       done++;
+      this.serve(s, r, c);
+    }
+    if (done) r.notify();
+  }
+
+  /** Serves every chain `r` holds (its latency elapsed, or the ring is being drained). */
+  private serveHeld(s: DeviceRings, r: Vring): void {
+    const held = r.held;
+    r.held = [];
+    for (const c of held) this.serve(s, r, c);
+    if (held.length) r.notify();
+  }
+
+  /** Serves one request and completes it in the used ring. */
+  private serve(s: DeviceRings, r: Vring, c: Chain): void {
+    const image = this.image;
+    const mem = s.memory;
+    {
       const writable = c.segments.filter((g) => g.writable);
       const last = writable[writable.length - 1];
       if (c.readableBytes < 16 || last === undefined) {
         // No header or no status byte: nothing can be reported in the chain.
         this.stats.errors++;
         r.push(c, 0);
-        continue;
+        return;
       }
       const header = new Uint8Array(16);
       let hoff = 0;
@@ -157,7 +248,10 @@ export class BlkDevice implements DeviceModel {
           const isIn = type === BLK_T_IN;
           const data = isIn ? dataOut : dataIn;
           const len = data.reduce((a, g) => a + g.len, 0);
-          if (len % SECTOR_SIZE !== 0 || sector * BigInt(SECTOR_SIZE) + BigInt(len) > BigInt(image.capacity)) status = BLK_S_IOERR;
+          // §5.2.6.2: "A device MUST set the status byte to VIRTIO_BLK_S_IOERR for a write
+          // request if the VIRTIO_BLK_F_RO feature if offered, and MUST NOT write any data."
+          if (!isIn && this.readOnly) status = BLK_S_IOERR;
+          else if (len % SECTOR_SIZE !== 0 || sector * BigInt(SECTOR_SIZE) + BigInt(len) > BigInt(image.capacity)) status = BLK_S_IOERR;
           else {
             let pos = Number(sector) * SECTOR_SIZE;
             for (const g of data) {
@@ -172,6 +266,8 @@ export class BlkDevice implements DeviceModel {
               this.stats.writes++;
             }
           }
+        } else if (type === BLK_T_DISCARD || type === BLK_T_WRITE_ZEROES) {
+          status = this.discardOrZero(mem, type, dataIn);
         } else if (type === BLK_T_FLUSH) {
           image.flush();
           this.stats.flushes++;
@@ -196,6 +292,50 @@ export class BlkDevice implements DeviceModel {
       mem.bytes(statusGpa, 1)[0] = status;
       r.push(c, written + 1);
     }
-    if (done) r.notify();
+  }
+
+  /**
+   * DISCARD and WRITE_ZEROES (§5.2.6): the readable data is an array of
+   * virtio_blk_discard_write_zeroes segments, all checked before any is applied.
+   * §5.2.6.2: UNSUPP for an unknown flag, and for UNMAP on a discard; IOERR for a
+   * range beyond the capacity or the config limits, or on a read-only device.
+   * Discard punches holes (the spec lets a device ignore it; reads after a discard
+   * are unspecified); write-zeroes punches a hole when UNMAP allows it and writes
+   * zeros otherwise, and reads return zeros either way.
+   */
+  private discardOrZero(mem: DeviceRings['memory'], type: number, dataIn: { gpa: number; len: number }[]): number {
+    const isDiscard = type === BLK_T_DISCARD;
+    const raw = new Uint8Array(dataIn.reduce((a, g) => a + g.len, 0));
+    let off = 0;
+    for (const g of dataIn) {
+      raw.set(mem.bytes(g.gpa, g.len), off);
+      off += g.len;
+    }
+    if (raw.length === 0 || raw.length % BLK_DWZ_SEGMENT !== 0) return BLK_S_IOERR;
+    const count = raw.length / BLK_DWZ_SEGMENT;
+    const maxSeg = isDiscard ? BLK_MAX_DISCARD_SEG : BLK_MAX_WRITE_ZEROES_SEG;
+    const maxSectors = isDiscard ? BLK_MAX_DISCARD_SECTORS : BLK_MAX_WRITE_ZEROES_SECTORS;
+    if (count > maxSeg) return BLK_S_IOERR;
+    const dv = new DataView(raw.buffer);
+    const capacitySectors = BigInt(this.image.capacity / SECTOR_SIZE);
+    for (let i = 0; i < count; i++) {
+      const sector = dv.getBigUint64(i * BLK_DWZ_SEGMENT, true);
+      const num = dv.getUint32(i * BLK_DWZ_SEGMENT + 8, true);
+      const flags = dv.getUint32(i * BLK_DWZ_SEGMENT + 12, true);
+      if (flags & ~BLK_WRITE_ZEROES_FLAG_UNMAP) return BLK_S_UNSUPP;
+      if (isDiscard && flags & BLK_WRITE_ZEROES_FLAG_UNMAP) return BLK_S_UNSUPP;
+      if (num > maxSectors || sector + BigInt(num) > capacitySectors) return BLK_S_IOERR;
+    }
+    if (this.readOnly) return BLK_S_IOERR;
+    for (let i = 0; i < count; i++) {
+      const pos = Number(dv.getBigUint64(i * BLK_DWZ_SEGMENT, true)) * SECTOR_SIZE;
+      const len = dv.getUint32(i * BLK_DWZ_SEGMENT + 8, true) * SECTOR_SIZE;
+      if (len === 0) continue;
+      if (isDiscard) this.image.punchHole(pos, len);
+      else this.image.zero(pos, len, (dv.getUint32(i * BLK_DWZ_SEGMENT + 12, true) & BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0);
+    }
+    if (isDiscard) this.stats.discards++;
+    else this.stats.writeZeroes++;
+    return BLK_S_OK;
   }
 }

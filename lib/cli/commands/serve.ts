@@ -23,6 +23,9 @@ export default defineCommand({
     device: { type: 'enum', choices: ['net', 'blk'], default: 'net', description: 'device to serve' },
     image: { type: 'string', valueName: 'FILE', description: 'blk: disk image file (read-write)' },
     size: { type: 'number', integer: true, min: 512, valueName: 'BYTES', description: 'blk without --image: memfd disk size (default 64 MiB)' },
+    readOnly: { type: 'boolean', description: 'blk: serve the disk read-only (VIRTIO_BLK_F_RO; writes fail with IOERR)' },
+    latencyMs: { type: 'number', integer: true, min: 0, valueName: 'MS', description: 'blk: hold each request MS ms before serving it (requests in flight, for crash tests)' },
+    noInflight: { type: 'boolean', description: 'blk: do not offer INFLIGHT_SHMFD (the driver must recover requests in flight itself)' },
     queues: { type: 'number', integer: true, min: 1, max: 256, valueName: 'N', description: 'virtqueues offered (default: net 8, blk 1)' },
     fault: { type: 'string', valueName: 'NAME[@TARGET]', description: 'inject faults, comma-separated (see above)' },
     faultRepeat: { type: 'boolean', description: 'fire each fault on every match, not only the first' },
@@ -44,6 +47,9 @@ export default defineCommand({
       device: args.device as 'net' | 'blk',
       ...(args.image !== undefined ? { blkImage: args.image } : {}),
       ...(args.size !== undefined ? { blkSize: args.size } : {}),
+      ...(args.readOnly ? { blkReadOnly: true } : {}),
+      ...(args.latencyMs !== undefined ? { blkLatencyMs: args.latencyMs } : {}),
+      ...(args.noInflight ? { blkInflight: false } : {}),
       ...(args.queues !== undefined ? { queueNum: args.queues } : {}),
     });
     const emit = (event: string, fields: Record<string, unknown>, text: string) => {

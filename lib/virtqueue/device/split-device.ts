@@ -83,6 +83,31 @@ export class SplitDeviceQueue {
     return chain;
   }
 
+  /** used.idx as it stands in guest memory (what a restarted device reads: vhost-user.rst, 'Inflight I/O tracking'). */
+  ringUsedIdx(): number {
+    return Atomics.load(this.used, 1);
+  }
+
+  /**
+   * Resumes at `lastAvailIdx` with used.idx at `usedIdx`: a device that picks up
+   * after a predecessor whose requests between the two are still in flight.
+   */
+  restore(lastAvailIdx: number, usedIdx: number): void {
+    this.lastAvailIdx = lastAvailIdx & 0xffff;
+    this.usedIdx = usedIdx & 0xffff;
+    this.signalledUsed = this.usedIdx;
+    if (this.eventIdx) this.used[2 + 4 * this.layout.num] = this.lastAvailIdx;
+  }
+
+  /** The chain whose head is `head`, read again from the descriptor table (inflight resubmission). */
+  chainAt(head: number): DeviceChain {
+    const n = this.layout.num;
+    if (head >= n) throw fault(`head ${head} out of range for queue size ${n}`, '§2.7.6');
+    const chain: DeviceChain = { head, segments: [], readableBytes: 0, writableBytes: 0 };
+    this.walk(this.desc, n, head, chain, false);
+    return chain;
+  }
+
   private walk(table: DataView, tableSize: number, first: number, chain: DeviceChain, nested: boolean): void {
     let i = first;
     for (let seen = 0; ; seen++) {
