@@ -16,7 +16,7 @@ import { bit, DeviceStatus, hasBit, ProtocolFeature, VirtioFeature } from '../..
 import { EventFd } from '../../lib/transport/eventfd.js';
 import { SplitVirtqueue } from '../../lib/virtqueue/split-queue.js';
 import { VirtioBlk } from '../../lib/devices/blk/virtio-blk.js';
-import { BlkBatchResults, type BlkBatch } from '../../lib/devices/blk/blk-queue.js';
+import { BlkBatchResults, type BlkBatch } from '../../lib/devices/blk/blk-batch.js';
 import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../lib/devices/blk/blk-request.js';
 import { parsePidStat } from './cpu.js';
 import { BLK_BS, type BlkRw } from './blk-options.js';
