@@ -39,9 +39,9 @@ function statFields(pid: string): { state: string; pgid: number } | null {
   }
 }
 
-/** Living (not zombie) processes whose command line contains `text`, with their process groups. */
-export function processesMentioning(text: string): { pid: number; pgid: number }[] {
-  const found: { pid: number; pgid: number }[] = [];
+/** Living (not zombie) processes whose command line (arguments joined by spaces) contains `text`, with their process groups. */
+export function processesMentioning(text: string): { pid: number; pgid: number; cmdline: string }[] {
+  const found: { pid: number; pgid: number; cmdline: string }[] = [];
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
     let cmdline: string;
@@ -52,23 +52,33 @@ export function processesMentioning(text: string): { pid: number; pgid: number }
     }
     if (!cmdline.includes(text)) continue;
     const s = statFields(name);
-    if (s && s.state !== 'Z') found.push({ pid: Number(name), pgid: s.pgid });
+    if (s && s.state !== 'Z') found.push({ pid: Number(name), pgid: s.pgid, cmdline });
   }
   return found;
 }
 
 /**
  * Records, every 25 ms until `stop()`, the process groups of processes whose command line
- * contains `text` (a unique socket path): the groups a run started, whatever it forked.
+ * contains `text` (a unique socket path) and that `include` accepts (default all): the groups
+ * a run started, whatever they forked.
  */
-export function watchGroups(text: string): { seen: Set<number>; stop(): Set<number> } {
+export function watchGroups(
+  text: string,
+  include: (p: { pid: number; cmdline: string }) => boolean = () => true,
+): { seen: Set<number>; commands: Set<string>; stop(): Set<number> } {
   const seen = new Set<number>();
+  const commands = new Set<string>();
   const poll = () => {
-    for (const p of processesMentioning(text)) seen.add(p.pgid);
+    for (const p of processesMentioning(text)) {
+      if (!include(p)) continue;
+      seen.add(p.pgid);
+      commands.add(p.cmdline.trim());
+    }
   };
   const timer = setInterval(poll, 25);
   return {
     seen,
+    commands,
     stop() {
       clearInterval(timer);
       poll();

@@ -25,7 +25,8 @@ export default defineCommand({
     'back-end that sends frames back (testpmd --forward-mode=io, the reference loopback).\n' +
     '\n' +
     "--spawn 'CMD' starts the back-end with `sh -c 'exec CMD'` (CMD must listen on --socket), notices\n" +
-    'when a check makes it exit or crash (a finding of that check) and starts it again.',
+    'when a check makes it exit or crash (a finding of that check) and starts it again. CMD runs in a\n' +
+    'process group of its own, stopped as a whole: what a wrapper (npx, sh -c) started in it is stopped too.',
   options: {
     socket: { type: 'string', required: true, valueName: 'PATH', description: 'the back-end socket' },
     device: { type: 'enum', choices: CONFORMANCE_DEVICES, default: 'generic', description: 'device the back-end serves (net and blk add data-plane and config checks)' },
