@@ -3,11 +3,13 @@
  * its back-end with --spawn (the reference back-end through `vhost-user serve`, or
  * one that crashes), in each output format.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
+import { memfs } from 'memfs';
+import { main } from '../../lib/cli/main.js';
 import { allChecks, appliesTo } from '../../lib/conformance/index.js';
 import { cli, expectOneErrorLine } from '../helpers/cli.js';
 import { expectGroupsGone, processesMentioning, watchGroups } from '../launch/helpers.js';
@@ -95,6 +97,26 @@ describe('cli conformance (child process)', function () {
     expect(xml).to.match(/<failure message="VHOST_NACK \[SET_VRING_ENABLE\][^"]*" type="finding">rule: vhost-user.rst/);
     expect(xml).to.contain('&lt; SET_VRING_ENABLE flags=0x5 size=8 0x1');
     expect(xml).to.contain('<skipped message="protocol feature INFLIGHT_SHMFD not offered"/>');
+  });
+
+  it('in-process on memfs: --output writes the report to the file system given, not to disk', async () => {
+    const { fs } = memfs({ '/reports': null });
+    let out = '';
+    let err = '';
+    const io = { stdout: (t: string) => void (out += t), stderr: (t: string) => void (err += t), fs };
+    const args = ['conformance', '--socket', socket, '--device', 'net', '--spawn', serve(), '--only', 'handshake.version,handshake.get-features'];
+    expect(await main([...args, '--format', 'json', '--output', '/reports/r.json'], io), err).to.equal(0);
+    expect(out).to.equal('');
+    expect(existsSync('/reports/r.json')).to.equal(false);
+    const report = JSON.parse(fs.readFileSync('/reports/r.json', 'utf8') as string) as JsonReport;
+    expect(report.checks.map((c) => [c.id, c.status])).to.deep.equal([['handshake.get-features', 'pass'], ['handshake.version-1', 'pass']]);
+    expect(await main([...args, '--format', 'junit', '--output', '/reports/r.xml'], io), err).to.equal(0);
+    expect(fs.readFileSync('/reports/r.xml', 'utf8')).to.match(/^<\?xml [^>]*>\n<testsuites name="vhost-user conformance" tests="2" failures="0"/);
+    // Into a directory that is not there: one error line, exit 1, and the back-end was still stopped.
+    err = '';
+    expect(await main([...args, '--format', 'json', '--output', '/missing/r.json'], io)).to.equal(1);
+    expect(err).to.match(/^vhost-user: .*ENOENT[^\n]*\n$/);
+    expect(processesMentioning(socket)).to.deep.equal([]);
   });
 
   it('a back-end that crashes is a finding of the check that crashed it, and is restarted for the next check', async () => {

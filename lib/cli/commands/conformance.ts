@@ -5,12 +5,12 @@
  * summary; --format json|junit prints one document at the end (or writes it to
  * --output). Exit status 0 once the suite ran, whatever it found, unless --strict.
  */
-import { writeFileSync } from 'node:fs';
 import { appliesTo, CONFORMANCE_DEVICES, matchesOnly } from '../../conformance/check.js';
 import { allChecks } from '../../conformance/checks/index.js';
 import { formatJson, formatJunit, formatResultLine, formatTextFooter } from '../../conformance/report.js';
 import { runConformance } from '../../conformance/runner.js';
 import { UsageError } from '../args.js';
+import { nodeFileSystem } from '../../file-system.js';
 import { defineCommand } from '../command.js';
 
 export default defineCommand({
@@ -61,7 +61,7 @@ export default defineCommand({
     if (text) io.stdout(formatTextFooter(report));
     else {
       const doc = args.format === 'json' ? formatJson(report) : formatJunit(report);
-      if (args.output !== undefined) writeFileSync(args.output, doc);
+      if (args.output !== undefined) (io.fs ?? nodeFileSystem).writeFileSync(args.output, doc);
       else io.stdout(doc);
     }
     if (args.strict && report.summary.fail > 0) {
