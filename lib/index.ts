@@ -3,6 +3,7 @@
  * See README.md for a tour; names follow the vhost-user specification.
  */
 export { VhostUserError, isVhostUserError, type VhostErrorCode, type VhostErrorDetails } from './errors.js';
+export { nodeFileSystem, type FileSystem, type FsCallback } from './file-system.js';
 export {
   VhostUserClient,
   SUPPORTED_PROTOCOL_FEATURES,

@@ -2,11 +2,14 @@
  * What a `vhost-user` subcommand is. Commands write only through `io`, never to
  * `process.stdout` directly, so tests can run them in-process.
  */
+import type { FileSystem } from '../file-system.js';
 import type { OptionSpecs, ParsedOptions } from './args.js';
 
 export interface CliIo {
   stdout(text: string): void;
   stderr(text: string): void;
+  /** Where files named on the command line (--output, --pcap) are read and written; default `node:fs`. */
+  fs?: FileSystem;
   /**
    * A status line for long work. Shown only on a terminal (overwritten in place),
    * so scripts reading stderr still get exactly one line on failure.

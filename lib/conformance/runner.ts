@@ -38,6 +38,8 @@ export interface ConformanceOptions {
   /**
    * Start the back-end for the suite: a shell command (run as `sh -c 'exec CMD'`,
    * ready once `socket` exists) or a function (e.g. `() => startTestpmd({...})`).
+   * A command runs in a process group of its own, stopped as a whole, so what a
+   * wrapper in it (npx, sh -c, stdbuf, env) started is stopped too.
    */
   spawn?: string | (() => Promise<SpawnedBackend>);
   /**

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { VhostUserError } from '../errors.js';
+import { guardGroup, processGroupMembers, releaseGroup, signalGroup } from './process-group.js';
 
 /** How a back-end process ended. */
 export interface ExitStatus {
@@ -48,8 +49,10 @@ export interface SpawnBackendOptions {
   /** Send stderr into the stdout pipe (`2>&1`), keeping the program's own ordering of the two. */
   mergeStderr?: boolean;
   /**
-   * Run under `setpriv --pdeathsig KILL` (when installed) so the kernel kills the back-end
-   * if this process dies without running its 'exit' handlers. Default true.
+   * Kill the back-end's whole process group if this process dies without running its 'exit'
+   * handlers (SIGKILL, a native crash): the direct child runs under `setpriv --pdeathsig KILL`
+   * (when installed), and the group is registered with a watchdog (see process-group.ts) that
+   * reaches the processes a wrapper forked too. Default true.
    */
   dieWithParent?: boolean;
   /** Called once the child exists, before readiness: lets callers attach to its output. */
@@ -60,6 +63,8 @@ const OUTPUT_LINES = 200;
 const FAILURE_TAIL_LINES = 20;
 const POLL_MS = 20;
 const STDIO_DRAIN_MS = 1000;
+/** After SIGKILL to the group, how long to wait for its last process (one stuck in an uninterruptible sleep) before giving up. */
+const KILL_WAIT_MS = 5000;
 /** `sun_path` is 108 bytes including the terminating NUL. */
 export const MAX_SOCKET_PATH = 107;
 
@@ -125,12 +130,16 @@ function describeExit(s: ExitStatus): string {
 }
 
 /**
- * One back-end child process and the temporary files it owns. The process is stopped
- * by its pid only; it is registered until `stop()` finishes, and killed with SIGKILL
- * from a process 'exit' handler if the owner never stopped it.
+ * One back-end child process, the process group it leads, and the temporary files it
+ * owns. The child is started in a session and process group of its own, so whatever
+ * it forks (a wrapper's real back-end, a back-end's helpers) is stopped with it: by
+ * process group id, never by name. It is registered until `stop()` finishes, and its
+ * group is killed with SIGKILL from a process 'exit' handler if the owner never stopped it.
  */
 export class BackendProcess {
   readonly pid: number;
+  /** The back-end's process group: its pid (it is the group leader). */
+  readonly pgid: number;
   readonly socketPath: string;
   readonly tempDir: string;
   /** Short name of the program, for messages. */
@@ -145,12 +154,15 @@ export class BackendProcess {
   readonly #lines: string[] = [];
   readonly #partial = { out: '', err: '' };
   #reaped = false;
+  /** Set once the group was seen without a living process: the id may then be reused, so it is never signalled again. */
+  #groupGone = false;
   #status: ExitStatus | undefined;
   #stopping: Promise<void> | undefined;
 
   /** @internal Use {@link spawnBackend}. */
   constructor(child: ChildProcess & { pid: number }, opts: SpawnBackendOptions, name: string) {
     this.pid = child.pid;
+    this.pgid = child.pid;
     this.socketPath = opts.socketPath;
     this.tempDir = opts.tempDir;
     this.name = name;
@@ -174,6 +186,8 @@ export class BackendProcess {
       // 'close' waits for stdout/stderr to drain; do not hang if something else holds the pipes.
       child.once('exit', (code, signal) => {
         this.#reaped = true;
+        // Left alone (an owner that never calls stop), an empty group's id must not stay guarded.
+        if (this.#groupEmpty()) releaseGroup(this.pgid);
         drain = setTimeout(() => settle(code, signal), STDIO_DRAIN_MS).unref();
       });
     });
@@ -184,7 +198,7 @@ export class BackendProcess {
     }
   }
 
-  /** False once the process has exited. */
+  /** False once the process we started has exited (processes it forked may remain until `stop()`). */
   get running(): boolean {
     return !this.#reaped;
   }
@@ -205,16 +219,20 @@ export class BackendProcess {
   }
 
   /**
-   * SIGTERM, then SIGKILL if still running after `graceMs` (0: SIGKILL at once); waits for
-   * the exit, then removes the temp dir and other owned paths. Idempotent.
+   * SIGTERM to the process group, then SIGKILL to it if any of its processes is still running
+   * after `graceMs` (0: SIGKILL at once); waits until the group has no living process, then
+   * removes the temp dir and other owned paths. Also stops what is left of the group after the
+   * process we started exited by itself. Idempotent.
    */
   stop(graceMs = 2000): Promise<void> {
     return (this.#stopping ??= this.#stop(graceMs));
   }
 
-  /** SIGKILL and wait for the exit, keeping the temp dir (for crash and restart tests). */
+  /** SIGKILL to the process group and wait until it is gone, keeping the temp dir (for crash and restart tests). */
   async kill9(): Promise<void> {
     this.#signal('SIGKILL');
+    // Re-sent while waiting: harmless, and it reaches a process forked by one that had caught SIGTERM.
+    await this.#waitGroupGone(KILL_WAIT_MS, 'SIGKILL');
     await this.exited;
   }
 
@@ -266,30 +284,52 @@ export class BackendProcess {
   }
 
   async #stop(graceMs: number): Promise<void> {
-    if (this.#reaped) {
+    if (this.#groupEmpty()) {
       await this.exited;
     } else if (graceMs <= 0) {
       await this.kill9();
     } else {
       this.#signal('SIGTERM');
-      let timer: NodeJS.Timeout | undefined;
-      const gone = await Promise.race([
-        this.exited.then(() => true),
-        new Promise<boolean>((r) => (timer = setTimeout(() => r(false), graceMs))),
-      ]);
-      clearTimeout(timer);
-      if (!gone) await this.kill9();
+      if (!(await this.#waitGroupGone(graceMs))) await this.kill9();
+      else await this.exited;
     }
+    releaseGroup(this.pgid);
     await Promise.all(this.#cleanupPaths.map((p) => rm(p, { recursive: true, force: true })));
     owned.delete(this);
   }
 
+  /** Whether the process we started is reaped and no living process is left in its group. */
+  #groupEmpty(): boolean {
+    if (!this.#groupGone && this.#reaped && processGroupMembers(this.pgid).length === 0) this.#groupGone = true;
+    return this.#groupGone;
+  }
+
+  /** Polls until the group is empty (true) or `ms` pass (false), re-sending `resend` on each poll. */
+  async #waitGroupGone(ms: number, resend?: NodeJS.Signals): Promise<boolean> {
+    const deadline = Date.now() + ms;
+    while (!this.#groupEmpty()) {
+      if (Date.now() >= deadline) return false;
+      if (resend) this.#signal(resend);
+      // The exit of the process we started wakes the wait at once; its forks are polled.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([new Promise((r) => (timer = setTimeout(r, POLL_MS))), this.#reaped ? undefined : this.exited]);
+      clearTimeout(timer);
+    }
+    return true;
+  }
+
   #signal(sig: NodeJS.Signals): void {
-    if (this.#reaped) return;
+    if (this.#groupGone) return;
     try {
-      process.kill(this.pid, sig);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+      if (!signalGroup(this.pgid, sig) && this.#reaped) this.#groupGone = true;
+    } catch {
+      // EPERM: a member we may not signal (a wrapper such as sudo changed its user); the child itself we may.
+      if (this.#reaped) return;
+      try {
+        process.kill(this.pid, sig);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+      }
     }
   }
 
@@ -331,20 +371,24 @@ export async function spawnBackend(opts: SpawnBackendOptions): Promise<BackendPr
   const stdbuf = opts.lineBuffered ? findExecutable('stdbuf') : null;
   if (stdbuf) argv.unshift(stdbuf, '-oL');
   if (opts.mergeStderr) argv.unshift('/bin/sh', '-c', 'exec "$@" 2>&1', 'sh');
-  const setpriv = opts.dieWithParent !== false ? findExecutable('setpriv') : null;
+  const dieWithParent = opts.dieWithParent !== false;
+  const setpriv = dieWithParent ? findExecutable('setpriv') : null;
   if (setpriv) argv.unshift(setpriv, '--pdeathsig', 'KILL', '--');
 
   const child = spawn(argv[0]!, argv.slice(1), {
     stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'],
     env: opts.env ? { ...process.env, ...opts.env } : process.env,
     ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
-    detached: false,
+    // setsid(): a session and process group of its own, led by the child (pgid = pid); this also
+    // keeps a terminal's SIGINT from reaching the back-end before we could stop it in order.
+    detached: true,
   });
   if (child.pid === undefined) {
     const err = await new Promise<Error>((resolve) => child.once('error', resolve));
     throw await fail(`${name} could not be started: ${err.message}`);
   }
   child.on('error', () => {});
+  if (dieWithParent) guardGroup(child.pid);
   const backend = new BackendProcess(child as ChildProcess & { pid: number }, opts, name);
   opts.onSpawn?.(backend);
   await backend.waitReady(

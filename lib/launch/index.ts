@@ -11,6 +11,7 @@ export {
   type ExitStatus,
   type SpawnBackendOptions,
 } from './backend-process.js';
+export { processGroupMembers, signalGroup } from './process-group.js';
 export {
   dpdkRuntimeDir,
   parsePortStats,

@@ -6,4 +6,4 @@ export {
   PCAP_MAX_SNAPLEN,
   LINKTYPE_ETHERNET,
 } from './pcap-writer.js';
-export { readPcap, readPcapFrames, parsePcap, type PcapRecord, type PcapFileInfo } from './pcap-reader.js';
+export { readPcap, readPcapFrames, parsePcap, type PcapReadOptions, type PcapRecord, type PcapFileInfo } from './pcap-reader.js';

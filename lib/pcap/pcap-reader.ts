@@ -4,9 +4,8 @@
  * VHOST_BAD_PCAP naming the byte offset, rather than yielding garbage frames
  * into a test or onto a virtqueue.
  */
-import { readFileSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { VhostUserError } from '../errors.js';
+import { fsCall, nodeFileSystem, readFileBytes, type FileSystem } from '../file-system.js';
 import {
   LINKTYPE_ETHERNET,
   PCAP_GLOBAL_HEADER_SIZE as GLOBAL,
@@ -34,6 +33,12 @@ export interface PcapFileInfo {
   versionMinor: number;
   snaplen: number;
   linkType: number;
+}
+
+/** Where a pcap file is read from. */
+export interface PcapReadOptions {
+  /** Default `node:fs` (tests pass memfs). */
+  fs?: FileSystem;
 }
 
 const PCAPNG_MAGIC = 0x0a0d0d0a;
@@ -128,8 +133,9 @@ export function* parsePcap(bytes: Uint8Array, source = '<buffer>'): Generator<Pc
  * any size can be replayed. Each yielded `data` is a view into a chunk buffer
  * that is never reused (keeping a frame keeps at most its chunk alive).
  */
-export async function* readPcap(path: string): AsyncGenerator<PcapRecord, PcapFileInfo, undefined> {
-  const fh = await open(path, 'r').catch((e: NodeJS.ErrnoException) => {
+export async function* readPcap(path: string, options: PcapReadOptions = {}): AsyncGenerator<PcapRecord, PcapFileInfo, undefined> {
+  const fs = options.fs ?? nodeFileSystem;
+  const fd = await fsCall<number>((cb) => fs.open(path, 'r', cb)).catch((e: NodeJS.ErrnoException) => {
     throw new VhostUserError('VHOST_SYSCALL', `cannot open pcap file ${path}: ${e.message}`, { errno: e.code, cause: e });
   });
   try {
@@ -141,7 +147,7 @@ export async function* readPcap(path: string): AsyncGenerator<PcapRecord, PcapFi
       while (buf.length < need && !eof) {
         const next = new Uint8Array(buf.length + Math.max(READ_CHUNK, need - buf.length));
         next.set(buf);
-        const { bytesRead } = await fh.read(next, buf.length, next.length - buf.length, null);
+        const bytesRead = await fsCall<number>((cb) => fs.read(fd, next, buf.length, next.length - buf.length, null, cb));
         if (bytesRead === 0) eof = true;
         buf = next.subarray(0, buf.length + bytesRead);
       }
@@ -168,7 +174,7 @@ export async function* readPcap(path: string): AsyncGenerator<PcapRecord, PcapFi
     }
     return info;
   } finally {
-    await fh.close();
+    await fsCall<void>((cb) => fs.close(fd, cb));
   }
 }
 
@@ -176,10 +182,10 @@ export async function* readPcap(path: string): AsyncGenerator<PcapRecord, PcapFi
  * Reads every frame of a (small) pcap file at once, e.g. for `net send --pcap`.
  * The whole file is loaded into memory; use {@link readPcap} for big captures.
  */
-export function readPcapFrames(path: string): Uint8Array[] {
+export function readPcapFrames(path: string, options: PcapReadOptions = {}): Uint8Array[] {
   let bytes: Uint8Array;
   try {
-    bytes = readFileSync(path);
+    bytes = readFileBytes(options.fs ?? nodeFileSystem, path);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     throw new VhostUserError('VHOST_SYSCALL', `cannot read pcap file ${path}: ${err.message}`, { errno: err.code, cause: e });

@@ -9,9 +9,8 @@
  * The writer always writes little-endian (the byte order a reader detects from the
  * magic; the host order on every platform this library runs on).
  */
-import { close as closeCb, open as openCb, writeSync } from 'node:fs';
-import { promisify } from 'node:util';
 import { VhostUserError } from '../errors.js';
+import { fsCall, nodeFileSystem, type FileSystem } from '../file-system.js';
 
 /** Magic for microsecond timestamps, as read in the file's own byte order. */
 export const PCAP_MAGIC_MICROS = 0xa1b2c3d4;
@@ -32,14 +31,13 @@ const BUFFER_SIZE = 1 << 20;
 const NS_PER_SEC = 1_000_000_000n;
 const MAX_TS_NS = 0x1_0000_0000n * NS_PER_SEC; // ts_sec is a u32: until 2106
 
-const openAsync = promisify(openCb);
-const closeAsync = promisify(closeCb);
-
 export interface PcapWriterOptions {
   /** Bytes of each frame kept in the file (1..262144); longer frames are truncated. Default 65535. */
   snaplen?: number;
   /** Write nanosecond timestamps (magic 0xa1b23c4d). Default false: microseconds. */
   nanoseconds?: boolean;
+  /** Where the file is written; default `node:fs` (tests pass memfs). */
+  fs?: FileSystem;
 }
 
 /**
@@ -66,13 +64,15 @@ export class PcapWriter {
   readonly nanoseconds: boolean;
 
   private fd: number;
+  private readonly fs: FileSystem;
   private readonly buf = new Uint8Array(BUFFER_SIZE);
   private readonly view = new DataView(this.buf.buffer);
   private pos = 0;
   /** Wall clock minus the monotonic clock, taken once, so default timestamps have ns resolution and never go backwards. */
   private readonly epochOffsetNs = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
 
-  private constructor(path: string, fd: number, snaplen: number, nanoseconds: boolean) {
+  private constructor(fs: FileSystem, path: string, fd: number, snaplen: number, nanoseconds: boolean) {
+    this.fs = fs;
     this.path = path;
     this.fd = fd;
     this.snaplen = snaplen;
@@ -93,13 +93,14 @@ export class PcapWriter {
     if (!Number.isInteger(snaplen) || snaplen < 1 || snaplen > PCAP_MAX_SNAPLEN) {
       throw new VhostUserError('VHOST_INVALID_ARGUMENT', `pcap snaplen must be 1..${PCAP_MAX_SNAPLEN}, got ${snaplen}`);
     }
+    const fs = options.fs ?? nodeFileSystem;
     let fd: number;
     try {
-      fd = await openAsync(path, 'w');
+      fd = await fsCall<number>((cb) => fs.open(path, 'w', cb));
     } catch (e) {
       throw syscallError(`cannot create pcap file ${path}`, e);
     }
-    return new PcapWriter(path, fd, snaplen, options.nanoseconds ?? false);
+    return new PcapWriter(fs, path, fd, snaplen, options.nanoseconds ?? false);
   }
 
   /** Whether `close()` has been called. */
@@ -143,7 +144,7 @@ export class PcapWriter {
     let off = 0;
     try {
       // writeSync may write less than asked (signals, some file systems); loop until done.
-      while (off < this.pos) off += writeSync(this.fd, this.buf, off, this.pos - off);
+      while (off < this.pos) off += this.fs.writeSync(this.fd, this.buf, off, this.pos - off);
     } catch (e) {
       // Keep what was not written, so a retried flush() does not lose or duplicate records.
       this.buf.copyWithin(0, off, this.pos);
@@ -165,7 +166,7 @@ export class PcapWriter {
     const fd = this.fd;
     this.fd = -1;
     try {
-      await closeAsync(fd);
+      await fsCall<void>((cb) => this.fs.close(fd, cb));
     } catch (e) {
       flushError ??= syscallError(`closing pcap file ${this.path}`, e);
     }

@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
+import { memfs } from 'memfs';
 import type { CliIo } from '../../lib/cli/command.js';
 import { main } from '../../lib/cli/main.js';
 import { VirtioNet, RxBurst } from '../../lib/devices/net/virtio-net.js';
@@ -67,6 +68,25 @@ describe('cli demo and serve', function () {
     } finally {
       tmp.cleanup();
     }
+  });
+
+  it('demo --pcap OUT, in-process on memfs: the capture is written to the file system given, not to disk', async () => {
+    const { fs } = memfs({ '/captures': null });
+    const io = Object.assign(captureIo(), { fs });
+    const status = await main(['demo', '--frames', '200', '--size', '100', '--pcap', '/captures/demo.pcap', '--json'], io);
+    expect(status, io.err).to.equal(0);
+    expect(existsSync('/captures/demo.pcap')).to.equal(false);
+    const frames = readPcapFrames('/captures/demo.pcap', { fs });
+    expect(frames).to.have.length(200);
+    expect(frames.every((f) => f.length === 100 && framePayloadIntact(f))).to.equal(true);
+    expect(new Set(frames.map((f) => frameSequence(f))).size).to.equal(200);
+    // A directory that does not exist there: one error line, exit 1, no back-end or fd left open.
+    const snap = resourceSnapshot();
+    const bad = Object.assign(captureIo(), { fs });
+    expect(await main(['demo', '--frames', '10', '--pcap', '/nowhere/demo.pcap'], bad)).to.equal(1);
+    expect(bad.err).to.match(/^vhost-user: VHOST_SYSCALL.*cannot create pcap file \/nowhere\/demo\.pcap.*ENOENT/);
+    await settle(10);
+    expect(snap.leaked()).to.deep.equal({ fds: 0, maps: 0 });
   });
 
   it('serve --json: reports connections and stops cleanly on SIGTERM with exit 0', async () => {

@@ -3,8 +3,9 @@
  * real dpdk-testpmd; the back-end's own port counters say what really moved.
  */
 import { expect } from 'chai';
+import { memfs } from 'memfs';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { findExecutable } from '../../lib/launch/backend-process.js';
@@ -13,6 +14,7 @@ import { buildUdpFrameOfSize } from '../../lib/net/frame-builder.js';
 import { PcapWriter } from '../../lib/pcap/pcap-writer.js';
 import { readPcapFrames } from '../../lib/pcap/pcap-reader.js';
 import { skipWithout } from '../helpers/backends.js';
+import { main } from '../../lib/cli/main.js';
 import { cli, expectOneErrorLine } from '../helpers/cli.js';
 
 describe('cli net send / net recv against dpdk-testpmd @integration', function () {
@@ -78,6 +80,28 @@ describe('cli net send / net recv against dpdk-testpmd @integration', function (
       expect(lens).to.have.length(3000);
       expect(new Set(lens)).to.deep.equal(new Set(['96']));
     }
+  });
+
+  it('in-process on memfs: net send --pcap reads the capture from it, net recv --pcap writes there, nothing on disk', async () => {
+    const { fs } = memfs({ '/captures': null });
+    let err = '';
+    const io = { stdout: () => {}, stderr: (t: string) => void (err += t), fs };
+    const w = await PcapWriter.open('/captures/in.pcap', { fs });
+    const sizes = [60, 61, 200, 1000, 1514];
+    for (let i = 0; i < sizes.length; i++) w.write(buildUdpFrameOfSize(sizes[i]!, i));
+    await w.close();
+    backend = await startTestpmd({ queues: 1, forwardMode: 'rxonly', interactive: true });
+    await backend.startForwarding();
+    expect(await main(['net', 'send', '--socket', backend.socketPath, '--pcap', '/captures/in.pcap'], io), err).to.equal(0);
+    expect(await backend.portStats()).to.include({ rxPackets: 5, rxBytes: 2835 });
+    await backend.stop();
+
+    backend = await startTestpmd({ queues: 1, forwardMode: 'txonly', extraArgs: ['--txpkts=96'] });
+    expect(await main(['net', 'recv', '--socket', backend.socketPath, '--count', '500', '--pcap', '/captures/out.pcap'], io), err).to.equal(0);
+    const frames = readPcapFrames('/captures/out.pcap', { fs });
+    expect(frames).to.have.length(500);
+    expect(new Set(frames.map((f) => f.length))).to.deep.equal(new Set([96]));
+    expect(existsSync('/captures')).to.equal(false);
   });
 
   it('net recv: a back-end that sends nothing ends in VHOST_TIMEOUT within --timeout, one stderr line', async () => {

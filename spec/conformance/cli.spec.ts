@@ -3,15 +3,19 @@
  * its back-end with --spawn (the reference back-end through `vhost-user serve`, or
  * one that crashes), in each output format.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
+import { memfs } from 'memfs';
+import { main } from '../../lib/cli/main.js';
 import { allChecks, appliesTo } from '../../lib/conformance/index.js';
 import { cli, expectOneErrorLine } from '../helpers/cli.js';
+import { expectGroupsGone, processesMentioning, watchGroups } from '../launch/helpers.js';
 
 const MAIN = fileURLToPath(new URL('../../lib/cli/main.js', import.meta.url));
+const REPO = fileURLToPath(new URL('../../..', import.meta.url));
 const CRASHING = fileURLToPath(new URL('./crashing-backend.js', import.meta.url));
 
 interface JsonReport {
@@ -95,6 +99,26 @@ describe('cli conformance (child process)', function () {
     expect(xml).to.contain('<skipped message="protocol feature INFLIGHT_SHMFD not offered"/>');
   });
 
+  it('in-process on memfs: --output writes the report to the file system given, not to disk', async () => {
+    const { fs } = memfs({ '/reports': null });
+    let out = '';
+    let err = '';
+    const io = { stdout: (t: string) => void (out += t), stderr: (t: string) => void (err += t), fs };
+    const args = ['conformance', '--socket', socket, '--device', 'net', '--spawn', serve(), '--only', 'handshake.version,handshake.get-features'];
+    expect(await main([...args, '--format', 'json', '--output', '/reports/r.json'], io), err).to.equal(0);
+    expect(out).to.equal('');
+    expect(existsSync('/reports/r.json')).to.equal(false);
+    const report = JSON.parse(fs.readFileSync('/reports/r.json', 'utf8') as string) as JsonReport;
+    expect(report.checks.map((c) => [c.id, c.status])).to.deep.equal([['handshake.get-features', 'pass'], ['handshake.version-1', 'pass']]);
+    expect(await main([...args, '--format', 'junit', '--output', '/reports/r.xml'], io), err).to.equal(0);
+    expect(fs.readFileSync('/reports/r.xml', 'utf8')).to.match(/^<\?xml [^>]*>\n<testsuites name="vhost-user conformance" tests="2" failures="0"/);
+    // Into a directory that is not there: one error line, exit 1, and the back-end was still stopped.
+    err = '';
+    expect(await main([...args, '--format', 'json', '--output', '/missing/r.json'], io)).to.equal(1);
+    expect(err).to.match(/^vhost-user: .*ENOENT[^\n]*\n$/);
+    expect(processesMentioning(socket)).to.deep.equal([]);
+  });
+
   it('a back-end that crashes is a finding of the check that crashed it, and is restarted for the next check', async () => {
     const spawn = `${process.execPath} ${CRASHING} ${socket}`;
     const r = await cli(['conformance', '--socket', socket, '--device', 'net', '--spawn', spawn, '--only', 'handshake.version,negative.request-code,handshake.get-features', '--timeout', '500', '--format', 'json']);
@@ -121,5 +145,64 @@ describe('cli conformance (child process)', function () {
     expect(report.checks.map((c) => c.status)).to.deep.equal(['fail', 'fail']);
     for (const c of report.checks) expect(c.detail).to.match(/^VHOST_CONNECT_TIMEOUT/);
     expect(r.ms).to.be.below(5000);
+  });
+
+  describe('nothing --spawn started outlives the run', () => {
+    const ourGroup = Number(readFileSync('/proc/self/stat', 'latin1').split(') ')[1]!.split(' ')[2]);
+    // The CLI itself (which names the socket too) runs in our group; everything else is the back-end's.
+    const isCli = (p: { cmdline: string }) => p.cmdline.startsWith(`${process.execPath} ${MAIN} conformance `);
+    const backendProcesses = () => processesMentioning(socket).filter((p) => !isCli(p));
+    /** A project with this package installed (linked), as a user of it has: where `npx --no-install vhost-user` finds the bin. */
+    const userProject = (): string => {
+      const project = path.join(dir, 'project');
+      mkdirSync(path.join(project, 'node_modules', '.bin'), { recursive: true });
+      writeFileSync(path.join(project, 'package.json'), '{"private":true}\n');
+      symlinkSync(REPO, path.join(project, 'node_modules', 'vhost-user-client'));
+      symlinkSync('../vhost-user-client/dist/lib/cli/main.js', path.join(project, 'node_modules', '.bin', 'vhost-user'));
+      return project;
+    };
+    const spawns: [string, () => string][] = [
+      // npx runs the bin through `sh -c`, so the back-end is a grandchild of what the runner started.
+      // Its NAK makes one check fail, so the runner also stops it mid-run and starts a fresh one.
+      ['npx --no-install vhost-user serve', () => `npx --no-install --prefix ${userProject()} vhost-user serve --socket ${socket} --device net --fault nak@SET_VRING_ENABLE --fault-repeat`],
+      ['sh -c that forks the back-end', () => `sh -c '${serve()}; exit $?'`],
+      ['a back-end that forks a child of its own', () => `sh -c 'sleep 300 & exec ${serve()}'`],
+    ];
+    for (const [what, command] of spawns) {
+      it(`${what}: the run exits 0 and no process of the back-end's group is left`, async () => {
+        const groups = watchGroups(socket, (p) => !isCli(p));
+        const spawn = command();
+        const r = await cli(['conformance', '--socket', socket, '--device', 'net', '--spawn', spawn, '--only', 'handshake.version,reply-ack.SET_VRING_ENABLE', '--format', 'json'], 30_000);
+        const seen = groups.stop();
+        expect(r.status, r.stderr).to.equal(0);
+        const report = JSON.parse(r.stdout) as JsonReport;
+        const restarted = spawn.includes('--fault');
+        if (spawn.startsWith('npx')) {
+          // The back-end ran as a grandchild: the bin npx found in the project, under npm's `sh -c`.
+          expect([...groups.commands].some((c) => /^\S*node \S+\/project\/node_modules\/\.bin\/vhost-user serve /.test(c)), [...groups.commands].join('\n')).to.equal(true);
+        }
+        expect(report.summary.fail).to.equal(restarted ? 1 : 0);
+        expect(report.backend.restarts).to.equal(restarted ? 1 : 0);
+        expect(seen.size, 'each back-end started was seen running').to.equal(restarted ? 2 : 1);
+        expect([...seen]).not.to.include(ourGroup);
+        await expectGroupsGone(seen);
+        expect(backendProcesses()).to.deep.equal([]);
+      });
+    }
+
+    it('the front-end killed with SIGKILL mid-run: no process of the back-end\'s group is left', async () => {
+      const groups = watchGroups(socket, (p) => !isCli(p));
+      const run = cli(['conformance', '--socket', socket, '--device', 'net', '--spawn', `sh -c 'sleep 300 & ${serve()}; exit $?'`, '--timeout', '5000'], 30_000);
+      // Once the back-end runs, kill the CLI without giving it a chance to stop anything.
+      for (let i = 0; i < 500 && groups.seen.size === 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(groups.seen.size, 'the back-end was seen running').to.equal(1);
+      expect([...groups.seen]).not.to.include(ourGroup);
+      const cliPid = processesMentioning(socket).find(isCli)?.pid;
+      expect(cliPid, 'the CLI process').to.be.a('number');
+      process.kill(cliPid!, 'SIGKILL');
+      expect((await run).status).to.equal(null);
+      await expectGroupsGone(groups.stop());
+      expect(backendProcesses()).to.deep.equal([]);
+    });
   });
 });

@@ -1,7 +1,8 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import os from 'node:os';
 import { expect } from 'chai';
+import { processGroupMembers } from '../../lib/launch/index.js';
 
 /** Asserts that no process has this pid any more. */
 export function expectGone(pid: number): void {
@@ -25,4 +26,83 @@ export async function rejectionOf(p: Promise<unknown>): Promise<unknown> {
     return e;
   }
   expect.fail('expected a rejection');
+}
+
+/** proc(5) stat fields after "(comm) ": state, ppid, pgrp. */
+function statFields(pid: string): { state: string; pgid: number } | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { state: f[0]!, pgid: Number(f[2]) };
+  } catch {
+    return null;
+  }
+}
+
+/** Living (not zombie) processes whose command line (arguments joined by spaces) contains `text`, with their process groups. */
+export function processesMentioning(text: string): { pid: number; pgid: number; cmdline: string }[] {
+  const found: { pid: number; pgid: number; cmdline: string }[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    let cmdline: string;
+    try {
+      cmdline = readFileSync(`/proc/${name}/cmdline`, 'latin1').replaceAll('\0', ' ');
+    } catch {
+      continue;
+    }
+    if (!cmdline.includes(text)) continue;
+    const s = statFields(name);
+    if (s && s.state !== 'Z') found.push({ pid: Number(name), pgid: s.pgid, cmdline });
+  }
+  return found;
+}
+
+/**
+ * Records, every 25 ms until `stop()`, the process groups of processes whose command line
+ * contains `text` (a unique socket path) and that `include` accepts (default all): the groups
+ * a run started, whatever they forked.
+ */
+export function watchGroups(
+  text: string,
+  include: (p: { pid: number; cmdline: string }) => boolean = () => true,
+): { seen: Set<number>; commands: Set<string>; stop(): Set<number> } {
+  const seen = new Set<number>();
+  const commands = new Set<string>();
+  const poll = () => {
+    for (const p of processesMentioning(text)) {
+      if (!include(p)) continue;
+      seen.add(p.pgid);
+      commands.add(p.cmdline.trim());
+    }
+  };
+  const timer = setInterval(poll, 25);
+  return {
+    seen,
+    commands,
+    stop() {
+      clearInterval(timer);
+      poll();
+      return seen;
+    },
+  };
+}
+
+/**
+ * Waits (at most `ms`: orphans are reparented to init and die within its scheduling) until no
+ * living process is in any of `pgids`, then asserts it, naming what is left.
+ */
+export async function expectGroupsGone(pgids: Iterable<number>, ms = 3000): Promise<void> {
+  const groups = [...pgids];
+  const left = () => groups.flatMap((g) => processGroupMembers(g).map((pid) => `${pid} (group ${g}): ${commandLineOf(pid)}`));
+  const deadline = Date.now() + ms;
+  while (left().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  expect(left(), 'processes left in the back-end groups').to.deep.equal([]);
+}
+
+function commandLineOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').replaceAll('\0', ' ').trim();
+  } catch {
+    return '(gone)';
+  }
 }

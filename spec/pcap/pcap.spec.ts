@@ -1,8 +1,10 @@
 import { expect } from 'chai';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { memfs } from 'memfs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isVhostUserError, type VhostUserError } from '../../lib/errors.js';
+import type { FileSystem } from '../../lib/file-system.js';
 import { buildUdpFrameOfSize, frameSequence, framePayloadIntact } from '../../lib/net/frame-builder.js';
 import { PcapWriter, parsePcap, readPcap, readPcapFrames, type PcapRecord } from '../../lib/pcap/index.js';
 import { expectRejectCode, fdCount } from '../helpers/resources.js';
@@ -344,6 +346,75 @@ describe('pcap', () => {
       expect(() => readPcapFrames(path)).to.throw().with.property('errno', 'ENOENT');
       const e = await expectRejectCode(collect(readPcap(path)), 'VHOST_SYSCALL');
       expect((e as unknown as VhostUserError).errno).to.equal('ENOENT');
+    });
+  });
+
+  describe('on an in-memory file system (memfs): no disk', () => {
+    const frames = [60, 61, 1514, 9000, 300].map((size, i) => buildUdpFrameOfSize(size, i));
+    const stamps = frames.map((_, i) => 1_700_000_000_123_456_789n + BigInt(i) * 1_000n);
+
+    async function writeCapture(fs: FileSystem | undefined, path: string, nanoseconds: boolean): Promise<void> {
+      const w = await PcapWriter.open(path, { nanoseconds, snaplen: 2000, ...(fs ? { fs } : {}) });
+      frames.forEach((f, i) => w.write(f, stamps[i]));
+      await w.close();
+    }
+
+    for (const nanoseconds of [false, true]) {
+      it(`the writer's file is byte for byte the one it writes to disk, and both readers read it back (${nanoseconds ? 'ns' : 'us'})`, async () => {
+        const { fs } = memfs({ '/captures': null });
+        const path = '/captures/cap.pcap';
+        await writeCapture(fs, path, nanoseconds);
+        expect(existsSync(path), 'nothing on disk').to.equal(false);
+        const disk = join(dir, 'cap.pcap');
+        await writeCapture(undefined, disk, nanoseconds);
+        const inMemory = fs.readFileSync(path) as Buffer;
+        expect(Buffer.compare(inMemory, readFileSync(disk))).to.equal(0);
+
+        const records = await collect(readPcap(path, { fs }));
+        expect(records.map((r) => r.originalLength)).to.deep.equal(frames.map((f) => f.length));
+        // snaplen 2000 truncated the 9000-byte frame; the others are whole and intact.
+        expect(records.map((r) => r.data.length)).to.deep.equal([60, 61, 1514, 2000, 300]);
+        expect(records.map((r) => r.timestampNs)).to.deep.equal(stamps.map((t) => (nanoseconds ? t : (t / 1000n) * 1000n)));
+        const whole = readPcapFrames(path, { fs });
+        expect(whole.map((f) => Buffer.from(f).toString('hex'))).to.deep.equal(records.map((r) => Buffer.from(r.data).toString('hex')));
+        expect([0, 1, 2, 4].every((i) => framePayloadIntact(whole[i]!) && frameSequence(whole[i]!) === i)).to.equal(true);
+      });
+    }
+
+    it('errors name the path and errno: a missing directory, a missing file, a malformed file', async () => {
+      const { fs } = memfs({ '/captures/bad.pcap': 'not a capture, long enough to hold a header' });
+      const create = await expectRejectCode(PcapWriter.open('/no/such/dir.pcap', { fs }), 'VHOST_SYSCALL');
+      expect((create as unknown as VhostUserError).errno).to.equal('ENOENT');
+      expect(() => readPcapFrames('/captures/none.pcap', { fs })).to.throw().with.property('errno', 'ENOENT');
+      const open = await expectRejectCode(collect(readPcap('/captures/none.pcap', { fs })), 'VHOST_SYSCALL');
+      expect((open as unknown as VhostUserError).errno).to.equal('ENOENT');
+      await expectRejectCode(collect(readPcap('/captures/bad.pcap', { fs })), 'VHOST_BAD_PCAP');
+      expect(() => readPcapFrames('/captures/bad.pcap', { fs })).to.throw().with.property('code', 'VHOST_BAD_PCAP');
+    });
+
+    it('a write that fails part-way (ENOSPC after some bytes) loses no record and duplicates none on a retried flush', async () => {
+      const { fs: mem } = memfs({ '/captures': null });
+      // The file system takes 100 bytes of the first write, then refuses once with ENOSPC.
+      let failures = 1;
+      const fs: FileSystem = {
+        ...mem,
+        open: (p, f, cb) => mem.open(p, f, cb),
+        read: (fd, b, o, l, pos, cb) => mem.read(fd, b, o, l, pos, cb),
+        close: (fd, cb) => mem.close(fd, cb),
+        readFileSync: (p) => mem.readFileSync(p) as Buffer,
+        writeFileSync: (p, d) => mem.writeFileSync(p, d),
+        writeSync(fd, buf, off, len) {
+          if (len > 100 && failures > 0) return mem.writeSync(fd, buf, off, 100);
+          if (failures-- > 0) throw Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' });
+          return mem.writeSync(fd, buf, off, len);
+        },
+      };
+      const w = await PcapWriter.open('/captures/full.pcap', { fs });
+      frames.forEach((f, i) => w.write(f, stamps[i]));
+      expect(() => w.flush()).to.throw().with.property('errno', 'ENOSPC');
+      await w.close();
+      const back = readPcapFrames('/captures/full.pcap', { fs: mem });
+      expect(back.map((f) => f.length)).to.deep.equal(frames.map((f) => f.length));
     });
   });
 });

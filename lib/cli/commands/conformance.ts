@@ -5,12 +5,12 @@
  * summary; --format json|junit prints one document at the end (or writes it to
  * --output). Exit status 0 once the suite ran, whatever it found, unless --strict.
  */
-import { writeFileSync } from 'node:fs';
 import { appliesTo, CONFORMANCE_DEVICES, matchesOnly } from '../../conformance/check.js';
 import { allChecks } from '../../conformance/checks/index.js';
 import { formatJson, formatJunit, formatResultLine, formatTextFooter } from '../../conformance/report.js';
 import { runConformance } from '../../conformance/runner.js';
 import { UsageError } from '../args.js';
+import { nodeFileSystem } from '../../file-system.js';
 import { defineCommand } from '../command.js';
 
 export default defineCommand({
@@ -27,7 +27,8 @@ export default defineCommand({
     "--spawn 'CMD' starts the back-end with `sh -c 'exec CMD'` (CMD must listen on --socket), notices\n" +
     'when a check makes it crash (a finding of that check) and starts it again. A back-end that exits\n' +
     'with code 0 once its front-end leaves (virtiofsd) is detected as one-shot and started again for\n' +
-    'every check and wherever a check needs a new front-end; only a non-zero exit or a signal is a crash.',
+    'every check and wherever a check needs a new front-end; only a non-zero exit or a signal is a crash. CMD runs in a\n' +
+    'process group of its own, stopped as a whole: what a wrapper (npx, sh -c) started in it is stopped too.',
   options: {
     socket: { type: 'string', required: true, valueName: 'PATH', description: 'the back-end socket' },
     device: { type: 'enum', choices: CONFORMANCE_DEVICES, default: 'generic', description: 'device the back-end serves (net and blk add data-plane and config checks)' },
@@ -62,7 +63,7 @@ export default defineCommand({
     if (text) io.stdout(formatTextFooter(report));
     else {
       const doc = args.format === 'json' ? formatJson(report) : formatJunit(report);
-      if (args.output !== undefined) writeFileSync(args.output, doc);
+      if (args.output !== undefined) (io.fs ?? nodeFileSystem).writeFileSync(args.output, doc);
       else io.stdout(doc);
     }
     if (args.strict && report.summary.fail > 0) {

@@ -40,13 +40,14 @@ export default defineCommand({
     json: { type: 'boolean', description: 'print one JSON object' },
   },
   async run(args, io) {
+    // First, so a capture file that cannot be created leaves no back-end or directory behind.
+    const pcap = args.pcap ? await PcapWriter.open(args.pcap, io.fs ? { fs: io.fs } : {}) : null;
     const dir = mkdtempSync(join(tmpdir(), 'vhost-demo-'));
     const socket = join(dir, 'net.sock');
     const backend = ReferenceBackend.listen(socket, { device: 'net' });
     const violations: string[] = [];
     backend.on('violation', (v) => violations.push(`${v.code}${v.request ? ` [${v.request}]` : ''}: ${v.message}`));
     let net: VirtioNet | null = null;
-    const pcap = args.pcap ? await PcapWriter.open(args.pcap) : null;
     try {
       const ring = args.ring as RingKind;
       net = await VirtioNet.open(socket, {

@@ -22,7 +22,7 @@ export default defineCommand({
     pcap: { type: 'string', valueName: 'OUT', description: 'write received frames to this pcap file' },
   },
   async run(args, io) {
-    const pcap = args.pcap ? await PcapWriter.open(args.pcap) : null;
+    const pcap = args.pcap ? await PcapWriter.open(args.pcap, io.fs ? { fs: io.fs } : {}) : null;
     let net;
     try {
       net = await openNet(args);

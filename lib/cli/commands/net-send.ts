@@ -27,7 +27,7 @@ export default defineCommand({
     pcap: { type: 'string', valueName: 'IN', description: 'send the frames of this pcap file instead' },
   },
   async run(args, io) {
-    const pool = args.pcap ? readPcapFrames(args.pcap) : [];
+    const pool = args.pcap ? readPcapFrames(args.pcap, io.fs ? { fs: io.fs } : {}) : [];
     if (args.pcap && pool.length === 0) throw new VhostUserError('VHOST_INVALID_ARGUMENT', `${args.pcap} holds no frames`);
     const count = args.count ?? (args.pcap ? pool.length : 1000);
     if (!args.pcap) for (let s = 0; s < Math.min(count, SYNTHETIC_POOL); s++) pool.push(buildUdpFrameOfSize(args.size, s));
