@@ -121,7 +121,7 @@ export class FaultPlan {
     return this.take(connection, (f) => {
       if (isRingFault(f.name)) return false;
       if (f.request !== undefined && f.request !== request) return false;
-      switch (f.name as MessageFaultName) {
+      switch (f.name) {
         case 'disconnect-before':
         case 'disconnect-after':
           return true;

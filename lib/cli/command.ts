@@ -29,6 +29,13 @@ export interface Command<O extends OptionSpecs = OptionSpecs> {
   run(args: ParsedOptions<O>, io: CliIo): Promise<number | void>;
 }
 
+/**
+ * A command of any option set, for lists of commands. `run` takes its own options, so
+ * `Command<O>` is not assignable to `Command<OptionSpecs>`; `any` erases O only here.
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type AnyCommand = Command<any>;
+
 /** Identity, so a command's `run` sees its options typed from its own declarations. */
 export function defineCommand<const O extends OptionSpecs>(command: Command<O>): Command<O> {
   return command;

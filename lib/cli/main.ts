@@ -9,8 +9,8 @@
 import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { VhostUserError } from '../errors.js';
-import { formatHelp, isUsageError, parseArgs, table, UsageError } from './args.js';
-import type { CliIo, Command } from './command.js';
+import { formatHelp, isUsageError, parseArgs, table, UsageError, type OptionSpecs } from './args.js';
+import type { AnyCommand, CliIo } from './command.js';
 import { commands as builtins } from './commands/index.js';
 
 export type { CliIo, Command } from './command.js';
@@ -33,7 +33,7 @@ export function errorLine(e: unknown): string {
   return `${PROGRAM}: ${text.replace(/\s*\n\s*/g, ' | ')}\n`;
 }
 
-function generalHelp(commands: readonly Command<any>[]): string {
+function generalHelp(commands: readonly AnyCommand[]): string {
   return [
     `Usage: ${PROGRAM} <command> [options]`,
     '',
@@ -54,7 +54,7 @@ function generalHelp(commands: readonly Command<any>[]): string {
 }
 
 /** The command whose name words lead `argv`, longest name first (`net send` before `net`). */
-function findCommand(commands: readonly Command<any>[], argv: readonly string[]): Command<any> | undefined {
+function findCommand(commands: readonly AnyCommand[], argv: readonly string[]): AnyCommand | undefined {
   return [...commands]
     .sort((a, b) => b.name.split(' ').length - a.name.split(' ').length)
     .find((c) => c.name.split(' ').every((w, i) => argv[i] === w));
@@ -64,7 +64,7 @@ function findCommand(commands: readonly Command<any>[], argv: readonly string[])
  * Runs one command line (`argv` without node and the script) and resolves with the
  * exit status. Never throws: failures are reported on `io.stderr`.
  */
-export async function main(argv: readonly string[], io: CliIo, commands: readonly Command<any>[] = builtins): Promise<number> {
+export async function main(argv: readonly string[], io: CliIo, commands: readonly AnyCommand[] = builtins): Promise<number> {
   try {
     const first = argv[0];
     if (first === undefined) throw new UsageError(`no command given (see '${PROGRAM} --help')`);
@@ -87,7 +87,7 @@ export async function main(argv: readonly string[], io: CliIo, commands: readonl
     }
     const parsed = parseArgs(command.options, argv.slice(command.name.split(' ').length), { where: command.name });
     if (parsed.help) {
-      io.stdout(formatHelp(`${PROGRAM} ${command.name} [options]`, command.description ?? command.summary, command.options));
+      io.stdout(formatHelp(`${PROGRAM} ${command.name} [options]`, command.description ?? command.summary, command.options as OptionSpecs));
       return 0;
     }
     return (await command.run(parsed.options, io)) ?? 0;

@@ -385,7 +385,7 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
     if (this.mem === null) throw new VhostUserError('VHOST_INVALID_STATE', 'allocate() the rings before start()');
     if (hooks) this.hooks = hooks;
     const client = this.current;
-    await this.startOn(client, this.pendingBases!, { handshake: false, restart: this.started });
+    await this.startOn(client, this.pendingBases, { handshake: false, restart: this.started });
     this.pendingBases = null;
     this.started = true;
     this.running = true;

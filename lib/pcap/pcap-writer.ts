@@ -157,11 +157,11 @@ export class PcapWriter {
   /** Flushes and closes the file. Idempotent; the file is closed even if the last flush fails. */
   async close(): Promise<void> {
     if (this.fd < 0) return;
-    let flushError: unknown;
+    let flushError: Error | undefined;
     try {
       this.flush();
     } catch (e) {
-      flushError = e;
+      flushError = e instanceof Error ? e : new Error(String(e));
     }
     const fd = this.fd;
     this.fd = -1;

@@ -152,7 +152,7 @@ describe('VirtioBlk property: random request mixes against a disk model', functi
       process.stdout.write(`      skipped: ${built.skip}\n`);
       this.skip();
     }
-    const proc = await startVhostBlk((built as { binary: string }).binary);
+    const proc = await startVhostBlk((built).binary);
     const blk = await VirtioBlk.open(proc.socketPath, { strictUsedLen: false });
     try {
       // It has one queue and no FLUSH, DISCARD or WRITE_ZEROES.

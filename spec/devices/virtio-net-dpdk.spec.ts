@@ -95,7 +95,7 @@ describe('virtio-net driver through dpdk-testpmd (io forwarding) @integration', 
       for (let q = 0; q < 2; q++) {
         if (got[q]!.length !== 5000) {
           const txOutstanding: number = net.queues(q).tx.outstanding;
-          expect.fail(`queue ${q}: ${got[q]!.length} of 5000 frames back; TX outstanding ${txOutstanding}; counters ${JSON.stringify(net.counters(q))}\ntestpmd:\n${backend!.output().split('\n').slice(-25).join('\n')}`);
+          expect.fail(`queue ${q}: ${got[q]!.length} of 5000 frames back; TX outstanding ${txOutstanding}; counters ${JSON.stringify(net.counters(q))}\ntestpmd:\n${backend.output().split('\n').slice(-25).join('\n')}`);
         }
         for (let i = 0; i < 5000; i++) {
           if (Buffer.compare(Buffer.from(got[q]![i]!), Buffer.from(perQueue[q]![i]!)) !== 0) {

@@ -66,5 +66,5 @@ export async function inChunks(blk: VirtioBlk, length: number, op: (rel: number,
   // Every worker finishes or the first failure is reported (the rest fail with it or complete).
   const results = await Promise.allSettled(workers);
   const failed = results.find((r) => r.status === 'rejected');
-  if (failed) throw (failed as PromiseRejectedResult).reason;
+  if (failed) throw (failed).reason;
 }

@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ReferenceBackend } from '../../backend/reference-backend.js';
-import { RxBurst, VirtioNet, type RingKind } from '../../devices/net/virtio-net.js';
+import { RxBurst, VirtioNet } from '../../devices/net/virtio-net.js';
 import { PcapWriter } from '../../pcap/pcap-writer.js';
 import { framePayloadIntact, frameSequence, UdpFrameTemplate } from '../../net/frame-builder.js';
 import { featureNames, protocolFeatureNames } from '../../protocol/constants.js';
@@ -49,7 +49,7 @@ export default defineCommand({
     backend.on('violation', (v) => violations.push(`${v.code}${v.request ? ` [${v.request}]` : ''}: ${v.message}`));
     let net: VirtioNet | null = null;
     try {
-      const ring = args.ring as RingKind;
+      const ring = args.ring;
       net = await VirtioNet.open(socket, {
         queuePairs: args.queues,
         ring,
@@ -59,7 +59,7 @@ export default defineCommand({
       const total = args.frames;
       const seen = new Uint8Array(total);
       const bursts = Array.from({ length: net.queuePairs }, () => new RxBurst(256));
-      const out: Uint8Array[] = new Array(BURST);
+      const out = new Array<Uint8Array>(BURST);
       // sendBurst copies, so BURST buffers are rewritten for every burst: no frame is allocated.
       const template = new UdpFrameTemplate(args.size);
       const pool = Array.from({ length: BURST }, () => new Uint8Array(args.size));
@@ -88,7 +88,7 @@ export default defineCommand({
           for (let n = net.receiveBurst(q, b); n > 0; n = net.receiveBurst(q, b)) {
             progress = true;
             for (let i = 0; i < n; i++) {
-              const frame = b.buffer.subarray(b.offsets[i]!, b.offsets[i]! + b.lengths[i]!);
+              const frame = b.buffer.subarray(b.offsets[i], b.offsets[i]! + b.lengths[i]!);
               pcap?.write(frame);
               const seq = frameSequence(frame);
               if (frame.length !== args.size || seq === undefined || seq >= total || !framePayloadIntact(frame)) corrupt++;

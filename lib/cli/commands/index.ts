@@ -1,5 +1,5 @@
 /** Every `vhost-user` subcommand, in `--help` order. A new command is a module here. */
-import type { Command } from '../command.js';
+import type { AnyCommand } from '../command.js';
 import netRecv from './net-recv.js';
 import netSend from './net-send.js';
 import probe from './probe.js';
@@ -12,4 +12,4 @@ import blkWrite from './blk-write.js';
 import blkVerify from './blk-verify.js';
 
 // Each command's options type differs; dispatch only needs the common shape.
-export const commands: readonly Command<any>[] = [probe, netSend, netRecv, blkInfo, blkRead, blkWrite, blkVerify, serve, demo, conformance];
+export const commands: readonly AnyCommand[] = [probe, netSend, netRecv, blkInfo, blkRead, blkWrite, blkVerify, serve, demo, conformance];

@@ -37,7 +37,7 @@ export default defineCommand({
         const n = net.receiveBurst(q, burst);
         for (let i = 0; i < n && frames < args.count; i++) {
           const len = burst.lengths[i]!;
-          if (pcap) pcap.write(burst.buffer.subarray(burst.offsets[i]!, burst.offsets[i]! + len));
+          if (pcap) pcap.write(burst.buffer.subarray(burst.offsets[i], burst.offsets[i]! + len));
           frames++;
           bytes += len;
         }

@@ -35,7 +35,7 @@ export default defineCommand({
     try {
       const longest = pool.reduce((m, f) => Math.max(m, f.length), 0);
       if (longest > net.maxFrameSize) throw new VhostUserError('VHOST_INVALID_ARGUMENT', `a ${longest}-byte frame does not fit a ${net.maxFrameSize}-byte TX slot`);
-      const burst: Uint8Array[] = new Array(BURST);
+      const burst = new Array<Uint8Array>(BURST);
       let sent = 0;
       let bytes = 0;
       let lastProgress = Date.now();

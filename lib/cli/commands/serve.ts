@@ -44,7 +44,7 @@ export default defineCommand({
     }
     const backend = ReferenceBackend.listen(args.socket, {
       faults,
-      device: args.device as 'net' | 'blk',
+      device: args.device,
       ...(args.image !== undefined ? { blkImage: args.image } : {}),
       ...(args.size !== undefined ? { blkSize: args.size } : {}),
       ...(args.readOnly ? { blkReadOnly: true } : {}),
