@@ -205,10 +205,25 @@ describe('transport', () => {
     try {
       let calls = 0;
       fake.watch(() => calls++);
-      expect(libc.write(sv[0]!, zeros, 8)).to.equal(8);
-      await settle(30);
-      expect(libc.write(sv[0]!, zeros, 8)).to.equal(8);
-      await settle(30);
+      // Each quiet period ends with an event, not a timer: a real eventfd signalled after the
+      // write fires its watcher; the socket was readable before it, so by then the fake's
+      // watcher has had its turn (both come from one poll of the same loop).
+      const canary = new EventFd();
+      let onCanary = () => {};
+      canary.watch(() => onCanary());
+      const canaryFired = () => new Promise<void>((resolve) => (onCanary = resolve));
+      try {
+        expect(libc.write(sv[0]!, zeros, 8)).to.equal(8);
+        let fired = canaryFired();
+        canary.signal();
+        await fired;
+        expect(libc.write(sv[0]!, zeros, 8)).to.equal(8);
+        fired = canaryFired();
+        canary.signal();
+        await fired;
+      } finally {
+        canary.close();
+      }
       expect(calls).to.equal(0);
       // The watcher stopped after the first zero counter: the second write is still unread.
       expect(libc.read(sv[1]!, new Uint8Array(16), 16)).to.equal(8);
@@ -220,15 +235,22 @@ describe('transport', () => {
 
   it('handles 64 idle watched eventfds without using the libuv threadpool', async () => {
     const fds = Array.from({ length: 64 }, () => new EventFd());
-    let fired = 0;
+    const fired: number[] = [];
+    let onFire = () => {};
     try {
-      for (const f of fds) f.watch(() => fired++);
+      fds.forEach((f, i) => f.watch(() => (fired.push(i), onFire())));
+      const next = () => new Promise<void>((resolve) => (onFire = resolve));
       // The threadpool has 4 threads; if watching held one each, this fs call would queue behind them forever.
       const { promises } = await import('node:fs');
       await promises.stat('/');
+      let event = next();
       fds[63]!.signal();
-      await settle(20);
-      expect(fired).to.equal(1);
+      await event;
+      // The idle 62 stay quiet, shown by an event: fd 0 signalled afterwards fires next, alone.
+      event = next();
+      fds[0]!.signal();
+      await event;
+      expect(fired).to.deep.equal([63, 0]);
     } finally {
       for (const f of fds) f.close();
     }
