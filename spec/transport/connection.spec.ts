@@ -114,6 +114,8 @@ describe('transport', () => {
     const efd = new EventFd();
     const closed = nextClose(rx);
     pair.a.send(rawHeader(5, 1, 40), [efd.fd, efd.fd]);
+    // Not a quiet-period check: the header is usually read before the EOF, else both come in
+    // one read; either way the message is cut short, which is what is asserted.
     await settle(10);
     pair.a.close();
     const err = await closed;
@@ -140,6 +142,9 @@ describe('transport', () => {
     const tmp = tempSocketPath();
     try {
       const pending = UnixStream.connect(tmp.path, { timeoutMs: 3000 });
+      // Not a quiet-period check: the first attempt is refused synchronously inside connect()
+      // (no socket yet), so the retry path is taken whatever this pause; it lets a few backoff
+      // rounds go by before the listener appears.
       await settle(100);
       const listener = UnixListener.listen(tmp.path);
       const [a, b] = await Promise.all([pending, listener.accept(2000)]);
