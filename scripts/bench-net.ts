@@ -12,7 +12,7 @@ import { runCell, type CellRun, type CellSpec } from './bench/cell.js';
 import { waitForQuiet } from './bench/cpu.js';
 import { benchHelp, parseBenchArgs, type BenchOptions } from './bench/options.js';
 import { killAllWorkers, OursWorker } from './bench/ours.js';
-import { describeRun, formatTable, GBPS_BASIS, SOURCES, summarize, toJson, type BenchMeta, type CellOutcome } from './bench/report.js';
+import { describeRun, exitCodeOf, formatTable, GBPS_BASIS, SOURCES, summarize, toJson, type BenchMeta, type CellOutcome } from './bench/report.js';
 
 /** How long to wait for other programs to calm down before a run starts anyway. */
 const QUIET_WAIT_MS = 60_000;
@@ -95,12 +95,11 @@ async function run(opts: BenchOptions, signal: AbortSignal): Promise<number> {
 
   const outcomes: CellOutcome[] = [];
   const commands: Record<string, string> = {};
-  let failures = 0;
   // Runs alternate between the frontends (dpdk, ours, dpdk, ours, ...) so that a slow
   // phase of the machine (other tenants, the hypervisor) hits both sides alike.
   for (const direction of opts.directions) {
     for (const frameSize of opts.sizes) {
-      const cell = opts.frontends.map((frontend): CellOutcome => ({ direction, frameSize, frontend, runs: [] }));
+      const cell = opts.frontends.map((frontend): CellOutcome => ({ direction, frameSize, frontend, runs: [], failures: [] }));
       outcomes.push(...cell);
       for (const outcome of cell) {
         if (outcome.frontend === 'ours' && oursUnavailable) outcome.error = oursUnavailable;
@@ -108,8 +107,11 @@ async function run(opts: BenchOptions, signal: AbortSignal): Promise<number> {
       for (let r = 1; r <= opts.repeat; r++) {
         for (const outcome of cell) {
           const { frontend } = outcome;
-          // A driver that cannot run at all will not run on the next attempt either.
-          if (outcome.error && /driver not available/.test(outcome.error)) continue;
+          // A driver that cannot run at all will not run on the next attempt either; each run it misses is a failed run.
+          if (outcome.error && /driver not available/.test(outcome.error)) {
+            outcome.failures!.push({ run: r, error: outcome.error });
+            continue;
+          }
           if (signal.aborted) throw new Error('aborted');
           const spec: CellSpec = {
             direction, frameSize, frontend,
@@ -127,7 +129,8 @@ async function run(opts: BenchOptions, signal: AbortSignal): Promise<number> {
             if (signal.aborted) throw e;
             const msg = e instanceof Error ? e.message : String(e);
             progress(`${label}: FAILED: ${msg}`);
-            if (frontend === 'dpdk') failures++;
+            // Either side: a failed run is listed in the report and fails the benchmark.
+            outcome.failures!.push({ run: r, error: msg.split('\n')[0]! });
             outcome.error ??= msg.split('\n')[0]!;
           }
         }
@@ -152,7 +155,9 @@ async function run(opts: BenchOptions, signal: AbortSignal): Promise<number> {
   };
   const cases = summarize(outcomes, opts);
   process.stdout.write(opts.json ? `${JSON.stringify(toJson(cases, meta), null, 2)}\n` : formatTable(cases, meta));
-  return failures ? 1 : 0;
+  const code = exitCodeOf(cases);
+  if (code) progress('FAILED: some runs did not complete (listed in the report)');
+  return code;
 }
 
 const abort = new AbortController();

@@ -95,6 +95,7 @@ export const DESCRIPTION = [
   'cells. Gbit/s is the L2 frame rate (frame bytes x 8, without preamble, IFG or FCS).',
   'Progress goes to stderr. For clean JSON on stdout through npm, add -s:',
   '  npm run -s bench:net -- --json > result.json',
+  'Exit status 1 when any run of either frontend failed; the report lists each one.',
 ].join('\n');
 
 export function benchHelp(): string {

@@ -97,6 +97,14 @@ export function unsteady(intervals: readonly number[]): boolean {
 /** Runs with more foreign CPU than this (in % of one CPU) are flagged as disturbed. */
 export const DISTURBED_CPU_PCT = 10;
 
+/** A run that produced no measurement: the benchmark fails when there is any. */
+export interface RunFailure {
+  /** 1-based, in the order of `--repeat`. */
+  run: number;
+  /** First line of the error. */
+  error: string;
+}
+
 export interface CaseSummary {
   direction: Direction;
   frameSize: number;
@@ -108,6 +116,8 @@ export interface CaseSummary {
   ratioBest: number | null;
   /** Why a side is null (not run, driver not available, failed). */
   errors?: Partial<Record<FrontendKind, string>>;
+  /** Runs of each side that failed; the medians are of the other runs only, so any entry fails the benchmark. */
+  failures?: Partial<Record<FrontendKind, RunFailure[]>>;
 }
 
 export interface CellOutcome {
@@ -115,6 +125,8 @@ export interface CellOutcome {
   frameSize: number;
   frontend: FrontendKind;
   runs: RunResult[];
+  /** Runs that failed (or could not start), each listed in the report. */
+  failures?: RunFailure[];
   error?: string;
 }
 
@@ -155,10 +167,13 @@ export function summarize(
     for (const frameSize of opts.sizes) {
       const c: CaseSummary = { direction, frameSize, ours: null, dpdk: null, ratio: null, ratioBest: null };
       const errors: Partial<Record<FrontendKind, string>> = {};
+      const failures: Partial<Record<FrontendKind, RunFailure[]>> = {};
       for (const kind of ['dpdk', 'ours'] as const) {
         const mine = outcomes.filter((o) => o.direction === direction && o.frameSize === frameSize && o.frontend === kind);
         const runs = mine.flatMap((o) => o.runs);
         c[kind] = summarizeSide(runs, frameSize);
+        const failed = mine.flatMap((o) => o.failures ?? []);
+        if (failed.length) failures[kind] = failed;
         const err = mine.find((o) => o.error)?.error;
         if (err) errors[kind] = err;
         else if (!opts.frontends.includes(kind)) errors[kind] = 'not run (--only)';
@@ -166,10 +181,23 @@ export function summarize(
       c.ratio = ratioOf(c.ours?.mpps, c.dpdk?.mpps);
       c.ratioBest = ratioOf(c.ours?.best, c.dpdk?.best);
       if (Object.keys(errors).length) c.errors = errors;
+      if (Object.keys(failures).length) c.failures = failures;
       cases.push(c);
     }
   }
   return cases;
+}
+
+/** Every failed run, case by case, dpdk before ours. */
+export function failedRuns(cases: readonly CaseSummary[]): (RunFailure & { direction: Direction; frameSize: number; frontend: FrontendKind })[] {
+  return cases.flatMap((c) =>
+    (['dpdk', 'ours'] as const).flatMap((frontend) => (c.failures?.[frontend] ?? []).map((f) => ({ direction: c.direction, frameSize: c.frameSize, frontend, ...f }))),
+  );
+}
+
+/** The bench's exit code for these results: 1 when a run of either side failed, else 0. */
+export function exitCodeOf(cases: readonly CaseSummary[]): number {
+  return failedRuns(cases).length > 0 ? 1 : 0;
 }
 
 export interface BenchMeta {
@@ -232,7 +260,9 @@ export function toJson(cases: readonly CaseSummary[], meta: BenchMeta): Record<s
       ratio: c.ratio === null ? null : round(c.ratio, 4),
       ratioBest: c.ratioBest === null ? null : round(c.ratioBest, 4),
       ...(c.errors ? { errors: c.errors } : {}),
+      ...(c.failures ? { failures: c.failures } : {}),
     })),
+    failedRuns: failedRuns(cases).length,
     ...meta,
   };
 }
@@ -241,10 +271,11 @@ function fmt(x: number | null | undefined, digits: number): string {
   return x == null ? '-' : x.toFixed(digits);
 }
 
-function mppsCell(s: SideSummary | null): string {
-  if (!s) return '-';
-  if (s.runs.length < 2) return fmt(s.mpps, 2);
-  return `${fmt(s.mpps, 2)} (${fmt(Math.min(...s.runs), 2)}-${fmt(Math.max(...s.runs), 2)})`;
+function mppsCell(s: SideSummary | null, failed: number): string {
+  const mark = failed ? ` [${failed} failed]` : '';
+  if (!s) return `-${mark}`;
+  if (s.runs.length < 2) return `${fmt(s.mpps, 2)}${mark}`;
+  return `${fmt(s.mpps, 2)} (${fmt(Math.min(...s.runs), 2)}-${fmt(Math.max(...s.runs), 2)})${mark}`;
 }
 
 /** Right-aligned columns, first column left-aligned. */
@@ -265,9 +296,9 @@ export function formatTable(cases: readonly CaseSummary[], meta: BenchMeta): str
     rows.push([
       c.direction,
       `${c.frameSize} B`,
-      mppsCell(c.dpdk),
+      mppsCell(c.dpdk, c.failures?.dpdk?.length ?? 0),
       fmt(c.dpdk?.gbps, 2),
-      mppsCell(c.ours),
+      mppsCell(c.ours, c.failures?.ours?.length ?? 0),
       fmt(c.ours?.gbps, 2),
       pct(c.ratio),
       ...(multi ? [pct(c.ratioBest)] : []),
@@ -333,6 +364,14 @@ export function formatTable(cases: readonly CaseSummary[], meta: BenchMeta): str
     }
   }
   if (notes.length) lines.push('', 'Notes:', ...dedupeNotes(notes));
+  const failed = failedRuns(cases);
+  if (failed.length) {
+    lines.push(
+      '',
+      `FAILED: ${failed.length} run(s) did not complete; the medians above leave them out, so the benchmark fails:`,
+      ...failed.map((f) => `  ${f.direction} ${f.frameSize} B ${f.frontend} run ${f.run}/${meta.repeat}: ${f.error}`),
+    );
+  }
   return lines.join('\n') + '\n';
 }
 

@@ -11,7 +11,7 @@ import { VhostUserClient } from '../../lib/client/vhost-user-client.js';
 import { RxBurst, VirtioNet, type RingKind } from '../../lib/devices/net/virtio-net.js';
 import { VhostUserError } from '../../lib/errors.js';
 import { GuestMemory } from '../../lib/memory/guest-memory.js';
-import { buildUdpFrameOfSize } from '../../lib/net/frame-builder.js';
+import { buildUdpFrameOfSize, isRarpFrame } from '../../lib/net/frame-builder.js';
 import { resourceSnapshot, settle, timerCount } from '../helpers/resources.js';
 import { tempSocketPath } from '../helpers/socket-pair.js';
 
@@ -240,7 +240,18 @@ describe('fault injection: the client against a misbehaving reference back-end',
         const net = await VirtioNet.open(path, { timeoutMs: 2000 });
         try {
           expect(net.sendBurst([buildUdpFrameOfSize(100, 0), buildUdpFrameOfSize(100, 1)])).to.equal(2);
-          await settle(100);
+          expect(net.counters(0).kicks, 'the back-end was kicked for the TX ring').to.be.above(0);
+          // The quiet period ends with an event, not a timer: SEND_RARP goes after the kick, and
+          // the back-end puts its RARP frame on RX ring 0 (which it still serves). The kick was
+          // pending before the request was sent, so by the time that frame is here the back-end
+          // has had the kick; the TX buffers must still be outstanding.
+          await net.client.sendRarp(Uint8Array.of(0x52, 0x54, 0, 0, 0, 1));
+          const burst = new RxBurst();
+          let rarp = 0;
+          for (const deadline = Date.now() + 2000; rarp === 0 && Date.now() < deadline; await settle(1)) {
+            for (let i = net.receiveBurst(0, burst) - 1; i >= 0; i--) if (isRarpFrame(burst.frame(i))) rarp++;
+          }
+          expect(rarp, 'the RARP frame sent after the kick came back on RX').to.equal(1);
           expect(net.txInFlight(0)).to.equal(2);
           expect(backend.net.frames).to.equal(0);
         } finally {

@@ -8,6 +8,7 @@ import { expect } from 'chai';
 import { ReferenceBackend } from '../../lib/backend/reference-backend.js';
 import { RxBurst, VirtioNet, type RingKind } from '../../lib/devices/net/virtio-net.js';
 import { VhostUserError } from '../../lib/errors.js';
+import { DirtyLog } from '../../lib/memory/dirty-log.js';
 import { startTestpmd, type TestpmdBackend } from '../../lib/launch/dpdk-testpmd.js';
 import { buildUdpFrameOfSize } from '../../lib/net/frame-builder.js';
 import { skipWithout } from '../helpers/backends.js';
@@ -49,6 +50,37 @@ function checkLog(net: VirtioNet, pages: number[]): void {
   expect(pages.some((p) => completionPages(txq).has(p)), 'a TX used ring page').to.equal(true);
 }
 
+/**
+ * A second view of the log the driver shares with SET_LOG_BASE, mapped from the same
+ * memfd when it is handed over. The driver unmaps and closes its copy at
+ * stopDirtyLog(), but the back-end keeps the log mapped (nothing revokes a log base),
+ * so this view sees any bit a back-end still sets after logging was turned off.
+ */
+function shadowLog(net: VirtioNet, cleanups: (() => unknown)[]): { view: DirtyLog | null } {
+  const shadow: { view: DirtyLog | null } = { view: null };
+  const client = net.client;
+  const setLogBase = client.setLogBase.bind(client);
+  client.setLogBase = (fd, size, offset) => {
+    shadow.view = DirtyLog.map(fd, size, offset ?? 0n, 'SET_LOG_BASE');
+    const view = shadow.view;
+    cleanups.push(() => view.close());
+    return setLogBase(fd, size, offset);
+  };
+  return shadow;
+}
+
+/**
+ * What "nothing logged after stop" takes: bits already set are gone (the final sync
+ * returned them), then frames go round through the back-end, which writes RX buffers
+ * and both used rings for each (the very pages it logged before), and still no bit
+ * appears in the log it keeps mapped.
+ */
+async function expectNothingLoggedAfterStop(net: VirtioNet, view: DirtyLog): Promise<void> {
+  expect(view.sync(), 'bits left after the final sync of stopDirtyLog').to.deep.equal([]);
+  expect(await loop(net, 200), 'traffic goes on without logging').to.equal(200);
+  expect(view.sync(), 'pages the back-end logged after stopDirtyLog').to.deep.equal([]);
+}
+
 describe('VirtioNet dirty logging (migration)', function () {
   this.timeout(60_000);
   let snap: ReturnType<typeof resourceSnapshot>;
@@ -71,6 +103,7 @@ describe('VirtioNet dirty logging (migration)', function () {
       cleanups.push(() => tmp.cleanup(), () => backend.close());
       net = await VirtioNet.open(tmp.path, { ring });
       expect(net.canLogDirty).to.equal(true);
+      const shadow = shadowLog(net, cleanups);
       expect(await loop(net, 100)).to.equal(100); // before logging: nothing recorded anywhere
       await net.startDirtyLog();
       expect(net.isLoggingDirty).to.equal(true);
@@ -78,11 +111,14 @@ describe('VirtioNet dirty logging (migration)', function () {
       expect(await loop(net, 300)).to.equal(300);
       checkLog(net, net.syncDirtyLog());
       expect(net.syncDirtyLog(), 'bits are cleared by a sync').to.deep.equal([]);
+      // The view sees what the driver sees (so its silence after the stop means something).
+      expect(await loop(net, 50)).to.equal(50);
+      checkLog(net, shadow.view!.sync());
       expect(await loop(net, 50)).to.equal(50);
       const last = await net.stopDirtyLog();
       checkLog(net, last);
       expect(net.isLoggingDirty).to.equal(false);
-      expect(await loop(net, 50), 'traffic goes on without logging').to.equal(50);
+      await expectNothingLoggedAfterStop(net, shadow.view!);
       expect(() => net!.syncDirtyLog()).to.throw(VhostUserError).with.property('code', 'VHOST_INVALID_STATE');
     });
   }
@@ -115,16 +151,20 @@ describe('VirtioNet dirty logging (migration)', function () {
       await pmd?.stop();
       pmd = null;
     });
-    it('io forwarding: the log holds RX buffer and used-ring pages, no TX buffer page', async () => {
+    it('io forwarding: the log holds RX buffer and used-ring pages, no TX buffer page; nothing is logged after stop', async () => {
       pmd = await startTestpmd({ forwardMode: 'io' });
       net = await VirtioNet.open(pmd.socketPath, { timeoutMs: 5000 });
+      const shadow = shadowLog(net, cleanups);
       expect(net.canLogDirty).to.equal(true);
       expect(await loop(net, 100)).to.equal(100);
       await net.startDirtyLog();
       expect(await loop(net, 300)).to.equal(300);
       checkLog(net, net.syncDirtyLog());
-      await net.stopDirtyLog();
       expect(await loop(net, 50)).to.equal(50);
+      checkLog(net, shadow.view!.sync());
+      expect(await loop(net, 50)).to.equal(50);
+      checkLog(net, await net.stopDirtyLog());
+      await expectNothingLoggedAfterStop(net, shadow.view!);
     });
   });
 });

@@ -52,7 +52,7 @@ describe('launch/backend-process', function () {
     expect(statSync(socketPath).isSocket()).to.equal(true);
     expect(b.running).to.equal(true);
     expect(liveBackends()).to.include(b);
-    await new Promise((r) => setTimeout(r, 50));
+    for (const deadline = Date.now() + 2000; !b.output().includes('listening') && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 5));
     expect(b.output()).to.contain('listening');
 
     await b.stop();
@@ -90,7 +90,8 @@ describe('launch/backend-process', function () {
     const tempDir = await makeTempDir();
     const socketPath = path.join(tempDir, 'b.sock');
     const b = await spawnBackend({ ...listener(socketPath, { lines: 500 }), socketPath, tempDir });
-    await new Promise((r) => setTimeout(r, 100));
+    // 'line 499' is the last line the child prints: once it is here, every line has been seen.
+    for (const deadline = Date.now() + 2000; !b.output().includes('line 499') && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 5));
     const lines = b.output().split('\n');
     expect(lines).to.have.length(200);
     expect(lines).to.include('line 499');

@@ -9,6 +9,8 @@ import { WORKER_PATH, workerArgs } from '../../scripts/bench/ours.js';
 import { gbpsOf, median, midpoint, rateBetween, ratioOf, spread } from '../../scripts/bench/rate.js';
 import {
   alignColumns,
+  exitCodeOf,
+  failedRuns,
   formatTable,
   GBPS_BASIS,
   SOURCES,
@@ -212,6 +214,79 @@ describe('scripts/bench report', () => {
     expect(text).to.contain('tx 1500 B ours: driver not available: no file');
     expect(text).to.contain('rx 64 B dpdk: 1 run(s) disturbed, other programs took up to 55% of a CPU');
     expect(text).to.contain('rx 1500 B dpdk: the back-end counted 1486.0 bytes per frame');
+  });
+
+  describe('failed runs', () => {
+    // Run 2 of 3 failed on our side, run 3 on DPDK's; another cell lost every run of ours.
+    const failing: CellOutcome[] = [
+      { direction: 'tx', frameSize: 64, frontend: 'dpdk', runs: [run(17, 64), run(18, 64)], failures: [{ run: 3, error: 'back-end exited during the cell:' }] },
+      { direction: 'tx', frameSize: 64, frontend: 'ours', runs: [run(16, 64), run(30, 64)], failures: [{ run: 2, error: 'ours worker exited with code 1' }] },
+      { direction: 'rx', frameSize: 64, frontend: 'dpdk', runs: [run(15, 64), run(15, 64), run(15, 64)], failures: [] },
+      {
+        direction: 'rx', frameSize: 64, frontend: 'ours', runs: [], error: 'link still down',
+        failures: [1, 2, 3].map((r) => ({ run: r, error: 'link still down' })),
+      },
+    ];
+    const failedCases = summarize(failing, { directions: ['tx', 'rx'], sizes: [64], frontends: ['dpdk', 'ours'] });
+    const meta3 = { ...META, repeat: 3 };
+
+    it('a failed run of our side alone fails the benchmark (exit 1), as one of DPDK\'s does', () => {
+      expect(exitCodeOf(failedCases)).to.equal(1);
+      const oursOnly = summarize(failing.filter((o) => o.frontend === 'ours' && o.direction === 'tx').concat([failing[0]!].map((o) => ({ ...o, failures: [] }))), {
+        directions: ['tx'], sizes: [64], frontends: ['dpdk', 'ours'],
+      });
+      expect(oursOnly[0]!.failures).to.deep.equal({ ours: [{ run: 2, error: 'ours worker exited with code 1' }] });
+      expect(exitCodeOf(oursOnly)).to.equal(1);
+      const dpdkOnly = summarize([failing[0]!, { ...failing[1]!, failures: [] }], { directions: ['tx'], sizes: [64], frontends: ['dpdk', 'ours'] });
+      expect(exitCodeOf(dpdkOnly)).to.equal(1);
+      expect(exitCodeOf(cases), 'no failed run: exit 0').to.equal(0);
+    });
+
+    it('lists every failed run, both sides, in order', () => {
+      expect(failedRuns(failedCases)).to.deep.equal([
+        { direction: 'tx', frameSize: 64, frontend: 'dpdk', run: 3, error: 'back-end exited during the cell:' },
+        { direction: 'tx', frameSize: 64, frontend: 'ours', run: 2, error: 'ours worker exited with code 1' },
+        { direction: 'rx', frameSize: 64, frontend: 'ours', run: 1, error: 'link still down' },
+        { direction: 'rx', frameSize: 64, frontend: 'ours', run: 2, error: 'link still down' },
+        { direction: 'rx', frameSize: 64, frontend: 'ours', run: 3, error: 'link still down' },
+      ]);
+      expect(failedRuns(cases)).to.deep.equal([]);
+    });
+
+    it('the table marks the cells and lists each failed run under FAILED', () => {
+      const text = formatTable(failedCases, meta3);
+      const lines = text.split('\n');
+      expect(lines[1]).to.match(/^tx\s+64 B\s+17\.50 \(17\.00-18\.00\) \[1 failed\]\s+[\d.]+\s+23\.00 \(16\.00-30\.00\) \[1 failed\]\s/);
+      expect(lines[2]).to.match(/^rx\s+64 B\s+15\.00 \(15\.00-15\.00\)\s+[\d.]+\s+- \[3 failed\]\s+-\s+-\s+-$/);
+      const at = lines.findIndex((l) => l.startsWith('FAILED:'));
+      expect(lines[at]).to.equal('FAILED: 5 run(s) did not complete; the medians above leave them out, so the benchmark fails:');
+      expect(lines.slice(at + 1, at + 6)).to.deep.equal([
+        '  tx 64 B dpdk run 3/3: back-end exited during the cell:',
+        '  tx 64 B ours run 2/3: ours worker exited with code 1',
+        '  rx 64 B ours run 1/3: link still down',
+        '  rx 64 B ours run 2/3: link still down',
+        '  rx 64 B ours run 3/3: link still down',
+      ]);
+      expect(formatTable(cases, META)).not.to.contain('FAILED');
+    });
+
+    it('JSON lists them per case and counts them', () => {
+      const doc = JSON.parse(JSON.stringify(toJson(failedCases, meta3))) as {
+        failedRuns: number;
+        cases: { failures?: Record<string, { run: number; error: string }[]>; ours: { runs: number[] } | null }[];
+      };
+      expect(doc.failedRuns).to.equal(5);
+      expect(doc.cases[0]!.failures).to.deep.equal({
+        dpdk: [{ run: 3, error: 'back-end exited during the cell:' }],
+        ours: [{ run: 2, error: 'ours worker exited with code 1' }],
+      });
+      expect(doc.cases[0]!.ours!.runs, 'the median is of the runs that completed').to.deep.equal([16, 30]);
+      expect(doc.cases[1]!.failures!.ours).to.have.length(3);
+      expect(doc.cases[1]!.ours).to.equal(null);
+      const clean = JSON.parse(JSON.stringify(toJson(cases, META))) as { failedRuns: number; cases: object[] };
+      expect(clean.failedRuns).to.equal(0);
+      expect(clean.cases[0]).not.to.have.property('failures');
+    });
   });
 
   it('aligns columns', () => {

@@ -114,6 +114,8 @@ describe('transport', () => {
     const efd = new EventFd();
     const closed = nextClose(rx);
     pair.a.send(rawHeader(5, 1, 40), [efd.fd, efd.fd]);
+    // Not a quiet-period check: the header is usually read before the EOF, else both come in
+    // one read; either way the message is cut short, which is what is asserted.
     await settle(10);
     pair.a.close();
     const err = await closed;
@@ -140,6 +142,9 @@ describe('transport', () => {
     const tmp = tempSocketPath();
     try {
       const pending = UnixStream.connect(tmp.path, { timeoutMs: 3000 });
+      // Not a quiet-period check: the first attempt is refused synchronously inside connect()
+      // (no socket yet), so the retry path is taken whatever this pause; it lets a few backoff
+      // rounds go by before the listener appears.
       await settle(100);
       const listener = UnixListener.listen(tmp.path);
       const [a, b] = await Promise.all([pending, listener.accept(2000)]);
@@ -205,10 +210,25 @@ describe('transport', () => {
     try {
       let calls = 0;
       fake.watch(() => calls++);
-      expect(libc.write(sv[0]!, zeros, 8)).to.equal(8);
-      await settle(30);
-      expect(libc.write(sv[0]!, zeros, 8)).to.equal(8);
-      await settle(30);
+      // Each quiet period ends with an event, not a timer: a real eventfd signalled after the
+      // write fires its watcher; the socket was readable before it, so by then the fake's
+      // watcher has had its turn (both come from one poll of the same loop).
+      const canary = new EventFd();
+      let onCanary = () => {};
+      canary.watch(() => onCanary());
+      const canaryFired = () => new Promise<void>((resolve) => (onCanary = resolve));
+      try {
+        expect(libc.write(sv[0]!, zeros, 8)).to.equal(8);
+        let fired = canaryFired();
+        canary.signal();
+        await fired;
+        expect(libc.write(sv[0]!, zeros, 8)).to.equal(8);
+        fired = canaryFired();
+        canary.signal();
+        await fired;
+      } finally {
+        canary.close();
+      }
       expect(calls).to.equal(0);
       // The watcher stopped after the first zero counter: the second write is still unread.
       expect(libc.read(sv[1]!, new Uint8Array(16), 16)).to.equal(8);
@@ -220,15 +240,22 @@ describe('transport', () => {
 
   it('handles 64 idle watched eventfds without using the libuv threadpool', async () => {
     const fds = Array.from({ length: 64 }, () => new EventFd());
-    let fired = 0;
+    const fired: number[] = [];
+    let onFire = () => {};
     try {
-      for (const f of fds) f.watch(() => fired++);
+      fds.forEach((f, i) => f.watch(() => (fired.push(i), onFire())));
+      const next = () => new Promise<void>((resolve) => (onFire = resolve));
       // The threadpool has 4 threads; if watching held one each, this fs call would queue behind them forever.
       const { promises } = await import('node:fs');
       await promises.stat('/');
+      let event = next();
       fds[63]!.signal();
-      await settle(20);
-      expect(fired).to.equal(1);
+      await event;
+      // The idle 62 stay quiet, shown by an event: fd 0 signalled afterwards fires next, alone.
+      event = next();
+      fds[0]!.signal();
+      await event;
+      expect(fired).to.deep.equal([63, 0]);
     } finally {
       for (const f of fds) f.close();
     }
