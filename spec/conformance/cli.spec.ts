@@ -3,7 +3,7 @@
  * its back-end with --spawn (the reference back-end through `vhost-user serve`, or
  * one that crashes), in each output format.
  */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -159,6 +159,8 @@ describe('cli conformance (child process)', function () {
       writeFileSync(path.join(project, 'package.json'), '{"private":true}\n');
       symlinkSync(REPO, path.join(project, 'node_modules', 'vhost-user-client'));
       symlinkSync('../vhost-user-client/dist/lib/cli/main.js', path.join(project, 'node_modules', '.bin', 'vhost-user'));
+      // npm's bin linking makes the target executable; tsc writes it without the x bits.
+      chmodSync(path.join(REPO, 'dist', 'lib', 'cli', 'main.js'), 0o755);
       return project;
     };
     const spawns: [string, () => string][] = [
