@@ -60,11 +60,13 @@ export interface CheckResult {
 
 /** A rule the back-end broke: throw it from {@link Check.run}; the message is the finding. */
 export class Finding extends Error {
+  /** Always `'Finding'`. */
   override readonly name = 'Finding';
 }
 
 /** The rule does not apply to this back-end: throw it from {@link Check.run}; the message says why. */
 export class Skip extends Error {
+  /** Always `'Skip'`. */
   override readonly name = 'Skip';
 }
 

@@ -25,9 +25,22 @@ import { messageLine, type EvidenceSink } from './evidence.js';
 
 /** What came back after a raw send: a message, the back-end closing the socket, or nothing in time. */
 export type Outcome =
-  | { kind: 'reply'; message: VhostUserMessage }
-  | { kind: 'closed'; reason: VhostUserError | undefined }
-  | { kind: 'silent' };
+  | {
+      /** A message arrived. */
+      kind: 'reply';
+      /** The message; the caller owns its fds. */
+      message: VhostUserMessage;
+    }
+  | {
+      /** The connection closed before a message arrived. */
+      kind: 'closed';
+      /** Why (VHOST_DISCONNECTED when the back-end closed it); undefined when this side closed it. */
+      reason: VhostUserError | undefined;
+    }
+  | {
+      /** Nothing arrived before the deadline. */
+      kind: 'silent';
+    };
 
 /** What {@link RawSession.handshake} negotiated. */
 export interface RawHandshake {

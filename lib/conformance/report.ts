@@ -57,7 +57,7 @@ export function toJsonReport(report: ConformanceReport): object {
   };
 }
 
-/** {@link toJsonReport} as indented JSON, newline-terminated. */
+/** The JSON report `{backend, checks, summary, ms}` (the report's fields), indented and newline-terminated. */
 export function formatJson(report: ConformanceReport): string {
   return `${JSON.stringify(toJsonReport(report), null, 2)}\n`;
 }
