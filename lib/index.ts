@@ -105,8 +105,11 @@ export {
   RING_FAULTS,
   parseFault,
   formatFault,
+  FaultPlan,
   type Fault,
   type FaultName,
+  type MessageFaultName,
+  type RingFaultName,
 } from './backend/faults.js';
 export {
   runConformance,
