@@ -77,6 +77,7 @@ const RETRYABLE: ReadonlySet<VhostErrorCode> = new Set<VhostErrorCode>([
   'VHOST_BLK_ABORTED',
 ]);
 
+/** Optional context of a {@link VhostUserError}, given to its constructor. */
 export interface VhostErrorDetails {
   /** Spec name of the request the error concerns, e.g. `GET_VRING_BASE`. */
   request?: string;
@@ -84,13 +85,19 @@ export interface VhostErrorDetails {
   errno?: string;
   /** The rule behind the check, with the spec section where there is one. */
   rule?: string;
+  /** The lower-level error that led to this one; becomes the standard `Error.cause`. */
   cause?: unknown;
 }
 
+/** The error every part of the library throws or rejects with; see {@link VhostErrorCode}. */
 export class VhostUserError extends Error {
+  /** Stable machine-readable code: branch on this, never on `message`. */
   readonly code: VhostErrorCode;
+  /** Spec name of the request the error concerns (`GET_VRING_BASE`), or undefined when it concerns none. */
   readonly request: string | undefined;
+  /** errno name (`ECONNREFUSED`, `EPIPE`) when a system call failed, otherwise undefined. */
   readonly errno: string | undefined;
+  /** The rule the peer or the caller broke, citing the spec section where there is one; undefined if none applies. */
   readonly rule: string | undefined;
 
   constructor(code: VhostErrorCode, message: string, details: VhostErrorDetails = {}) {
@@ -114,6 +121,7 @@ export class VhostUserError extends Error {
   }
 }
 
+/** Whether `e` is a {@link VhostUserError}, and when `code` is given, one with that code. */
 export function isVhostUserError(e: unknown, code?: VhostErrorCode): e is VhostUserError {
   return e instanceof VhostUserError && (code === undefined || e.code === code);
 }

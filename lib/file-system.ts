@@ -22,7 +22,7 @@ export interface FileSystem {
   close(fd: number, callback: (err: Error | null | undefined) => void): void;
   /**
    * `fs.readFileSync` without an encoding: the file's bytes. (memfs's typings also allow a
-   * string, which it returns only when given an encoding; {@link readFileBytes} takes either.)
+   * string, which it returns only when given an encoding; the library accepts either.)
    */
   readFileSync(path: string): Uint8Array | string;
   /** `fs.writeFileSync`: creates or truncates `path`. */

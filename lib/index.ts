@@ -22,8 +22,9 @@ export { GuestRegion, type GuestRegionOptions, type RegionBacking } from './memo
 export { EventFd } from './transport/eventfd.js';
 export { UnixListener } from './transport/unix-listener.js';
 export { UnixStream, type ConnectOptions } from './transport/unix-stream.js';
-export { Connection, type VhostUserMessage } from './transport/connection.js';
-export { Mapping } from './native/mapping.js';
+export type { RecvResult } from './transport/msg-scratch.js';
+export { Connection, type VhostUserMessage, type ConnectionEvents } from './transport/connection.js';
+export { Mapping, type MapOptions } from './native/mapping.js';
 export * from './protocol/index.js';
 export * from './virtqueue/split-layout.js';
 export * from './launch/index.js';
@@ -56,8 +57,17 @@ export {
   type HandOverReport,
 } from './devices/net/virtio-net.js';
 export * from './devices/net/virtio-net-hdr.js';
-export { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig } from './devices/net/net-config.js';
-export { decodeBlkConfig, BLK_CONFIG_SIZE, type BlkConfig } from './devices/blk/blk-config.js';
+export { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig, type NetStatus } from './devices/net/net-config.js';
+export {
+  decodeBlkConfig,
+  BLK_CONFIG_SIZE,
+  SECTOR_SIZE,
+  type BlkConfig,
+  type BlkGeometry,
+  type BlkTopology,
+  type BlkDiscard,
+  type BlkWriteZeroes,
+} from './devices/blk/blk-config.js';
 export * from './devices/blk/blk-request.js';
 export {
   BlkQueue,
@@ -95,19 +105,29 @@ export {
   RING_FAULTS,
   parseFault,
   formatFault,
+  FaultPlan,
   type Fault,
   type FaultName,
+  type MessageFaultName,
+  type RingFaultName,
 } from './backend/faults.js';
 export {
   runConformance,
   allChecks,
+  Finding,
+  Skip,
+  RawSession,
   formatJson as formatConformanceJson,
   formatJunit as formatConformanceJunit,
   formatText as formatConformanceText,
   type Check,
   type CheckContext,
   type CheckResult,
+  type CheckStatus,
   type ConformanceDevice,
   type ConformanceOptions,
   type ConformanceReport,
+  type Outcome,
+  type RawHandshake,
+  type SpawnedBackend,
 } from './conformance/index.js';

@@ -13,13 +13,16 @@
  */
 import type { CheckContext } from './context.js';
 
+/** How a check ended: the rule held, the back-end broke it (a finding), or it does not apply. */
 export type CheckStatus = 'pass' | 'fail' | 'skip';
 
 /** The device the back-end serves; 'fs' and 'generic' run the device-independent checks only. */
 export type ConformanceDevice = 'net' | 'blk' | 'fs' | 'generic';
 
+/** Every {@link ConformanceDevice}, in the order the CLI lists them. */
 export const CONFORMANCE_DEVICES: readonly ConformanceDevice[] = ['net', 'blk', 'fs', 'generic'];
 
+/** One rule checked against a live back-end; pass your own in {@link ConformanceOptions.checks}. */
 export interface Check {
   /** Stable id, `area.name`, e.g. `rings.initially-disabled`; what --only matches. */
   readonly id: string;
@@ -35,34 +38,44 @@ export interface Check {
   run(ctx: CheckContext): Promise<string | void>;
 }
 
+/** The outcome of one {@link Check}, as the reports print it. */
 export interface CheckResult {
+  /** {@link Check.id}. */
   id: string;
+  /** {@link Check.rule}. */
   rule: string;
+  /** {@link Check.title}. */
   title: string;
+  /** How the check ended. */
   status: CheckStatus;
   /** Why it failed or was skipped; what was observed when it passed. */
   detail: string;
   /** The messages exchanged (failures only), oldest first. */
   evidence: string[];
+  /** Wall-clock milliseconds the check took, cleanup included. */
   ms: number;
   /** A spawned back-end that crashed during the check: the signal (`SIGSEGV`) or `exit N`. */
   crash?: string;
 }
 
-/** A rule the back-end broke. */
+/** A rule the back-end broke: throw it from {@link Check.run}; the message is the finding. */
 export class Finding extends Error {
+  /** Always `'Finding'`. */
   override readonly name = 'Finding';
 }
 
-/** The rule does not apply to this back-end. */
+/** The rule does not apply to this back-end: throw it from {@link Check.run}; the message says why. */
 export class Skip extends Error {
+  /** Always `'Skip'`. */
   override readonly name = 'Skip';
 }
 
+/** Ends the running check as failed, with `detail` as the finding. */
 export function fail(detail: string): never {
   throw new Finding(detail);
 }
 
+/** Ends the running check as skipped: the rule does not apply, for `reason`. */
 export function skip(reason: string): never {
   throw new Skip(reason);
 }

@@ -13,9 +13,11 @@ import type { ConformanceDevice } from './check.js';
 import { Evidence, traceLine } from './evidence.js';
 import { RawSession } from './raw-session.js';
 
+/** What {@link Check.run} is given; everything made through it is closed when the check ends. */
 export interface CheckContext {
   /** Where the back-end listens now (a one-shot back-end started again may listen elsewhere). */
   readonly socketPath: string;
+  /** The device the suite runs for ({@link ConformanceOptions.device}). */
   readonly device: ConformanceDevice;
   /** Deadline for each reply, and how long a back-end gets to refuse (NAK or close). */
   readonly timeoutMs: number;
@@ -36,13 +38,23 @@ export interface CheckContext {
   /** A VhostUserClient whose messages go into the evidence. */
   client(): Promise<VhostUserClient>;
   /** A client that has run the handshake (VhostUserClient.negotiate). */
-  negotiated(options?: NegotiateOptions): Promise<{ client: VhostUserClient; n: Negotiated }>;
+  negotiated(options?: NegotiateOptions): Promise<{
+    /** The connected client, owned by the context. */
+    client: VhostUserClient;
+    /** What the handshake negotiated. */
+    n: Negotiated;
+  }>;
   /** A raw connection (see RawSession). */
   raw(): Promise<RawSession>;
+  /** New guest memory, unmapped when the check ends. */
   memory(options: GuestMemoryOptions): GuestMemory;
+  /** A new eventfd, closed when the check ends. */
   eventFd(): EventFd;
   /** Registers anything with close() to be closed when the check ends. */
-  own<T extends { close(): void }>(resource: T): T;
+  own<T extends {
+    /** Releases the resource; called once, newest resource first. */
+    close(): void;
+  }>(resource: T): T;
   /** Waits; rejects once the check is over (timed out). */
   sleep(ms: number): Promise<void>;
   /** Polls `predicate` every few ms until it holds (true) or `ms` pass (false). */

@@ -23,22 +23,49 @@ import { UnixStream } from '../transport/unix-stream.js';
 import { fail } from './check.js';
 import { messageLine, type EvidenceSink } from './evidence.js';
 
+/** What came back after a raw send: a message, the back-end closing the socket, or nothing in time. */
 export type Outcome =
-  | { kind: 'reply'; message: VhostUserMessage }
-  | { kind: 'closed'; reason: VhostUserError | undefined }
-  | { kind: 'silent' };
+  | {
+      /** A message arrived. */
+      kind: 'reply';
+      /** The message; the caller owns its fds. */
+      message: VhostUserMessage;
+    }
+  | {
+      /** The connection closed before a message arrived. */
+      kind: 'closed';
+      /** Why (VHOST_DISCONNECTED when the back-end closed it); undefined when this side closed it. */
+      reason: VhostUserError | undefined;
+    }
+  | {
+      /** Nothing arrived before the deadline. */
+      kind: 'silent';
+    };
 
+/** What {@link RawSession.handshake} negotiated. */
 export interface RawHandshake {
+  /** The back-end's GET_FEATURES answer (virtio feature bits it offers). */
   features: bigint;
+  /** Its GET_PROTOCOL_FEATURES answer; 0 when it does not offer VHOST_USER_F_PROTOCOL_FEATURES. */
   offeredProtocolFeatures: bigint;
+  /** What SET_PROTOCOL_FEATURES sent: the offer intersected with what was wanted. */
   protocolFeatures: bigint;
+  /** VHOST_USER_PROTOCOL_F_REPLY_ACK is among `protocolFeatures`: requests can carry NEED_REPLY. */
   replyAck: boolean;
 }
 
+/** @internal Header flags of a front-end message: version 1. */
 export const V1 = VHOST_USER_VERSION;
+/** @internal The NEED_REPLY flag (REPLY_ACK). */
 export const NEED_REPLY = VHOST_USER_NEED_REPLY_MASK;
+/** @internal Header flags a reply must carry: REPLY | version 1. */
 export const REPLY_FLAGS = VHOST_USER_VERSION | VHOST_USER_REPLY_MASK;
 
+/**
+ * A front-end connection that sends exactly the bytes a check asks for, valid or not, and
+ * reports what came back; every message either way goes into the check's evidence. Get one
+ * from {@link CheckContext.raw}.
+ */
 export class RawSession {
   private readonly queue: VhostUserMessage[] = [];
   private wake: (() => void) | null = null;
@@ -65,16 +92,19 @@ export class RawSession {
     });
   }
 
+  /** @internal Connects to `path`; checks get theirs from CheckContext.raw(). */
   static async open(path: string, evidence: EvidenceSink, timeoutMs: number): Promise<RawSession> {
     const stream = await UnixStream.connect(path, { timeoutMs });
     evidence.add(`- connected to ${path}`);
     return new RawSession(new Connection(stream), stream, evidence, timeoutMs);
   }
 
+  /** The connection is closed, by the back-end or by {@link RawSession.close}. */
   get isClosed(): boolean {
     return this.closedWith !== null;
   }
 
+  /** REPLY_ACK was negotiated by {@link RawSession.handshake}; false before it. */
   get replyAck(): boolean {
     return this.negotiated?.replyAck ?? false;
   }
@@ -173,6 +203,7 @@ export class RawSession {
     await this.u64(R.GET_FEATURES);
   }
 
+  /** Closes the connection and every fd of messages not taken with next(). Idempotent. */
   close(): void {
     this.byUs = true;
     this.conn.close();

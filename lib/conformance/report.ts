@@ -13,6 +13,7 @@ export function formatResultLine(r: CheckResult): string {
   return `${LABEL[r.status]} ${r.id} (${r.ms} ms)${r.detail ? `: ${r.detail}` : ''}`;
 }
 
+/** One line: how many checks passed, failed and were skipped, and back-end restarts. */
 export function formatSummary(report: ConformanceReport): string {
   const { pass, fail, skip } = report.summary;
   const { crashes, restarts: n } = report.backend;
@@ -32,6 +33,7 @@ export function formatTextFooter(report: ConformanceReport): string {
   return `${out.join('\n')}\n`;
 }
 
+/** The whole text report: a line per check, then every failure with its evidence, then the summary. */
 export function formatText(report: ConformanceReport): string {
   return `${report.checks.map(formatResultLine).join('\n')}\n${formatTextFooter(report)}`;
 }
@@ -55,6 +57,7 @@ export function toJsonReport(report: ConformanceReport): object {
   };
 }
 
+/** The JSON report `{backend, checks, summary, ms}` (the report's fields), indented and newline-terminated. */
 export function formatJson(report: ConformanceReport): string {
   return `${JSON.stringify(toJsonReport(report), null, 2)}\n`;
 }
@@ -70,6 +73,10 @@ function xml(s: string): string {
     .replace(/"/g, '&quot;');
 }
 
+/**
+ * JUnit XML: one testsuite named after the back-end, one testcase per check (classname
+ * `conformance.<area>`); failures carry rule, finding and evidence, skips the reason.
+ */
 export function formatJunit(report: ConformanceReport): string {
   const suite = `vhost-user conformance: ${report.backend.name}`;
   const cases = report.checks.map((r) => {

@@ -22,14 +22,21 @@ import { RawSession } from './raw-session.js';
 
 /** What the runner needs of a back-end it started (BackendProcess and the typed handles of lib/launch fit). */
 export interface SpawnedBackend {
+  /** pid of the process started (the group leader); lets the leak checks read /proc/PID/fd. */
   readonly pid: number;
+  /** Where the back-end listens; the runner connects there once it exists. */
   readonly socketPath: string;
+  /** False once the process has exited. */
   readonly running: boolean;
+  /** Resolves with how the process ended; never rejects. */
   readonly exited: Promise<ExitStatus>;
+  /** The process's recent output (stdout and stderr), quoted in findings when it crashes. */
   output(): string;
+  /** Stops the process (SIGTERM, then SIGKILL after `graceMs`) and resolves once it has exited. */
   stop(graceMs?: number): Promise<void>;
 }
 
+/** What {@link runConformance} checks, against which back-end, and how. */
 export interface ConformanceOptions {
   /** The back-end socket; with a spawn command, where the command makes the back-end listen. */
   socket?: string;
@@ -74,15 +81,30 @@ export interface ConformanceOptions {
   onResult?: (result: CheckResult, index: number, total: number) => void;
 }
 
+/** What {@link runConformance} found; the formatters (text, JSON, JUnit) print it. */
 export interface ConformanceReport {
-  /**
-   * `crashes`: checks during which a spawned back-end was killed by a signal or exited non-zero;
-   * `restarts`: fresh back-ends started after the first; `oneShot`: the spawned back-end serves
-   * one front-end and exits with code 0 when it leaves.
-   */
-  backend: { name: string; socket: string; device: ConformanceDevice; spawned: boolean; oneShot: boolean; crashes: number; restarts: number };
+  /** The back-end the suite ran against. */
+  backend: {
+    /** {@link ConformanceOptions.backendName}, or the spawn command, or the socket. */
+    name: string;
+    /** The socket path the first back-end listened on. */
+    socket: string;
+    /** The device the checks were selected for. */
+    device: ConformanceDevice;
+    /** The suite started (and stopped) the back-end itself. */
+    spawned: boolean;
+    /** The spawned back-end serves one front-end and exits with code 0 when it leaves. */
+    oneShot: boolean;
+    /** Checks during which a spawned back-end was killed by a signal or exited non-zero. */
+    crashes: number;
+    /** Fresh back-ends started after the first (after a crash, a failed check, or a one-shot exit). */
+    restarts: number;
+  };
+  /** One result per selected check, in the order they ran. */
   checks: CheckResult[];
+  /** How many checks ended in each status. */
   summary: Record<CheckStatus, number>;
+  /** Wall-clock milliseconds for the whole run, back-end starts included. */
   ms: number;
 }
 
@@ -179,6 +201,12 @@ async function probeOneShot(backend: SpawnedBackend, timeoutMs: number): Promise
   return exitedCleanly(await within(backend.exited, ONE_SHOT_PROBE_MS));
 }
 
+/**
+ * Runs the selected checks, one after another, against the back-end `options` name or
+ * start. Check outcomes, crashes included, go into the report; it rejects only when the
+ * options are invalid or the back-end cannot be started the first time. A spawned
+ * back-end is stopped before it settles.
+ */
 export async function runConformance(options: ConformanceOptions): Promise<ConformanceReport> {
   const device = options.device ?? 'generic';
   const timeoutMs = options.timeoutMs ?? 2000;

@@ -16,6 +16,7 @@ export type RingKind = 'split' | 'packed';
 
 /** One ring of a device: its virtqueue and the eventfds the back-end is given for it. */
 export interface DeviceQueue {
+  /** The driver side of the ring, in the device's guest memory. */
   readonly vq: Virtqueue;
   /** The driver signals it after making buffers available (SET_VRING_KICK). */
   readonly kick: EventFd;

@@ -9,13 +9,17 @@ import { guardGroup, processGroupMembers, releaseGroup, signalGroup } from './pr
 
 /** How a back-end process ended. */
 export interface ExitStatus {
+  /** Exit code when the process exited by itself; null when a signal killed it. */
   code: number | null;
+  /** The signal that killed it (`SIGKILL`, `SIGSEGV`); null when it exited with a code. */
   signal: NodeJS.Signals | null;
 }
 
+/** How {@link spawnBackend} starts a back-end and decides it is ready. */
 export interface SpawnBackendOptions {
   /** Executable name (looked up with {@link findExecutable}) or path. */
   command: string;
+  /** Its arguments, passed as they are (no shell). */
   args: readonly string[];
   /** The vhost-user socket the back-end listens on (or, see `socketIsCallers`, connects to). */
   socketPath: string;
@@ -137,15 +141,19 @@ function describeExit(s: ExitStatus): string {
  * group is killed with SIGKILL from a process 'exit' handler if the owner never stopped it.
  */
 export class BackendProcess {
+  /** pid of the child we started; also its process group id. Stays set after it exited. */
   readonly pid: number;
   /** The back-end's process group: its pid (it is the group leader). */
   readonly pgid: number;
+  /** {@link SpawnBackendOptions.socketPath}. */
   readonly socketPath: string;
+  /** {@link SpawnBackendOptions.tempDir}: removed by `stop()`, kept by `kill9()`. */
   readonly tempDir: string;
   /** Short name of the program, for messages. */
   readonly name: string;
   /** Resolves once the process has exited and its output is drained (at most 1 s after the exit). Never rejects. */
   readonly exited: Promise<ExitStatus>;
+  /** The back-end's stdin with `stdin: 'pipe'` (closing it makes testpmd exit), otherwise null. */
   readonly stdin: Writable | null;
   /** stdout decoded as UTF-8; listeners may be added for live parsing. */
   readonly stdout: Readable;
@@ -236,6 +244,7 @@ export class BackendProcess {
     await this.exited;
   }
 
+  /** `await using` support: {@link BackendProcess.stop} with the default grace period. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.stop();
   }
@@ -403,32 +412,44 @@ export async function spawnBackend(opts: SpawnBackendOptions): Promise<BackendPr
  * Base for typed back-end handles: delegates process ownership to a {@link BackendProcess}.
  */
 export class BackendHandle {
-  constructor(readonly process: BackendProcess) {}
+  constructor(
+    /** The process this handle owns: its output, stdin and stop() are the handle's. */
+    readonly process: BackendProcess,
+  ) {}
 
+  /** pid (and process group id) of the back-end process; stays set after it exited. */
   get pid(): number {
     return this.process.pid;
   }
+  /** The vhost-user socket the back-end listens on (or connects to, for a client-mode back-end). */
   get socketPath(): string {
     return this.process.socketPath;
   }
+  /** The temporary directory the back-end owns (its socket, disk image, shared dir); removed by stop(). */
   get tempDir(): string {
     return this.process.tempDir;
   }
+  /** Resolves with how the process ended once it has exited and its output drained; never rejects. */
   get exited(): Promise<ExitStatus> {
     return this.process.exited;
   }
+  /** False once the process we started has exited. */
   get running(): boolean {
     return this.process.running;
   }
+  /** The last 200 lines of its stdout and stderr, in arrival order. */
   output(): string {
     return this.process.output();
   }
+  /** Stops the whole process group: SIGTERM, SIGKILL after `graceMs` (default 2000), then removes its files. Idempotent. */
   stop(graceMs?: number): Promise<void> {
     return this.process.stop(graceMs);
   }
+  /** SIGKILL to the process group, waiting until it is gone; keeps the temp dir (crash and restart tests). */
   kill9(): Promise<void> {
     return this.process.kill9();
   }
+  /** `await using` support: stop() with the default grace period. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.stop();
   }

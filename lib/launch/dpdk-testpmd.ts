@@ -11,8 +11,14 @@ import {
   type BackendProcess,
 } from './backend-process.js';
 
+/**
+ * testpmd's `--forward-mode`: `rxonly` receives and drops (a sink for the front-end's TX),
+ * `txonly` generates packets (a source for its RX), `io` sends back what it receives
+ * unchanged, `macswap` sends it back with source and destination MAC swapped.
+ */
 export type TestpmdForwardMode = 'rxonly' | 'txonly' | 'io' | 'macswap';
 
+/** How {@link startTestpmd} starts dpdk-testpmd with a vhost-user port (`net_vhost0`). */
 export interface TestpmdOptions {
   /** vhost queue pairs (`queues=` on the vdev, `--rxq/--txq`); default 1. */
   queues?: number;
@@ -49,13 +55,21 @@ export interface TestpmdOptions {
 
 /** Counters of one port as `show port stats` reports them. */
 export interface PortStats {
+  /** RX-packets: frames the port received, i.e. that the front-end transmitted (since start or the last clear). */
   rxPackets: number;
+  /** RX-bytes: bytes of those frames, without the virtio-net header. */
   rxBytes: number;
+  /** RX-missed: frames dropped because testpmd's RX queue was full. */
   rxMissed: number;
+  /** RX-errors: frames the port received in error. */
   rxErrors: number;
+  /** RX-nombuf: receive attempts that failed for want of an mbuf (the mbuf pool ran dry). */
   rxNombuf: number;
+  /** TX-packets: frames the port sent, i.e. that it put into the front-end's RX ring. */
   txPackets: number;
+  /** TX-bytes: bytes of those frames. */
   txBytes: number;
+  /** TX-errors: frames the port reported as failed to send. */
   txErrors: number;
 }
 
@@ -171,13 +185,16 @@ export class TestpmdBackend extends BackendHandle {
   constructor(
     proc: BackendProcess,
     prompt: TestpmdConsole | undefined,
+    /** EAL `--file-prefix`, unique per instance, so parallel testpmds do not share runtime files. */
     readonly filePrefix: string,
+    /** The full command line testpmd was started with (after the executable), for messages and logs. */
     readonly args: readonly string[],
   ) {
     super(proc);
     this.#console = prompt;
   }
 
+  /** Started with `interactive: true`: the prompt methods (command, portStats, ...) work. */
   get interactive(): boolean {
     return this.#console !== undefined;
   }

@@ -27,8 +27,10 @@ export const VHOST_BLK_SOURCES = '/usr/share/dpdk/examples/vhost_blk';
 export const VHOST_BLK_SOCKET = 'vhost.socket';
 /** The example's RAM disk: 128 MiB in 4096-byte blocks (hard-coded in vhost_blk.c). */
 export const VHOST_BLK_CAPACITY = 128 * 1024 * 1024;
+/** The example's block size in bytes (blk_size in its config space): requests must be multiples of it. */
 export const VHOST_BLK_BLOCK_SIZE = 4096;
 
+/** Where {@link buildVhostBlk} finds the sources and keeps the build. */
 export interface BuildVhostBlkOptions {
   /** Default {@link VHOST_BLK_SOURCES}. */
   sourceDir?: string;
@@ -83,6 +85,7 @@ export async function buildVhostBlk(opts: BuildVhostBlkOptions = {}): Promise<st
   return binary;
 }
 
+/** How {@link startVhostBlk} starts the example. */
 export interface VhostBlkOptions {
   /** A built binary; default {@link buildVhostBlk}'s. */
   binary?: string;
@@ -101,7 +104,9 @@ export class VhostBlkBackend extends BackendHandle {
   /** @internal Use {@link startVhostBlk}. */
   constructor(
     proc: BackendProcess,
+    /** EAL `--file-prefix`, unique per instance; its runtime directory is removed by stop(). */
     readonly filePrefix: string,
+    /** The EAL arguments the example was started with. */
     readonly args: readonly string[],
   ) {
     super(proc);

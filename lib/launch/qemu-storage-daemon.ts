@@ -3,6 +3,7 @@ import path from 'node:path';
 import { VhostUserError } from '../errors.js';
 import { BackendHandle, makeTempDir, spawnBackend, type BackendProcess } from './backend-process.js';
 
+/** How {@link startQemuStorageDaemon} sets up the image and the vhost-user-blk export. */
 export interface QemuStorageDaemonOptions {
   /** Existing image (left in place by `stop()`); default: a sparse raw file in the temp dir. */
   imagePath?: string;
@@ -45,6 +46,7 @@ export class QemuStorageDaemonBackend extends BackendHandle {
     readonly imagePath: string | undefined,
     /** Device size in bytes (GET_CONFIG capacity × 512). */
     readonly imageSize: number,
+    /** The command line qemu-storage-daemon was started with (after the executable). */
     readonly args: readonly string[],
   ) {
     super(proc);

@@ -8,7 +8,9 @@ import { fileURLToPath } from 'node:url';
 import { formatFault, type Fault } from '../backend/faults.js';
 import { BackendHandle, makeTempDir, spawnBackend, type BackendProcess } from './backend-process.js';
 
+/** How {@link startReferenceBackend} starts `vhost-user serve`; each option maps to a serve flag. */
 export interface ReferenceBackendProcessOptions {
+  /** The device served (serve --device); default 'net' (a loopback: what is sent comes back). */
   device?: 'net' | 'blk';
   /** Default `<tempDir>/vhost-ref.sock`. A restarted back-end is given the same path. */
   socketPath?: string;
@@ -24,6 +26,7 @@ export interface ReferenceBackendProcessOptions {
   latencyMs?: number;
   /** blk: false does not offer INFLIGHT_SHMFD (serve --no-inflight). */
   inflight?: boolean;
+  /** Misbehaviours to inject, for fault tests (serve --fault); default none. */
   faults?: readonly Fault[];
   /** Default 15 000 ms. */
   readyTimeoutMs?: number;
@@ -34,12 +37,20 @@ const MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 /** A running `vhost-user serve`. Its stdout is one JSON event per line (see serve.ts). */
 export class ReferenceBackendProcess extends BackendHandle {
   /** @internal Use {@link startReferenceBackend}. */
-  constructor(proc: BackendProcess, readonly args: readonly string[]) {
+  constructor(
+    proc: BackendProcess,
+    /** The node arguments serve was started with: the CLI's main script, then `serve` and its flags. */
+    readonly args: readonly string[],
+  ) {
     super(proc);
   }
 
   /** The JSON events printed so far (listening, connection, violation, fault, disconnect, ...). */
-  events(): { event: string; [key: string]: unknown }[] {
+  events(): {
+    /** The event's name; the other keys depend on it. */
+    event: string;
+    [key: string]: unknown;
+  }[] {
     return this.output()
       .split('\n')
       .filter((l) => l.startsWith('{'))

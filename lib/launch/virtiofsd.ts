@@ -12,6 +12,7 @@ import { BackendHandle, findExecutable, makeTempDir, spawnBackend, type BackendP
 /** Where Debian's qemu-system-common (QEMU 7.2) installs the C virtiofsd; the Rust one is `virtiofsd` on PATH. */
 export const VIRTIOFSD_PATHS: readonly string[] = ['virtiofsd', '/usr/lib/qemu/virtiofsd', '/usr/libexec/virtiofsd'];
 
+/** How {@link startVirtiofsd} starts virtiofsd. */
 export interface VirtiofsdOptions {
   /** Directory shared with the guest; default an empty directory in the temp dir. */
   sharedDir?: string;
@@ -46,7 +47,9 @@ export class VirtiofsdBackend extends BackendHandle {
   /** @internal Use {@link startVirtiofsd}. */
   constructor(
     proc: BackendProcess,
+    /** Absolute path of the directory the daemon shares (`-o source=`). */
     readonly sharedDir: string,
+    /** The command line virtiofsd was started with (after the executable). */
     readonly args: readonly string[],
   ) {
     super(proc);

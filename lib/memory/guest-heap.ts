@@ -10,6 +10,10 @@
  */
 import { VhostUserError } from '../errors.js';
 
+/**
+ * First-fit allocation of guest-physical byte ranges inside [base, base + size); it hands out
+ * addresses only and never touches the memory behind them.
+ */
 export class GuestHeap {
   /** First GPA of the range. */
   readonly base: number;

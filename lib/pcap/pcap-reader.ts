@@ -27,11 +27,17 @@ export interface PcapRecord {
 
 /** What the global header says. */
 export interface PcapFileInfo {
+  /** Byte order the writer used, told by the magic number; every header field is read in it. */
   littleEndian: boolean;
+  /** Timestamps are seconds + nanoseconds (magic 0xa1b23c4d); false: seconds + microseconds (0xa1b2c3d4). */
   nanoseconds: boolean;
+  /** Format major version (2 in every file written since 1998). */
   versionMajor: number;
+  /** Format minor version (4). */
   versionMinor: number;
+  /** Most bytes of a frame the writer kept; longer frames were truncated to it. */
   snaplen: number;
+  /** LINKTYPE_* of every record (1: Ethernet, the only one this library writes). */
   linkType: number;
 }
 

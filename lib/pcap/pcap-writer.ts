@@ -31,6 +31,7 @@ const BUFFER_SIZE = 1 << 20;
 const NS_PER_SEC = 1_000_000_000n;
 const MAX_TS_NS = 0x1_0000_0000n * NS_PER_SEC; // ts_sec is a u32: until 2106
 
+/** How {@link PcapWriter} writes its file. */
 export interface PcapWriterOptions {
   /** Bytes of each frame kept in the file (1..262144); longer frames are truncated. Default 65535. */
   snaplen?: number;
@@ -59,8 +60,11 @@ export class PcapWriter {
   /** Sum of the frames' original lengths (what was on the wire, before snaplen truncation). */
   bytes = 0;
 
+  /** The file being written, as given to {@link PcapWriter.open}. */
   readonly path: string;
+  /** Bytes of each frame kept (written in the global header); longer frames are truncated. */
   readonly snaplen: number;
+  /** Timestamps are written in nanoseconds rather than microseconds. */
   readonly nanoseconds: boolean;
 
   private fd: number;

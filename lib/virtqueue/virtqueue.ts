@@ -17,12 +17,16 @@
 import { VhostUserError, type VhostErrorCode } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 
-/** Descriptor flags shared by both layouts (virtio 1.2 §2.7.5, §2.8.1). */
+/** Descriptor flag shared by both layouts (virtio 1.2 §2.7.5, §2.8.1): the chain continues (split: at `next`; packed: in the next slot). */
 export const VIRTQ_DESC_F_NEXT = 1;
+/** Descriptor flag (§2.7.5, §2.8.1): the buffer is device-writable (the device fills it); clear means device-readable. */
 export const VIRTQ_DESC_F_WRITE = 2;
+/** Descriptor flag (§2.7.5.3, §2.8.7): the buffer is a table of descriptors (needs VIRTIO_RING_F_INDIRECT_DESC). */
 export const VIRTQ_DESC_F_INDIRECT = 4;
 
+/** How to build a {@link SplitVirtqueue} or {@link PackedVirtqueue}. */
 export interface VirtqueueOptions {
+  /** The guest memory that holds the ring and the buffers, shared with the back-end (SET_MEM_TABLE). */
   memory: GuestMemory;
   /** The vring index, for messages and SET_VRING_* calls. */
   index: number;
@@ -58,10 +62,18 @@ export interface VirtqueueAddresses {
   device: number;
 }
 
+/**
+ * The driver side of one virtqueue, split ({@link SplitVirtqueue}) or packed
+ * ({@link PackedVirtqueue}); devices drive either through this interface.
+ */
 export interface Virtqueue {
+  /** The vring index given in {@link VirtqueueOptions.index}. */
   readonly index: number;
+  /** Queue size: descriptors (split) or ring slots (packed); what SET_VRING_NUM announces. */
   readonly size: number;
+  /** True for a packed ring (VIRTIO_F_RING_PACKED, §2.8), false for a split ring (§2.7). */
   readonly packed: boolean;
+  /** Where the ring's areas lie, for SET_VRING_ADDR. */
   readonly addresses: VirtqueueAddresses;
   /** Bytes of guest memory used from `ringGpa`. */
   readonly footprint: number;
@@ -143,6 +155,7 @@ export interface Virtqueue {
   reset(): void;
 }
 
+/** @internal A VHOST_RING_* error naming vring `index`, for the queue implementations. */
 export function ringError(code: VhostErrorCode, index: number, message: string, rule: string, cause?: unknown): VhostUserError {
   return new VhostUserError(code, `vring ${index}: ${message}`, { rule, cause });
 }

@@ -14,6 +14,7 @@ import { replyAckChecks } from './reply-ack.js';
 import { resetChecks } from './reset.js';
 import { ringChecks } from './rings.js';
 
+/** The built-in checks, in the order the suite runs them (the default of {@link ConformanceOptions.checks}). */
 export const allChecks: readonly Check[] = [
   ...handshakeChecks,
   ...replyAckChecks,

@@ -27,12 +27,17 @@ export const BLK_CONFIG_SIZE = 60;
 /** The unit of `capacity` and of every *_sectors field (5.2.4). */
 export const SECTOR_SIZE = 512;
 
+/** `geometry` (5.2.4, VIRTIO_BLK_F_GEOMETRY): the legacy cylinder/head/sector shape of the disk, advisory only. */
 export interface BlkGeometry {
+  /** Number of cylinders (le16). */
   cylinders: number;
+  /** Heads per cylinder. */
   heads: number;
+  /** Sectors per track. */
   sectors: number;
 }
 
+/** `topology` (5.2.4, VIRTIO_BLK_F_TOPOLOGY): hints for aligning I/O to the physical layout. */
 export interface BlkTopology {
   /** log2 of logical blocks per physical block. */
   physicalBlockExp: number;
@@ -44,15 +49,23 @@ export interface BlkTopology {
   optIoSize: number;
 }
 
+/** The discard fields of the config space (5.2.4, VIRTIO_BLK_F_DISCARD). */
 export interface BlkDiscard {
+  /** max_discard_sectors: most 512-byte sectors in one discard range. */
   maxDiscardSectors: number;
+  /** max_discard_seg: most ranges in one VIRTIO_BLK_T_DISCARD request. */
   maxDiscardSeg: number;
+  /** discard_sector_alignment: ranges should start and end on multiples of this many 512-byte sectors. */
   discardSectorAlignment: number;
 }
 
+/** The write-zeroes fields of the config space (5.2.4, VIRTIO_BLK_F_WRITE_ZEROES). */
 export interface BlkWriteZeroes {
+  /** max_write_zeroes_sectors: most 512-byte sectors in one write-zeroes range. */
   maxWriteZeroesSectors: number;
+  /** max_write_zeroes_seg: most ranges in one VIRTIO_BLK_T_WRITE_ZEROES request. */
   maxWriteZeroesSeg: number;
+  /** write_zeroes_may_unmap: the device may deallocate the zeroed blocks when a range carries the UNMAP flag. */
   mayUnmap: boolean;
 }
 

@@ -15,21 +15,29 @@ import { VhostUserError, type VhostErrorCode } from '../../errors.js';
 import { hasBit, VirtioBlkFeature as F } from '../../protocol/constants.js';
 import { SECTOR_SIZE, type BlkConfig } from './blk-config.js';
 
-/** Request types (§5.2.6). */
+/** Request type (§5.2.6): read; the data descriptors are device-writable. */
 export const VIRTIO_BLK_T_IN = 0;
+/** Request type (§5.2.6): write; the data descriptors are device-readable. */
 export const VIRTIO_BLK_T_OUT = 1;
+/** Request type (§5.2.6): make earlier completed writes durable; no data, `sector` 0. Needs VIRTIO_BLK_F_FLUSH. */
 export const VIRTIO_BLK_T_FLUSH = 4;
+/** Request type (§5.2.6): read the device's id string into a {@link VIRTIO_BLK_ID_BYTES}-byte device-writable buffer. */
 export const VIRTIO_BLK_T_GET_ID = 8;
+/** Request type (§5.2.6): discard ranges given as {@link BLK_DISCARD_SEGMENT_SIZE}-byte segments. Needs VIRTIO_BLK_F_DISCARD. */
 export const VIRTIO_BLK_T_DISCARD = 11;
+/** Request type (§5.2.6): zero ranges given as {@link BLK_DISCARD_SEGMENT_SIZE}-byte segments. Needs VIRTIO_BLK_F_WRITE_ZEROES. */
 export const VIRTIO_BLK_T_WRITE_ZEROES = 13;
 
-/** Status values the device writes into the last byte (§5.2.6). */
+/** Status byte (§5.2.6): the request succeeded. */
 export const VIRTIO_BLK_S_OK = 0;
+/** Status byte (§5.2.6): the device failed the request (a media or back-end error). */
 export const VIRTIO_BLK_S_IOERR = 1;
+/** Status byte (§5.2.6): the device does not support this request type or its flags. */
 export const VIRTIO_BLK_S_UNSUPP = 2;
 
-/** Header and status sizes (§5.2.6). */
+/** Bytes of the device-readable request header {le32 type, le32 reserved, le64 sector} (§5.2.6). */
 export const BLK_REQ_HEADER_SIZE = 16;
+/** Bytes of the device-writable status that ends every request (§5.2.6). */
 export const BLK_REQ_STATUS_SIZE = 1;
 /** GET_ID answers with up to 20 bytes, NUL-padded when shorter (§5.2.6). */
 export const VIRTIO_BLK_ID_BYTES = 20;
@@ -106,9 +114,21 @@ export interface BlkLimits {
   /** VIRTIO_BLK_F_FLUSH. */
   flush: boolean;
   /** VIRTIO_BLK_F_DISCARD: its limits, or null when not negotiated. */
-  discard: { maxSectors: number; maxSeg: number } | null;
+  discard: {
+    /** max_discard_sectors: most 512-byte sectors in one range (0: no limit besides le32). */
+    maxSectors: number;
+    /** max_discard_seg: most ranges in one request (0: no limit). */
+    maxSeg: number;
+  } | null;
   /** VIRTIO_BLK_F_WRITE_ZEROES: its limits, or null when not negotiated. */
-  writeZeroes: { maxSectors: number; maxSeg: number; mayUnmap: boolean } | null;
+  writeZeroes: {
+    /** max_write_zeroes_sectors: most 512-byte sectors in one range (0: no limit besides le32). */
+    maxSectors: number;
+    /** max_write_zeroes_seg: most ranges in one request (0: no limit). */
+    maxSeg: number;
+    /** write_zeroes_may_unmap: the device may deallocate zeroed blocks when asked with the UNMAP flag. */
+    mayUnmap: boolean;
+  } | null;
 }
 
 /** The limits of a device with `config` (decoded with the negotiated `features`). */

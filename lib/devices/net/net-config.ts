@@ -17,8 +17,11 @@ export const NET_CONFIG_SIZE = 24;
 const S_LINK_UP = 1;
 const S_ANNOUNCE = 2;
 
+/** The `status` field of the config space (5.1.4, VIRTIO_NET_F_STATUS), bit by bit. */
 export interface NetStatus {
+  /** VIRTIO_NET_S_LINK_UP: the link is up; a driver should not expect traffic while it is false. */
   linkUp: boolean;
+  /** VIRTIO_NET_S_ANNOUNCE: the device asks the driver to announce its addresses (after a migration, 5.1.6.5.4). */
   announce: boolean;
 }
 
