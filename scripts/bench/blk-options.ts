@@ -106,7 +106,7 @@ export function parseBlkBenchArgs(argv: readonly string[]): BlkBenchOptions | un
     imageSize: o.imageSize,
     dir: o.dir ?? '/var/tmp',
     anchors: !o.noAnchors,
-    driver: o.driver as 'virtio-blk' | 'raw',
+    driver: o.driver,
     json: o.json ?? false,
   };
 }

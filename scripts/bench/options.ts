@@ -170,7 +170,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
     backendCore,
     maxForeignPct: o.maxForeign,
     retries: o.retries,
-    txMode: o.txMode as TxMode,
+    txMode: o.txMode,
     json: o.json,
   };
 }

@@ -401,7 +401,7 @@ describe('pcap', () => {
         open: (p, f, cb) => mem.open(p, f, cb),
         read: (fd, b, o, l, pos, cb) => mem.read(fd, b, o, l, pos, cb),
         close: (fd, cb) => mem.close(fd, cb),
-        readFileSync: (p) => mem.readFileSync(p) as Buffer,
+        readFileSync: (p) => mem.readFileSync(p),
         writeFileSync: (p, d) => mem.writeFileSync(p, d),
         writeSync(fd, buf, off, len) {
           if (len > 100 && failures > 0) return mem.writeSync(fd, buf, off, 100);

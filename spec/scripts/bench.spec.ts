@@ -451,7 +451,7 @@ describe('scripts/bench bottleneck', () => {
       { directions: ['tx'], sizes: [64], frontends: ['dpdk', 'ours'] },
     );
     const text = formatTable(cases, META);
-    expect(text).to.match(/\n  tx\s+64 B\s+dpdk: frontend \(1\.5%\)\s+ours: back-end \(62\.0%\)\n/);
+    expect(text).to.match(/\n {2}tx\s+64 B\s+dpdk: frontend \(1\.5%\)\s+ours: back-end \(62\.0%\)\n/);
     const doc = toJson(cases, META) as { cases: { dpdk: { limitedBy: string }; ours: { limitedBy: string } }[] };
     expect(doc.cases[0]!.dpdk.limitedBy).to.equal('frontend');
     expect(doc.cases[0]!.ours.limitedBy).to.equal('back-end');
