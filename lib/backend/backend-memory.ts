@@ -18,11 +18,17 @@ import { closeFd } from '../native/libc.js';
 import { Mapping } from '../native/mapping.js';
 import type { MemoryRegion } from '../protocol/payloads.js';
 
+/** One region of the front-end's memory as the back-end mapped it (vhost-user.rst, "Memory region description"). */
 export interface BackendRegion {
+  /** Guest physical address of the region's first byte. */
   readonly guestPhysAddr: number;
+  /** Bytes in the region. */
   readonly size: number;
+  /** The front-end's virtual address of the first byte (used by SET_VRING_ADDR without IOMMU). */
   readonly userAddr: bigint;
+  /** Offset of the region in the fd's mapping. */
   readonly mmapOffset: number;
+  /** The back-end's mapping of the fd (from 0 to mmapOffset + size). */
   readonly mapping: Mapping;
 }
 
@@ -57,12 +63,18 @@ export class BackendMemory implements GuestMemoryAccess {
   private last: BackendRegion | null = null;
   private closed = false;
 
-  constructor(readonly maxRegions = 32) {}
+  /** @param maxRegions the slot count offered with GET_MAX_MEM_SLOTS. */
+  constructor(
+    /** Most regions the table may hold at once (ADD_MEM_REG beyond it is refused). */
+    readonly maxRegions = 32,
+  ) {}
 
+  /** The regions mapped now, in the order added. */
   get regions(): readonly BackendRegion[] {
     return this.list;
   }
 
+  /** True before the first memory table and after the last region was removed. */
   get isEmpty(): boolean {
     return this.list.length === 0;
   }
@@ -161,6 +173,10 @@ export class BackendMemory implements GuestMemoryAccess {
     return r.mapping.dataView(r.mmapOffset + (gpa - r.guestPhysAddr), length);
   }
 
+  /**
+   * The ArrayBuffer window holding guest range [gpa, gpa + length) and where the range starts in it,
+   * for typed-array views; VHOST_INVALID_ADDRESS when the range is not inside one region.
+   */
   window(gpa: number, length: number): { buffer: ArrayBuffer; byteOffset: number } {
     const r = this.regionOf(gpa, length);
     return r.mapping.window(r.mmapOffset + (gpa - r.guestPhysAddr), length);

@@ -17,7 +17,11 @@
 import { VhostUserError } from '../errors.js';
 import { FrontendRequest } from '../protocol/constants.js';
 
-/** Faults on the reply to one request (vhost-user.rst, "Message Specification" is what each breaks). */
+/**
+ * Faults on the reply to one request (vhost-user.rst, "Message Specification" is what each breaks):
+ * name to what the back-end then does.
+ * @enum
+ */
 export const MESSAGE_FAULTS = {
   'disconnect-before': 'close the connection when the request arrives, before handling it',
   'disconnect-after': 'handle the request, send its reply, then close the connection',
@@ -31,7 +35,11 @@ export const MESSAGE_FAULTS = {
   nak: 'refuse the request with a non-zero REPLY_ACK (only requests sent with NEED_REPLY)',
 } as const;
 
-/** Faults on the used ring (virtio 1.2 §2.7.8 split, §2.8 packed) or on serving a ring. */
+/**
+ * Faults on the used ring (virtio 1.2 §2.7.8 split, §2.8 packed) or on serving a ring: name to
+ * what the back-end then does.
+ * @enum
+ */
 export const RING_FAULTS = {
   'used-id-out-of-range': 'complete a buffer with id = queue size',
   'used-id-not-outstanding': 'complete a buffer with an id the driver did not make available',
@@ -41,13 +49,19 @@ export const RING_FAULTS = {
   'stop-ring': 'stop serving the ring: kicks are ignored and nothing completes',
 } as const;
 
+/** A fault on the reply to a request: a key of {@link MESSAGE_FAULTS}. */
 export type MessageFaultName = keyof typeof MESSAGE_FAULTS;
+/** A fault on a used ring: a key of {@link RING_FAULTS}. */
 export type RingFaultName = keyof typeof RING_FAULTS;
+/** Any fault the reference back-end can inject (`serve --fault NAME`). */
 export type FaultName = MessageFaultName | RingFaultName;
 
+/** Every fault name, message faults first: what `serve --fault` accepts. */
 export const FAULT_NAMES: readonly FaultName[] = [...Object.keys(MESSAGE_FAULTS), ...Object.keys(RING_FAULTS)] as FaultName[];
 
+/** One fault to inject, and where: `{ name: 'nak', request: 'SET_VRING_ENABLE' }`. */
 export interface Fault {
+  /** Which fault. */
   name: FaultName;
   /** Message faults: the request's spec name (e.g. 'SET_MEM_TABLE'); omitted: the first request the fault applies to. */
   request?: string;
@@ -99,7 +113,12 @@ export class FaultPlan {
   /** Each fault that has fired, once, in order, with the connection it first hit (repeats go to onFire only, so this stays bounded). */
   readonly fired: { fault: Fault; connection: number }[] = [];
 
+  /**
+   * @param faults the faults to inject, each firing once at its first match (unless `repeat`).
+   * @param onFire called every time a fault fires, repeats included.
+   */
   constructor(
+    /** The faults this plan injects, as given. */
     readonly faults: readonly Fault[],
     private readonly onFire: (fault: Fault, connection: number) => void = () => {},
   ) {
@@ -108,6 +127,7 @@ export class FaultPlan {
     }
   }
 
+  /** True when the plan injects nothing: the back-end's hooks then cost one check each. */
   get isEmpty(): boolean {
     return this.faults.length === 0;
   }

@@ -45,7 +45,9 @@ export { FAULT_NAMES, MESSAGE_FAULTS, RING_FAULTS, parseFault, formatFault, type
 export type { NetStats } from './devices/net-loopback.js';
 export type { BlkStats } from './devices/blk.js';
 
+/** How {@link ReferenceBackend.listen} sets up the back-end. */
 export interface ReferenceBackendOptions {
+  /** The device served: 'net' (a loopback: TX frames come back on RX) or 'blk' (a disk). */
   device: DeviceKind;
   /** Virtqueues offered (GET_QUEUE_NUM): net default 8 (4 queue pairs), blk default 1. */
   queueNum?: number;
@@ -71,7 +73,9 @@ export interface ReferenceBackendOptions {
   acceptTimeoutMs?: number;
 }
 
+/** Events of a {@link ReferenceBackend}. */
 export interface ReferenceBackendEvents {
+  /** A front-end connected; `id` numbers connections from 1. */
   connection: (id: number) => void;
   /** The connection ended: `reason` is undefined for an orderly disconnect by the front-end. */
   disconnect: (id: number, reason: VhostUserError | undefined) => void;
@@ -94,13 +98,24 @@ const COMMON_FEATURES =
   bit(VirtioFeature.VIRTIO_F_RING_PACKED) |
   bit(VirtioFeature.VHOST_F_LOG_ALL);
 
+/**
+ * The project's own vhost-user back-end, in this process: serves one front-end at a time on a
+ * listening socket, strictly (a rule broken is a `violation`), with fault injection.
+ */
 export class ReferenceBackend extends EventEmitter<ReferenceBackendEvents> {
+  /** The listening socket's path. */
   readonly path: string;
+  /** The device served. */
   readonly device: DeviceKind;
+  /** Virtqueues offered with GET_QUEUE_NUM. */
   readonly queueNum: number;
+  /** Memory slots offered with GET_MAX_MEM_SLOTS. */
   readonly maxMemSlots: number;
+  /** Virtio feature bits offered with GET_FEATURES. */
   readonly features: bigint;
+  /** Net loopback counters (device 'net'). */
   readonly net: NetStats = { frames: 0, bytes: 0, txErrors: 0, rxTooSmall: 0 };
+  /** Disk counters (device 'blk'). */
   readonly blk: BlkStats = { reads: 0, writes: 0, flushes: 0, discards: 0, writeZeroes: 0, errors: 0 };
   /** Connections served so far (including the current one). */
   connections = 0;
@@ -155,6 +170,7 @@ export class ReferenceBackend extends EventEmitter<ReferenceBackendEvents> {
     return this.image?.capacity ?? 0;
   }
 
+  /** True while a front-end is connected. */
   get isServing(): boolean {
     return this.session !== null;
   }

@@ -6,11 +6,17 @@
  */
 import { VhostUserError, type VhostErrorCode } from '../errors.js';
 
+/** A protocol violation by a front-end, as the reference back-end reports it before closing that connection. */
 export interface ViolationInfo {
+  /** The connection's number (1 for the first front-end served). */
   connection: number;
+  /** The error's stable code (e.g. VHOST_INVALID_PAYLOAD). */
   code: VhostErrorCode;
+  /** Spec name of the request that broke the rule; undefined when no request was decoded. */
   request: string | undefined;
+  /** What was wrong, in words. */
   message: string;
+  /** The error itself, with its rule. */
   error: VhostUserError;
 }
 

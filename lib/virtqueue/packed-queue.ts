@@ -75,6 +75,7 @@ export class PackedVirtqueue implements Virtqueue {
   readonly packed = true;
   readonly addresses: VirtqueueAddresses;
   readonly footprint: number;
+  /** Where the descriptor ring and the driver and device event suppression areas are in guest memory. */
   readonly layout: PackedRingLayout;
 
   private readonly eventIdx: boolean;

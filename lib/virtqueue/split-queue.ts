@@ -45,6 +45,7 @@ export class SplitVirtqueue implements Virtqueue {
   readonly packed = false;
   readonly addresses: VirtqueueAddresses;
   readonly footprint: number;
+  /** Where the descriptor table, avail ring and used ring are in guest memory. */
   readonly layout: SplitRingLayout;
 
   private readonly mask: number;

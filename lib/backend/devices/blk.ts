@@ -13,12 +13,19 @@ import { ProtocolFeature, VirtioBlkFeature, bit } from '../../protocol/constants
 import type { Chain, Vring } from '../vring-state.js';
 import type { DeviceModel, DeviceRings } from './device.js';
 
+/** Requests the reference back-end's blk device has served, by type (virtio 1.2 §5.2.6). */
 export interface BlkStats {
+  /** VIRTIO_BLK_T_IN requests completed OK. */
   reads: number;
+  /** VIRTIO_BLK_T_OUT requests completed OK. */
   writes: number;
+  /** VIRTIO_BLK_T_FLUSH requests completed OK. */
   flushes: number;
+  /** VIRTIO_BLK_T_DISCARD requests completed OK. */
   discards: number;
+  /** VIRTIO_BLK_T_WRITE_ZEROES requests completed OK. */
   writeZeroes: number;
+  /** Requests answered IOERR or UNSUPP. */
   errors: number;
 }
 

@@ -10,8 +10,11 @@ import type { BackendMemory } from '../backend-memory.js';
 import type { Chain, Vring } from '../vring-state.js';
 import type { DeviceModel, DeviceRings } from './device.js';
 
+/** Counters of the reference back-end's net loopback. */
 export interface NetStats {
+  /** Frames looped from TX to RX. */
   frames: number;
+  /** Bytes of those frames, virtio_net_hdr excluded. */
   bytes: number;
   /** TX chains shorter than the 12-byte virtio_net_hdr (completed, counted). */
   txErrors: number;

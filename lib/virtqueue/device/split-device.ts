@@ -13,21 +13,35 @@ import { VRING_DESC_SIZE, type SplitRingLayout } from '../split-layout.js';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../virtqueue.js';
 import { VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY } from '../split-queue.js';
 
+/** One descriptor of a chain as the device sees it (virtio 1.2 §2.7.5). */
 export interface DescSegment {
+  /** Guest physical address of the buffer. */
   gpa: number;
+  /** Its length in bytes. */
   len: number;
+  /** VIRTQ_DESC_F_WRITE: the device writes it (else it reads it). */
   writable: boolean;
 }
 
+/** A descriptor chain the device took from the avail ring, indirect tables followed. */
 export interface DeviceChain {
   /** Head descriptor index: the id to return in the used ring. */
   head: number;
+  /** The chain's buffers in order, readable ones first (§2.7.4). */
   segments: DescSegment[];
+  /** Sum of the readable segments' lengths. */
   readableBytes: number;
+  /** Sum of the writable segments' lengths: the most `len` a completion may report (§2.7.8.1). */
   writableBytes: number;
 }
 
+/**
+ * The device side of a split virtqueue over guest memory: takes chains from the avail ring and
+ * writes completions to the used ring, validating what the driver wrote. Used by the reference
+ * back-end and by tests that play the device.
+ */
 export class SplitDeviceQueue {
+  /** Where the ring's three areas are in guest memory. */
   readonly layout: SplitRingLayout;
   private readonly memory: GuestMemoryAccess;
   private readonly eventIdx: boolean;
