@@ -268,6 +268,20 @@ describe('reference blk back-end: inflight I/O tracking', function () {
   });
 
   describe('hostile input', () => {
+    it('a packed area whose free list loops is a violation when the ring starts: the connection closes, nothing hangs', async () => {
+      listen();
+      rig = new BlkRig(64, 8, 'packed');
+      await rig.attach(sock.path, { inflight: true });
+      rig.detach();
+      await settle(20);
+      const m = Mapping.map(rig.area!.fd, Number(rig.area!.mmapSize));
+      m.dataView(0, packedRegionSize(64)).setUint16(32 + 2, 0, true); // desc[0].next = 0, free_head 0
+      m.close();
+      await rig.attach(sock.path, { inflight: true }).catch(() => undefined);
+      await settle(50);
+      expect(violations.map((v) => [v.code, v.message.includes('free list')])).to.deep.equal([['VHOST_INVALID_PAYLOAD', true]]);
+    });
+
     async function negotiated(): Promise<VhostUserClient> {
       const c = await VhostUserClient.connect(sock.path, { timeoutMs: 1000 });
       await c.negotiate({ protocolFeatures: WANT });
