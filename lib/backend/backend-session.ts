@@ -315,6 +315,8 @@ export class BackendSession implements DeviceRings {
           throw violation('VHOST_INVALID_STATE', `features 0x${changed.toString(16)} changed while rings are running (only VHOST_F_LOG_ALL may)`, name);
         }
         this.ackedFeatures = f;
+        // An area laid out for the other ring kind cannot track these rings: the front-end must get a new one.
+        if (this.inflight !== null && this.inflight.packed !== this.packed) this.setInflight(null, false);
         this.applyLog();
         // vhost-user.rst, 'Ring states': without PROTOCOL_FEATURES rings are enabled at once.
         if (!hasBit(f, VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)) for (const r of this.rings) r.enabled = true;
@@ -482,11 +484,8 @@ export class BackendSession implements DeviceRings {
       case R.GET_INFLIGHT_FD: {
         const req = Inflight.decode(m.payload, name);
         InflightArea.checkShape(req, this.rings.length, name);
-        if (this.packed) {
-          // Packed rings are not tracked (inflight-area.ts): an empty area, which QEMU takes without an fd.
-          return Inflight.encode({ mmapSize: 0n, mmapOffset: 0n, numQueues: req.numQueues, queueSize: req.queueSize });
-        }
-        const { area, fd, mmapSize } = InflightArea.allocate(req.numQueues, req.queueSize);
+        // The layout follows the rings negotiated so far (QEMU asks after SET_FEATURES).
+        const { area, fd, mmapSize } = InflightArea.allocate(req.numQueues, req.queueSize, this.packed);
         // A repeated GET_INFLIGHT_FD replaces the area: nothing of the old one is kept (CVE-2020-10726's class of fd leak).
         this.setInflight(area, false);
         this.replyFds = [fd];
@@ -500,7 +499,7 @@ export class BackendSession implements DeviceRings {
           closeAll([fd]);
           throw violation('VHOST_INVALID_STATE', 'SET_INFLIGHT_FD while rings are running', name, "vhost-user.rst, 'Inflight I/O tracking': the area is handed over before the rings start");
         }
-        this.setInflight(InflightArea.adopt(fd, desc, this.rings.length, name), true);
+        this.setInflight(InflightArea.adopt(fd, desc, this.rings.length, name, this.packed), true);
         return undefined;
       }
       default:

@@ -5,6 +5,8 @@
  * back-end allocates (GET_INFLIGHT_FD) and the front-end keeps and hands to the
  * next back-end (SET_INFLIGHT_FD), so that one which crashed or restarted can
  * resubmit what its predecessor had taken from the rings and not completed.
+ * The layout follows the rings: QueueRegionSplit (here) or QueueRegionPacked
+ * (inflight-packed.ts) when VIRTIO_F_RING_PACKED was negotiated.
  *
  * Split layout, as the spec gives it (little-endian, x86 and arm64):
  *
@@ -15,8 +17,6 @@
  *
  * Each region is rounded up to 64 bytes, as libvhost-user and DPDK lay it out,
  * so the front-end (or a back-end of another make) finds the same offsets.
- * Packed rings (QueueRegionPacked) are not tracked here: GET_INFLIGHT_FD on a
- * packed device answers with an empty area (mmap size 0, no fd).
  */
 import { fstatSync } from 'node:fs';
 import { C, closeFd, libc, syscallError } from '../native/libc.js';
@@ -24,15 +24,16 @@ import { Mapping } from '../native/mapping.js';
 import type { Inflight } from '../protocol/payloads.js';
 import { VIRTQUEUE_MAX_SIZE } from '../virtqueue/split-layout.js';
 import { violation } from './violation.js';
+import { INFLIGHT_ALIGNMENT, INFLIGHT_VERSION } from './inflight-constants.js';
+import { PackedInflightRegion, packedRegionSize } from './inflight-packed.js';
+
+export { INFLIGHT_ALIGNMENT, INFLIGHT_VERSION } from './inflight-constants.js';
+export { INFLIGHT_DESC_STATE_PACKED, INFLIGHT_PACKED_HEADER, PackedInflightRegion, packedRegionSize, type PackedInflightDesc, type PackedRecovery } from './inflight-packed.js';
 
 /** QueueRegionSplit before its desc[] array. */
 export const INFLIGHT_SPLIT_HEADER = 16;
 /** sizeof(DescStateSplit). */
 export const INFLIGHT_DESC_STATE_SPLIT = 16;
-/** Alignment of each queue region (libvhost-user's and DPDK's INFLIGHT_ALIGNMENT). */
-export const INFLIGHT_ALIGNMENT = 64;
-/** QueueRegionSplit.version written by this back-end; 0 marks an area nobody initialised. */
-export const INFLIGHT_VERSION = 1;
 
 /** Bytes of one split queue region for a ring of `queueSize` entries. */
 export function splitRegionSize(queueSize: number): number {
@@ -46,6 +47,7 @@ export function splitRegionSize(queueSize: number): number {
  * one descriptor long: last_batch_head names it and desc[i].next ends the list.
  */
 export class SplitInflightRegion {
+  readonly layout = 'split' as const;
   private readonly dv: DataView;
   /** The global counter: the order in which heads were taken from the avail ring. */
   private counter = 0n;
@@ -165,13 +167,27 @@ export class SplitInflightRegion {
   }
 }
 
-/** One inflight area: its mapping and a region per queue. */
+/** One queue's region of the area, in the layout of the device's rings. */
+export type InflightRegion = SplitInflightRegion | PackedInflightRegion;
+
+/** Bytes of one queue region in the given layout. */
+export function regionSize(queueSize: number, packed: boolean): number {
+  return packed ? packedRegionSize(queueSize) : splitRegionSize(queueSize);
+}
+
+function region(mapping: Mapping, offset: number, queueSize: number, packed: boolean): InflightRegion {
+  return packed ? new PackedInflightRegion(mapping, offset, queueSize) : new SplitInflightRegion(mapping, offset, queueSize);
+}
+
+/** One inflight area: its mapping and a region per queue, all in one layout. */
 export class InflightArea {
   private constructor(
     private readonly mapping: Mapping,
     readonly numQueues: number,
     readonly queueSize: number,
-    readonly regions: SplitInflightRegion[],
+    /** QueueRegionPacked (true) or QueueRegionSplit regions. */
+    readonly packed: boolean,
+    readonly regions: InflightRegion[],
   ) {}
 
   /** Checks num_queues and queue_size against the device (CVE-2021-3839: num_queues unbounded). */
@@ -188,17 +204,17 @@ export class InflightArea {
    * GET_INFLIGHT_FD: a zeroed memfd with an initialised region per queue. Returns
    * the area (mapped) and the fd to send, which the caller closes once sent.
    */
-  static allocate(numQueues: number, queueSize: number): { area: InflightArea; fd: number; mmapSize: number } {
-    const per = splitRegionSize(queueSize);
+  static allocate(numQueues: number, queueSize: number, packed = false): { area: InflightArea; fd: number; mmapSize: number } {
+    const per = regionSize(queueSize, packed);
     const size = per * numQueues;
     const fd = libc.memfd_create('vhost-user-ref-inflight', C.MFD_CLOEXEC);
     if (fd < 0) throw syscallError('memfd_create');
     try {
       if (libc.ftruncate(fd, size) !== 0) throw syscallError('ftruncate');
       const mapping = Mapping.map(fd, size);
-      const regions = Array.from({ length: numQueues }, (_, q) => new SplitInflightRegion(mapping, q * per, queueSize));
+      const regions = Array.from({ length: numQueues }, (_, q) => region(mapping, q * per, queueSize, packed));
       for (const r of regions) r.initialise();
-      return { area: new InflightArea(mapping, numQueues, queueSize, regions), fd, mmapSize: size };
+      return { area: new InflightArea(mapping, numQueues, queueSize, packed, regions), fd, mmapSize: size };
     } catch (e) {
       closeFd(fd);
       throw e;
@@ -208,12 +224,13 @@ export class InflightArea {
   /**
    * SET_INFLIGHT_FD: maps the area the front-end hands over. `fd` is closed here
    * whatever happens (the mapping keeps the memory). Every size is checked
-   * against what the description and the file actually hold.
+   * against what the description and the file actually hold. `packed`: the
+   * layout the negotiated rings call for.
    */
-  static adopt(fd: number, desc: Inflight, maxQueues: number, request: string): InflightArea {
+  static adopt(fd: number, desc: Inflight, maxQueues: number, request: string, packed = false): InflightArea {
     try {
       InflightArea.checkShape(desc, maxQueues, request);
-      const per = splitRegionSize(desc.queueSize);
+      const per = regionSize(desc.queueSize, packed);
       const need = BigInt(per * desc.numQueues);
       if (desc.mmapSize < need) {
         throw violation('VHOST_INVALID_PAYLOAD', `mmap_size ${desc.mmapSize} is smaller than ${desc.numQueues} queue regions of ${per} bytes`, request, "vhost-user.rst, 'Inflight I/O tracking'");
@@ -232,7 +249,7 @@ export class InflightArea {
         throw violation('VHOST_INVALID_PAYLOAD', `the inflight fd holds ${fileSize} bytes, less than mmap_offset + the regions (${end})`, request);
       }
       const mapping = Mapping.map(fd, Number(need), { offset: Number(desc.mmapOffset) });
-      const regions = Array.from({ length: desc.numQueues }, (_, q) => new SplitInflightRegion(mapping, q * per, desc.queueSize));
+      const regions = Array.from({ length: desc.numQueues }, (_, q) => region(mapping, q * per, desc.queueSize, packed));
       for (const [q, r] of regions.entries()) {
         const version = r.version;
         const descNum = r.headerDescNum;
@@ -241,7 +258,7 @@ export class InflightArea {
           throw violation('VHOST_INVALID_PAYLOAD', `queue ${q} region: version ${version}, desc_num ${descNum} (expected version ${INFLIGHT_VERSION}, desc_num ${desc.queueSize})`, request, "vhost-user.rst, 'Inflight I/O tracking'");
         }
       }
-      return new InflightArea(mapping, desc.numQueues, desc.queueSize, regions);
+      return new InflightArea(mapping, desc.numQueues, desc.queueSize, packed, regions);
     } finally {
       closeFd(fd);
     }

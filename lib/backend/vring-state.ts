@@ -16,7 +16,7 @@ import { VIRTQUEUE_MAX_SIZE } from '../virtqueue/split-layout.js';
 import type { BackendMemory } from './backend-memory.js';
 import type { DirtyLog } from '../memory/dirty-log.js';
 import type { Fault } from './faults.js';
-import type { SplitInflightRegion } from './inflight-area.js';
+import type { InflightRegion, PackedInflightRegion, SplitInflightRegion } from './inflight-area.js';
 import { violation } from './violation.js';
 
 /** Asks the fault plan whether the next completion on ring `index` is to be corrupted. */
@@ -29,15 +29,24 @@ export interface Chain {
   segments: { gpa: number; len: number; writable: boolean }[];
   readableBytes: number;
   writableBytes: number;
+  /**
+   * Packed rings with an inflight area: the head DescStatePacked entry tracking
+   * this chain (entries are a free list, not ring slots); -1 otherwise. Split
+   * rings track a chain by its head.
+   */
+  entry: number;
 }
 
 function fromSplit(c: DeviceChain): Chain {
-  return { head: c.head, descCount: 1, segments: c.segments, readableBytes: c.readableBytes, writableBytes: c.writableBytes };
+  return { head: c.head, descCount: 1, segments: c.segments, readableBytes: c.readableBytes, writableBytes: c.writableBytes, entry: -1 };
 }
 
-function fromPacked(c: PackedDeviceChain): Chain {
-  return { head: c.id, descCount: c.descCount, segments: c.segments, readableBytes: c.readableBytes, writableBytes: c.writableBytes };
+function fromPacked(c: PackedDeviceChain, entry: number): Chain {
+  return { head: c.id, descCount: c.descCount, segments: c.segments, readableBytes: c.readableBytes, writableBytes: c.writableBytes, entry };
 }
+
+/** Scratch for copying a taken packed chain's descriptors into the inflight area. */
+const descScratch = { addr: 0, len: 0, flags: 0, id: 0 };
 
 /** Ring area GPAs, once translated. */
 export interface RingAreas {
@@ -65,10 +74,10 @@ export class Vring {
   /** Set while VHOST_F_LOG_ALL is negotiated and a log is shared: every write is logged there. */
   log: DirtyLog | null = null;
   /** This ring's region of the inflight area (INFLIGHT_SHMFD), when one is set. */
-  inflight: SplitInflightRegion | null = null;
+  inflight: InflightRegion | null = null;
   /** Set by SET_INFLIGHT_FD: the next build recovers what the area says was in flight. */
   recoverInflight = false;
-  /** Heads to serve again before anything new: in flight when the previous back-end stopped. */
+  /** Heads (split) or head entries (packed) to serve again before anything new: in flight when the previous back-end stopped. */
   private resubmit: number[] = [];
   /** Chains a device took and has not completed yet (a device with latency). */
   held: Chain[] = [];
@@ -209,7 +218,14 @@ export class Vring {
     } catch (e) {
       throw violation('VHOST_INVALID_PAYLOAD', `ring ${this.index} cannot be set up: ${(e as Error).message}`, 'SET_VRING_ADDR');
     }
-    if (this.split && this.inflight && this.recoverInflight) this.recover(this.split, this.inflight);
+    const region = this.inflight;
+    if (region === null) return;
+    if (this.split && region.layout === 'split' && this.recoverInflight) this.recover(this.split, region);
+    if (this.packed && region.layout === 'packed') {
+      if (this.recoverInflight) this.recoverPacked(this.packed, region);
+      // The area follows the ring's position when the ring was set up from SET_VRING_BASE.
+      else region.setPosition((this.packed.base >>> 16) & 0x7fff, this.packed.base >>> 31);
+    }
   }
 
   /**
@@ -228,6 +244,35 @@ export class Vring {
     const heads = region.recover(used);
     split.restore(used + heads.length, used);
     this.resubmit = heads;
+  }
+
+  /**
+   * The packed counterpart (vhost-user.rst, 'Inflight I/O tracking', packed
+   * virtqueue, "When reconnecting"): the used position is the one the area
+   * committed; every chain still in flight was taken after it, so the next
+   * available descriptor is that many ring slots further (with the wrap counter
+   * flipping where the ring wraps). With nothing in flight the ring starts from
+   * SET_VRING_BASE, and the area follows it.
+   */
+  private recoverPacked(packed: PackedDeviceQueue, region: PackedInflightRegion): void {
+    this.recoverInflight = false;
+    if (region.descNum !== this.num) {
+      throw violation('VHOST_INVALID_PAYLOAD', `inflight area tracks ${region.descNum} descriptors per queue, ring ${this.index} has ${this.num}`, 'SET_INFLIGHT_FD', "vhost-user.rst, 'Inflight I/O tracking'");
+    }
+    const base = packed.base;
+    const r = region.recover((base >>> 16) & 0x7fff, base >>> 31, (slot) => packed.flagsAt(slot));
+    if (r.entries.length === 0) {
+      region.setPosition((base >>> 16) & 0x7fff, base >>> 31);
+      return;
+    }
+    let avail = r.usedIdx + r.slots;
+    let wrap = r.usedWrap;
+    if (avail >= this.num) {
+      avail -= this.num;
+      wrap ^= 1;
+    }
+    packed.restore((avail | (wrap << 15) | (r.usedIdx << 16) | (r.usedWrap << 31)) >>> 0);
+    this.resubmit = r.entries;
   }
 
   /** Drops the device queue model (its views die with the old mappings) keeping its position. */
@@ -285,24 +330,45 @@ export class Vring {
       const again = this.resubmit.shift();
       if (again !== undefined) return fromSplit(this.split.chainAt(again));
       const c = this.split.pop();
-      if (c && this.inflight) this.inflight.begin(c.head);
+      if (c && this.inflight?.layout === 'split') this.inflight.begin(c.head);
       return c && fromSplit(c);
     }
-    const c = this.packed!.pop();
-    return c && fromPacked(c);
+    const packed = this.packed!;
+    const region = this.inflight?.layout === 'packed' ? this.inflight : null;
+    if (region !== null) {
+      const again = this.resubmit.shift();
+      if (again !== undefined) return fromPacked(packed.chainOf(region.chainOf(again)), again);
+    }
+    const slot = packed.availSlot;
+    const c = packed.pop();
+    if (c === null) return null;
+    if (region === null) return fromPacked(c, -1);
+    // The chain's head entry, then each descriptor copied in ring order (its slots are not overwritten yet).
+    const entry = region.oldFreeHead;
+    for (let k = 0; k < c.descCount; k++) {
+      packed.readDesc((slot + k) % this.num, descScratch);
+      region.receive(descScratch.addr, descScratch.len, descScratch.flags, descScratch.id, k === 0, k === c.descCount - 1);
+    }
+    return fromPacked(c, entry);
   }
 
   push(c: Chain, len: number): void {
     const fault = this.ringFault?.(this.index) ?? null;
     if (fault !== null) return this.pushCorrupt(fault, c, len);
+    const region = this.inflight;
     if (this.split) {
-      this.inflight?.beforeUsed(c.head);
+      const split = region?.layout === 'split' ? region : null;
+      split?.beforeUsed(c.head);
       this.split.push(c.head, len);
-      this.inflight?.afterUsed(c.head, this.split.usedIndex);
+      split?.afterUsed(c.head, this.split.usedIndex);
       if (this.log) this.logPush(c, len, (this.split.usedIndex - 1) & 0xffff);
     } else {
+      const packed = region?.layout === 'packed' && c.entry >= 0 ? region : null;
       const slot = this.packed!.usedSlot;
+      // vhost-user.rst, packed "When supplying used buffers": free list and used_idx, then d.flags, then inflight = 0 and the old_* fields.
+      packed?.beforeUsed(c.entry);
       this.packed!.push(c.head, c.descCount, len);
+      packed?.afterUsed(c.entry);
       if (this.log) this.logPush(c, len, slot);
     }
   }

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { rm } from 'node:fs/promises';
 import { expect } from 'chai';
 import { ReferenceBackend, type ViolationInfo } from '../../lib/backend/reference-backend.js';
-import { INFLIGHT_DESC_STATE_SPLIT, INFLIGHT_SPLIT_HEADER, splitRegionSize } from '../../lib/backend/inflight-area.js';
+import { INFLIGHT_DESC_STATE_SPLIT, INFLIGHT_SPLIT_HEADER, PackedInflightRegion, packedRegionSize, splitRegionSize } from '../../lib/backend/inflight-area.js';
 import { VhostUserClient, SUPPORTED_PROTOCOL_FEATURES } from '../../lib/client/vhost-user-client.js';
 import { C, closeFd, libc } from '../../lib/native/libc.js';
 import { Mapping } from '../../lib/native/mapping.js';
@@ -18,7 +18,7 @@ import { bit, hasBit, FrontendRequest as R, ProtocolFeature, VirtioFeature } fro
 import { Inflight } from '../../lib/protocol/payloads.js';
 import { makeTempDir } from '../../lib/launch/backend-process.js';
 import { startReferenceBackend, type ReferenceBackendProcess } from '../../lib/launch/reference-backend.js';
-import { BLK_T, BlkRig, RIG_PAGE } from '../helpers/blk-rig.js';
+import { BLK_T, BlkRig, RIG_DATA, RIG_HDR, RIG_PAGE, RIG_STATUS } from '../helpers/blk-rig.js';
 import { resourceSnapshot, settle } from '../helpers/resources.js';
 import { tempSocketPath } from '../helpers/socket-pair.js';
 
@@ -42,6 +42,14 @@ function pattern(token: number): Uint8Array {
 function areaView(rig: BlkRig): { dv: DataView; close(): void } {
   const m = Mapping.map(rig.area!.fd, Number(rig.area!.mmapSize));
   return { dv: m.dataView(0, splitRegionSize(rig.queueSize)), close: () => m.close() };
+}
+
+/** The front-end's view of a packed area, read with the back-end's own accessors over a mapping of its own. */
+function packedView(rig: BlkRig): { r: PackedInflightRegion; inflight(): number[]; close(): void } {
+  const m = Mapping.map(rig.area!.fd, Number(rig.area!.mmapSize));
+  const r = new PackedInflightRegion(m, 0, rig.queueSize);
+  const inflight = () => Array.from({ length: rig.queueSize }, (_, i) => i).filter((i) => r.isInflight(i));
+  return { r, inflight, close: () => m.close() };
 }
 
 function inflightHeads(dv: DataView, queueSize: number): { head: number; counter: bigint }[] {
@@ -176,7 +184,104 @@ describe('reference blk back-end: inflight I/O tracking', function () {
     expect(violations).to.deep.equal([]);
   });
 
+  describe('packed rings (QueueRegionPacked)', () => {
+    it('GET_INFLIGHT_FD on a packed device lays out one QueueRegionPacked per queue: version 1, desc_num, every entry free', async () => {
+      listen();
+      rig = new BlkRig(64, 8, 'packed');
+      await rig.attach(sock.path, { inflight: true });
+      expect(rig.area!.mmapSize).to.equal(BigInt(packedRegionSize(64)));
+      const v = packedView(rig);
+      try {
+        expect([v.r.version, v.r.headerDescNum, v.r.freeHead, v.r.usedIdx, v.r.usedWrapCounter]).to.deep.equal([1, 64, 0, 0, 1]);
+        expect(v.inflight()).to.deep.equal([]);
+      } finally {
+        v.close();
+      }
+    });
+
+    it('marks each chain in flight with a copy of its descriptors while held, and frees it after the used descriptor', async () => {
+      listen({ latencyMs: 400 });
+      rig = new BlkRig(64, 8, 'packed');
+      await rig.attach(sock.path, { inflight: true });
+      for (let t = 0; t < 4; t++) {
+        rig.data(t).set(pattern(t));
+        rig.add(t, BLK_T.OUT, BigInt(t * 8));
+      }
+      rig.publish();
+      const v = packedView(rig);
+      try {
+        await settle(100);
+        expect(rig.reap()).to.equal(0, 'held: nothing completed yet');
+        // Three descriptors each (header, data, status): head entries 0, 3, 6, 9, in counter order.
+        expect(v.inflight()).to.deep.equal([0, 3, 6, 9]);
+        const c0 = v.r.counterOf(0);
+        expect([0, 3, 6, 9].map((e) => [v.r.counterOf(e), v.r.numOf(e), v.r.lastOf(e)])).to.deep.equal([0, 1, 2, 3].map((k) => [c0 + k, 3, 3 * k + 2]));
+        const copy = v.r.chainOf(6).map((d) => [d.addr, d.len]);
+        expect(copy, 'request 2 as the driver wrote it').to.deep.equal([[RIG_HDR + 2 * 16, 16], [RIG_DATA + 2 * RIG_PAGE, RIG_PAGE], [RIG_STATUS + 2, 1]]);
+        expect([v.r.freeHead, v.r.oldFreeHead, v.r.usedIdx]).to.deep.equal([12, 12, 0]);
+        expect(await rig.waitFor(4)).to.equal(true);
+        expect(v.inflight()).to.deep.equal([]);
+        expect([v.r.usedIdx, v.r.oldUsedIdx, v.r.usedWrapCounter], 'used_idx past the 12 slots').to.deep.equal([12, 12, 1]);
+        expect(v.r.freeHead, 'the last chain completed heads the free list').to.equal(9);
+      } finally {
+        v.close();
+      }
+      expect(rig.completions.map((c) => c.status)).to.deep.equal([0, 0, 0, 0]);
+      expect(violations).to.deep.equal([]);
+    });
+
+    it('a fresh session resubmits in counter order what the dropped one held, past a completed one, across the ring wrap', async () => {
+      listen({ latencyMs: 300 });
+      rig = new BlkRig(64, 32, 'packed');
+      await rig.attach(sock.path, { inflight: true });
+      // 8 reads (24 of 64 slots) completed first, so the 14 held writes (42 slots) wrap the ring.
+      for (let t = 0; t < 8; t++) rig.add(t, BLK_T.IN, 0n);
+      rig.publish();
+      expect(await rig.waitFor(8)).to.equal(true);
+      const done = rig.completions.length;
+      for (let t = 0; t < 14; t++) {
+        rig.data(t).set(pattern(t));
+        rig.add(t, BLK_T.OUT, BigInt(t * 8));
+      }
+      rig.publish();
+      await settle(50);
+      rig.detach();
+      await settle(400);
+      expect(backend!.blk.writes).to.equal(0);
+      await rig.attach(sock.path, { inflight: true });
+      expect(await rig.waitFor(done + 14)).to.equal(true);
+      await settle(50);
+      rig.reap();
+      expect(rig.completions.slice(done).map((c) => c.token)).to.deep.equal(Array.from({ length: 14 }, (_, t) => t), 'each once, in the order they were taken');
+      expect(rig.completions.every((c) => c.status === 0)).to.equal(true);
+      expect(backend!.blk.writes).to.equal(14);
+      // The ring goes on past the resubmitted ones: read everything back through the device.
+      for (let t = 0; t < 14; t++) {
+        rig.data(t).fill(0);
+        rig.add(t, BLK_T.IN, BigInt(t * 8));
+      }
+      rig.publish();
+      expect(await rig.waitFor(done + 28)).to.equal(true);
+      for (let t = 0; t < 14; t++) expect(rig.data(t), `sector ${t * 8}`).to.deep.equal(pattern(t));
+      expect(violations).to.deep.equal([]);
+    });
+  });
+
   describe('hostile input', () => {
+    it('a packed area whose free list loops is a violation when the ring starts: the connection closes, nothing hangs', async () => {
+      listen();
+      rig = new BlkRig(64, 8, 'packed');
+      await rig.attach(sock.path, { inflight: true });
+      rig.detach();
+      await settle(20);
+      const m = Mapping.map(rig.area!.fd, Number(rig.area!.mmapSize));
+      m.dataView(0, packedRegionSize(64)).setUint16(32 + 2, 0, true); // desc[0].next = 0, free_head 0
+      m.close();
+      await rig.attach(sock.path, { inflight: true }).catch(() => undefined);
+      await settle(50);
+      expect(violations.map((v) => [v.code, v.message.includes('free list')])).to.deep.equal([['VHOST_INVALID_PAYLOAD', true]]);
+    });
+
     async function negotiated(): Promise<VhostUserClient> {
       const c = await VhostUserClient.connect(sock.path, { timeoutMs: 1000 });
       await c.negotiate({ protocolFeatures: WANT });
@@ -278,61 +383,64 @@ describe('reference blk back-end killed with SIGKILL with 128 requests in flight
     await rm(dir, { recursive: true, force: true });
   });
 
-  it('a restarted back-end on the same image completes every in-flight request exactly once, with the right data', async () => {
-    const image = path.join(dir, 'disk.img');
-    const socketPath = path.join(dir, 'blk.sock');
-    // Sectors 0..1023 (the reads' targets) hold a known pattern; the writes go to 1024.. .
-    const initial = new Uint8Array(4 << 20);
-    for (let t = 0; t < 64; t++) initial.set(pattern(1000 + t), t * RIG_PAGE);
-    writeFileSync(image, initial);
-    const first = await startReferenceBackend({ device: 'blk', image, socketPath, latencyMs: 60_000 });
-    procs.push(first);
-    rig = new BlkRig(512, 128);
-    await rig.attach(socketPath, { inflight: true });
-    // 64 writes of distinct pages and 64 reads of the pattern, all in flight at once.
-    for (let t = 0; t < 128; t++) {
-      if (t < 64) {
-        rig.data(t).set(pattern(t));
-        rig.add(t, BLK_T.OUT, BigInt(1024 + t * 8));
-      } else {
-        rig.data(t).fill(0);
-        rig.add(t, BLK_T.IN, BigInt((t - 64) * 8));
+  for (const ring of ['split', 'packed'] as const) {
+    it(`${ring} ring: a restarted back-end on the same image completes every in-flight request exactly once, with the right data`, async () => {
+      const image = path.join(dir, 'disk.img');
+      const socketPath = path.join(dir, 'blk.sock');
+      // Sectors 0..1023 (the reads' targets) hold a known pattern; the writes go to 1024.. .
+      const initial = new Uint8Array(4 << 20);
+      for (let t = 0; t < 64; t++) initial.set(pattern(1000 + t), t * RIG_PAGE);
+      writeFileSync(image, initial);
+      const first = await startReferenceBackend({ device: 'blk', image, socketPath, latencyMs: 60_000 });
+      procs.push(first);
+      rig = new BlkRig(512, 128, ring);
+      await rig.attach(socketPath, { inflight: true });
+      // 64 writes of distinct pages and 64 reads of the pattern, all in flight at once.
+      for (let t = 0; t < 128; t++) {
+        if (t < 64) {
+          rig.data(t).set(pattern(t));
+          rig.add(t, BLK_T.OUT, BigInt(1024 + t * 8));
+        } else {
+          rig.data(t).fill(0);
+          rig.add(t, BLK_T.IN, BigInt((t - 64) * 8));
+        }
       }
-    }
-    rig.publish();
-    // The back-end holds them (60 s latency): all 128 are marked in the area before the kill.
-    const v = areaView(rig);
-    try {
-      const deadline = Date.now() + 5000;
-      while (inflightHeads(v.dv, 512).length < 128 && Date.now() < deadline) await settle(10);
-      expect(inflightHeads(v.dv, 512).length).to.equal(128);
-    } finally {
-      v.close();
-    }
-    await first.kill9();
-    rig.detach();
-    expect(rig.reap()).to.equal(0, 'nothing completed by the killed back-end');
-    const second = await startReferenceBackend({ device: 'blk', image, socketPath });
-    procs.push(second);
-    await rig.attach(socketPath, { inflight: true });
-    expect(await rig.waitFor(128, 10_000)).to.equal(true);
-    await settle(100);
-    rig.reap();
-    const tokens = rig.completions.map((c) => c.token).sort((a, b) => a - b);
-    expect(tokens).to.deep.equal(Array.from({ length: 128 }, (_, t) => t), 'every request exactly once');
-    expect(rig.completions.every((c) => c.status === 0)).to.equal(true);
-    for (let t = 64; t < 128; t++) expect(rig.data(t), `read ${t}`).to.deep.equal(pattern(1000 + t - 64));
-    // The writes are in the image file, read outside the library.
-    const fd = openSync(image, 'r');
-    try {
-      const page = new Uint8Array(RIG_PAGE);
-      for (let t = 0; t < 64; t++) {
-        readSync(fd, page, 0, RIG_PAGE, (1024 + t * 8) * 512);
-        expect(page, `write ${t}`).to.deep.equal(pattern(t));
+      rig.publish();
+      // The back-end holds them (60 s latency): all 128 are marked in the area before the kill.
+      const v = ring === 'split' ? areaView(rig) : packedView(rig);
+      const marked = () => ('dv' in v ? inflightHeads(v.dv, 512).length : v.inflight().length);
+      try {
+        const deadline = Date.now() + 5000;
+        while (marked() < 128 && Date.now() < deadline) await settle(10);
+        expect(marked()).to.equal(128);
+      } finally {
+        v.close();
       }
-    } finally {
-      closeSync(fd);
-    }
-    expect(readFileSync(image).length).to.equal(4 << 20);
-  });
+      await first.kill9();
+      rig.detach();
+      expect(rig.reap()).to.equal(0, 'nothing completed by the killed back-end');
+      const second = await startReferenceBackend({ device: 'blk', image, socketPath });
+      procs.push(second);
+      await rig.attach(socketPath, { inflight: true });
+      expect(await rig.waitFor(128, 10_000)).to.equal(true);
+      await settle(100);
+      rig.reap();
+      const tokens = rig.completions.map((c) => c.token).sort((a, b) => a - b);
+      expect(tokens).to.deep.equal(Array.from({ length: 128 }, (_, t) => t), 'every request exactly once');
+      expect(rig.completions.every((c) => c.status === 0)).to.equal(true);
+      for (let t = 64; t < 128; t++) expect(rig.data(t), `read ${t}`).to.deep.equal(pattern(1000 + t - 64));
+      // The writes are in the image file, read outside the library.
+      const fd = openSync(image, 'r');
+      try {
+        const page = new Uint8Array(RIG_PAGE);
+        for (let t = 0; t < 64; t++) {
+          readSync(fd, page, 0, RIG_PAGE, (1024 + t * 8) * 512);
+          expect(page, `write ${t}`).to.deep.equal(pattern(t));
+        }
+      } finally {
+        closeSync(fd);
+      }
+      expect(readFileSync(image).length).to.equal(4 << 20);
+    });
+  }
 });

@@ -5,10 +5,16 @@
  * the back-end, conformance results. A back-end an example started is gone after it exits.
  */
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
+import { startQemuStorageDaemon, type QemuStorageDaemonBackend } from '../../lib/launch/qemu-storage-daemon.js';
 import { skipWithout } from '../helpers/backends.js';
+
+/** What examples/blk.ts writes: 64 KiB of this pattern at 1 MiB. */
+function blkPattern(): Uint8Array {
+  return Uint8Array.from({ length: 64 * 1024 }, (_, i) => (i * 7 + (i >> 8)) & 0xff);
+}
 
 interface ExampleRun {
   status: number | null;
@@ -80,6 +86,43 @@ describe('examples/', function () {
     const ids = r.stdout.split('\n').flatMap((l) => /^(?:PASS|FAIL|SKIP) (\S+)/.exec(l)?.[1] ?? []);
     expect(ids.length).to.be.greaterThan(0);
     for (const id of ids) expect(id).to.match(/^handshake\./);
+  });
+
+  for (const ring of ['split', 'packed'] as const) {
+    it(`blk ${ring}: writes, reads back and compares on the built-in reference back-end, printing the config`, async () => {
+      const r = await runExample('blk', ring === 'packed' ? ['packed'] : []);
+      expect(r.stderr).to.equal('');
+      expect(r.status, r.stdout).to.equal(0);
+      expect(r.stdout).to.match(new RegExp(`^connected to the reference back-end: ${ring} rings, 1 queue\\(s\\)$`, 'm'));
+      expect(r.stdout).to.match(/^capacity: 131072 sectors \(67108864 bytes\)$/m);
+      expect(r.stdout).to.match(/^blk_size: 512, seg_max: \d+, /m);
+      expect(r.stdout).to.match(/^writeback: .*, discard: yes, write-zeroes: yes, read-only: false$/m);
+      expect(r.stdout).to.match(/^wrote 65536 bytes at 1048576, read them back: identical$/m);
+      expect(r.stdout).to.match(/^requests: 2 submitted, 2 completed, 0 failed$/m);
+    });
+  }
+
+  describe('blk on qemu-storage-daemon @integration', () => {
+    let qsd: QemuStorageDaemonBackend | null = null;
+    before(function () {
+      skipWithout(this, 'qemu-storage-daemon', 'qemu-system-common');
+    });
+    afterEach(async () => {
+      await qsd?.stop();
+      qsd = null;
+    });
+
+    it('blk SOCKET: the pattern it wrote is in the image file, read outside the library', async () => {
+      qsd = await startQemuStorageDaemon({ imageSize: 8 << 20 });
+      const r = await runExample('blk', [qsd.socketPath]);
+      expect(r.stderr).to.equal('');
+      expect(r.status, r.stdout).to.equal(0);
+      expect(r.stdout).to.include(`connected to ${qsd.socketPath}: split rings`);
+      expect(r.stdout).to.match(/^capacity: 16384 sectors \(8388608 bytes\)$/m);
+      expect(r.stdout).to.match(/^wrote 65536 bytes at 1048576, read them back: identical$/m);
+      const image = readFileSync(qsd.imagePath!);
+      expect(image.subarray(1 << 20, (1 << 20) + 65536).equals(blkPattern()), 'the image holds the pattern at 1 MiB').to.equal(true);
+    });
   });
 
   describe('dpdk-testpmd @integration', () => {

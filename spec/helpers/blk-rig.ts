@@ -14,13 +14,16 @@ import { EventFd } from '../../lib/transport/eventfd.js';
 import { SplitVirtqueue } from '../../lib/virtqueue/split-queue.js';
 import { PackedVirtqueue } from '../../lib/virtqueue/packed-queue.js';
 import type { Virtqueue } from '../../lib/virtqueue/virtqueue.js';
-import { PACKED_INITIAL_BASE } from '../../lib/conformance/datapath.js';
 
 export const BLK_T = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13 } as const;
 export const RIG_PAGE = 4096;
-const HDR = 0x100000;
-const STATUS = 0x200000;
-const DATA = 0x400000;
+/** Where slot `token`'s header (16 bytes each), status byte and data page live in guest memory. */
+export const RIG_HDR = 0x100000;
+export const RIG_STATUS = 0x200000;
+export const RIG_DATA = 0x400000;
+const HDR = RIG_HDR;
+const STATUS = RIG_STATUS;
+const DATA = RIG_DATA;
 
 export interface RigCompletion {
   token: number;
@@ -68,8 +71,9 @@ export class BlkRig {
     }
     await c.setMemTable(this.memory);
     await c.setVringNum(0, this.queueSize);
-    // After a crash the back-end cannot be asked GET_VRING_BASE: the used index is the base (as QEMU does).
-    await c.setVringBase(0, this.ring === 'packed' ? PACKED_INITIAL_BASE : this.usedIdx());
+    // After a crash the back-end cannot be asked GET_VRING_BASE: the used index is the base (as QEMU does);
+    // packed: the position just past the last used descriptor, in both halves (the initial base on a fresh ring).
+    await c.setVringBase(0, this.ring === 'packed' ? this.vq.resumeBase() : this.usedIdx());
     const a = this.vq.addresses;
     await c.setVringAddr({ index: 0, descUserAddr: this.memory.userAddr(a.desc), availUserAddr: this.memory.userAddr(a.driver), usedUserAddr: this.memory.userAddr(a.device) });
     await c.setVringCall(0, this.call.fd);

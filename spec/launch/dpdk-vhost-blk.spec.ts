@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import { expect } from 'chai';
 import { decodeBlkConfig, BLK_CONFIG_SIZE } from '../../lib/devices/blk/blk-config.js';
 import { buildVhostBlk, startVhostBlk, VHOST_BLK_SOURCES, type VhostBlkBackend } from '../../lib/launch/dpdk-vhost-blk.js';
+import { INFLIGHT_DESC_STATE_PACKED, INFLIGHT_PACKED_HEADER, packedRegionSize } from '../../lib/backend/inflight-area.js';
 import { Mapping } from '../../lib/native/mapping.js';
 import { hasBit, ProtocolFeature, VirtioFeature } from '../../lib/protocol/constants.js';
 import { BLK_T, BlkRig, RIG_PAGE } from '../helpers/blk-rig.js';
@@ -64,6 +65,23 @@ describe('DPDK vhost_blk example @integration', function () {
       const dv = m.dataView(Number(r.area!.mmapOffset), 16);
       expect(dv.getUint16(8, true), 'version').to.equal(1);
       expect(dv.getUint16(10, true), 'desc_num').to.equal(128);
+    } finally {
+      m.close();
+    }
+  });
+
+  it("GET_INFLIGHT_FD on packed rings: rte_vhost lays out QueueRegionPacked as the reference back-end does (size, wrap counters, free list)", async () => {
+    backend = await startVhostBlk();
+    rig = new BlkRig(128, 16, 'packed');
+    await rig.attach(backend.socketPath, { inflight: true });
+    // Another implementation's reading of vhost-user.rst's packed layout: the same region size and initial state.
+    expect(rig.area!.mmapSize).to.equal(BigInt(packedRegionSize(128)));
+    const m = Mapping.map(rig.area!.fd, Number(rig.area!.mmapOffset + rig.area!.mmapSize));
+    try {
+      const dv = m.dataView(Number(rig.area!.mmapOffset), packedRegionSize(128));
+      expect([dv.getUint16(12, true), dv.getUint16(16, true), dv.getUint8(20), dv.getUint8(21)], 'free_head, used_idx, used_wrap_counter, old_used_wrap_counter').to.deep.equal([0, 0, 1, 1]);
+      const next = Array.from({ length: 128 }, (_, i) => dv.getUint16(INFLIGHT_PACKED_HEADER + INFLIGHT_DESC_STATE_PACKED * i + 2, true));
+      expect(next, 'desc[i].next = i + 1').to.deep.equal(Array.from({ length: 128 }, (_, i) => i + 1));
     } finally {
       m.close();
     }

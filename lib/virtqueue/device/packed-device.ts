@@ -95,6 +95,72 @@ export class PackedDeviceQueue {
     return (this.nextAvail | (this.availWrap << 15) | (this.nextUsed << 16) | (this.usedWrap << 31)) >>> 0;
   }
 
+  /** Slot the next available chain starts at. */
+  get availSlot(): number {
+    return this.nextAvail;
+  }
+
+  /**
+   * The descriptor at ring `slot` as it is now, into `out` (addr, len, flags, id):
+   * what an inflight area copies of a chain just taken, whose slots the device
+   * has not overwritten yet.
+   */
+  readDesc(slot: number, out: { addr: number; len: number; flags: number; id: number }): void {
+    const w = slot << 2;
+    out.addr = this.desc32[w]! + this.desc32[w + 1]! * TWO_32;
+    out.len = this.desc32[w + 2]!;
+    out.id = this.desc16[(slot << 3) + 6]!;
+    out.flags = Atomics.load(this.desc16, (slot << 3) + 7);
+  }
+
+  /** The flags of the descriptor at ring `slot` (read with acquire). */
+  flagsAt(slot: number): number {
+    return Atomics.load(this.desc16, (slot << 3) + 7);
+  }
+
+  /**
+   * Resumes at `base` (the packed SET_VRING_BASE encoding): a device that picks up
+   * after a predecessor whose chains between the used and the avail position are
+   * still in flight (inflight resubmission).
+   */
+  restore(base: number): void {
+    const avail = base & 0x7fff;
+    const used = (base >>> 16) & 0x7fff;
+    if (avail >= this.size || used >= this.size) {
+      throw new VhostUserError('VHOST_INVALID_ARGUMENT', `vring base 0x${(base >>> 0).toString(16)} is outside a ring of ${this.size}`);
+    }
+    this.nextAvail = avail;
+    this.availWrap = (base >>> 15) & 1;
+    this.nextUsed = used;
+    this.usedWrap = base >>> 31;
+    this.usedSinceCall = 0;
+    if (this.eventIdx) this.setAvailEvent(this.nextAvail, this.availWrap === 1);
+  }
+
+  /**
+   * A chain rebuilt from copies of its ring descriptors (an inflight area's, in
+   * ring order), checked like one popped from the ring: the same list rules,
+   * indirect tables walked again, every buffer in mapped memory.
+   */
+  chainOf(descs: readonly { addr: number; len: number; flags: number; id: number }[]): PackedDeviceChain {
+    const chain: PackedDeviceChain = { id: 0, descCount: 0, indirect: false, segments: [], readableBytes: 0, writableBytes: 0 };
+    if (descs.length === 0 || descs.length > this.size) throw fault(`a list of ${descs.length} descriptors in a ring of ${this.size}`, '§2.8.17');
+    for (const [k, d] of descs.entries()) {
+      const last = k === descs.length - 1;
+      if (((d.flags & VIRTQ_DESC_F_NEXT) !== 0) === last) throw fault(`descriptor ${k} of a list of ${descs.length} ${last ? 'has' : 'lacks'} NEXT`, '§2.8.6');
+      chain.id = d.id;
+      chain.descCount++;
+      if (d.flags & VIRTQ_DESC_F_INDIRECT) {
+        if (descs.length > 1) throw fault('an INDIRECT descriptor inside a NEXT list', '§2.8.19');
+        chain.indirect = true;
+        this.walkIndirect(d.addr, d.len, chain);
+      } else {
+        this.addSegment(chain, d.addr, d.len, (d.flags & VIRTQ_DESC_F_WRITE) !== 0);
+      }
+    }
+    return chain;
+  }
+
   /** Takes the next available chain, or null when the driver has made nothing new available. */
   pop(): PackedDeviceChain | null {
     const n = this.size;
