@@ -177,7 +177,12 @@ export class BackendMemory implements GuestMemoryAccess {
    * The ArrayBuffer window holding guest range [gpa, gpa + length) and where the range starts in it,
    * for typed-array views; VHOST_INVALID_ADDRESS when the range is not inside one region.
    */
-  window(gpa: number, length: number): { buffer: ArrayBuffer; byteOffset: number } {
+  window(gpa: number, length: number): {
+    /** The mapping window holding the range. */
+    buffer: ArrayBuffer;
+    /** Where the range starts in `buffer`. */
+    byteOffset: number;
+  } {
     const r = this.regionOf(gpa, length);
     return r.mapping.window(r.mmapOffset + (gpa - r.guestPhysAddr), length);
   }

@@ -111,7 +111,12 @@ export function formatFault(f: Fault): string {
  */
 export class FaultPlan {
   /** Each fault that has fired, once, in order, with the connection it first hit (repeats go to onFire only, so this stays bounded). */
-  readonly fired: { fault: Fault; connection: number }[] = [];
+  readonly fired: {
+    /** The fault. */
+    fault: Fault;
+    /** The connection it first fired on (1 for the first front-end). */
+    connection: number;
+  }[] = [];
 
   /**
    * @param faults the faults to inject, each firing once at its first match (unless `repeat`).

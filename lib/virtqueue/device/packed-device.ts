@@ -36,6 +36,7 @@ const U32_MAX = 0xffffffff;
 /** The same shape as the split model's segments. */
 export type PackedDescSegment = DescSegment;
 
+/** A descriptor chain the device took from a packed ring (virtio 1.2 §2.8.6), indirect tables followed. */
 export interface PackedDeviceChain {
   /** Buffer id (from the last descriptor of the list, §2.8.6): what push() returns. */
   id: number;
@@ -43,12 +44,21 @@ export interface PackedDeviceChain {
   descCount: number;
   /** Whether the ring descriptor pointed at an indirect table. */
   indirect: boolean;
+  /** The chain's buffers in order, readable ones first. */
   segments: PackedDescSegment[];
+  /** Sum of the readable segments' lengths. */
   readableBytes: number;
+  /** Sum of the writable segments' lengths: the most `len` a completion may report. */
   writableBytes: number;
 }
 
+/**
+ * The device side of a packed virtqueue over guest memory (virtio 1.2 §2.8): takes available
+ * chains and writes used descriptors, validating what the driver wrote. Used by the reference
+ * back-end and by tests that play the device.
+ */
 export class PackedDeviceQueue {
+  /** Where the descriptor ring and the two event suppression areas are in guest memory. */
   readonly layout: PackedRingLayout;
   private readonly memory: GuestMemoryAccess;
   private readonly eventIdx: boolean;
