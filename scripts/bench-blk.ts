@@ -96,7 +96,7 @@ async function run(opts: BlkBenchOptions): Promise<number> {
               cases.push(c);
               const errors: string[] = [];
               try {
-                const o: OursResult = await (opts.driver === 'raw' ? runRawRings : runOurs)({ rw, qd, queues, socket: qsd.socketPath, backendPid: qsd.pid, durationMs: opts.durationMs, warmupMs: opts.warmupMs });
+                const o: OursResult = await (opts.driver === 'raw' ? runRawRings : runOurs)({ rw, qd, queues, socket: qsd.socketPath, backendPid: qsd.pid, durationMs: opts.durationMs, warmupMs: opts.warmupMs, completion: opts.completion, coalesce: opts.coalesce });
                 c.ours = { iops: round(o.iops, 0), latUs: round(o.latUs), p99Us: round(o.p99Us), cpuUsPerIo: round(o.cpuUsPerIo, 3) };
                 c.backendCpuUsPerIo = round(o.backendCpuUsPerIo, 3);
                 progress(`${label}: ours ${o.iops.toFixed(0)} IOPS, ${o.latUs.toFixed(1)} µs (p99 ${o.p99Us.toFixed(1)}), CPU ${o.cpuUsPerIo.toFixed(2)} µs/IO, back-end ${o.backendCpuUsPerIo.toFixed(2)} µs/IO`);
@@ -137,7 +137,7 @@ async function run(opts: BlkBenchOptions): Promise<number> {
   } finally {
     await rm(image, { force: true });
   }
-  const meta = { machine: { cpu: os.cpus()[0]?.model ?? null, cpus: os.cpus().length, kernel: os.release(), node: process.version }, durationMs: opts.durationMs, warmupMs: opts.warmupMs, driver: opts.driver, commands };
+  const meta = { machine: { cpu: os.cpus()[0]?.model ?? null, cpus: os.cpus().length, kernel: os.release(), node: process.version }, durationMs: opts.durationMs, warmupMs: opts.warmupMs, driver: opts.driver, completion: opts.driver === 'raw' ? 'busy-poll' : opts.completion, coalesce: opts.coalesce, commands };
   if (opts.json) process.stdout.write(`${JSON.stringify({ cases, meta }, null, 2)}\n`);
   else process.stdout.write(`${formatTable(cases)}\n`);
   return failed ? 1 : 0;

@@ -4,7 +4,11 @@
  * for a fixed window; and the CPU both processes spent in that window.
  *
  * runOurs() drives VirtioBlk's batch API (createBatch / submit / kick / poll:
- * nothing allocated per request) in polling mode. runRawRings() is the same
+ * nothing allocated per request) on queues in 'poll' mode: reap, resubmit,
+ * publish once per queue and pass, kick only when the device asks; when nothing
+ * completed, BlkBatch.wait sleeps on the call eventfds until `coalesce`
+ * requests completed (EVENT_IDX used_event), so CPU follows the I/O done, not
+ * the time spent waiting. `completion: 'busy-poll'` spins instead. runRawRings() is the same
  * measurement on VhostUserClient and SplitVirtqueue directly, with no device
  * layer, kept for comparison (`--driver raw`): what the device layer costs.
  */
@@ -16,10 +20,10 @@ import { bit, DeviceStatus, hasBit, ProtocolFeature, VirtioFeature } from '../..
 import { EventFd } from '../../lib/transport/eventfd.js';
 import { SplitVirtqueue } from '../../lib/virtqueue/split-queue.js';
 import { VirtioBlk } from '../../lib/devices/blk/virtio-blk.js';
-import { BlkBatchResults, type BlkBatch } from '../../lib/devices/blk/blk-batch.js';
+import { BlkBatch, BlkBatchResults } from '../../lib/devices/blk/blk-batch.js';
 import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../lib/devices/blk/blk-request.js';
 import { parsePidStat } from './cpu.js';
-import { BLK_BS, type BlkRw } from './blk-options.js';
+import { BLK_BS, type BlkCompletion, type BlkRw } from './blk-options.js';
 
 export interface OursCell {
   rw: BlkRw;
@@ -29,6 +33,10 @@ export interface OursCell {
   backendPid: number;
   durationMs: number;
   warmupMs: number;
+  /** runOurs: 'wait' (default) sleeps in BlkBatch.wait when nothing completed; 'busy-poll' spins. */
+  completion?: BlkCompletion;
+  /** With 'wait': completions per call; 0 or absent: max(1, qd / 2). */
+  coalesce?: number;
 }
 
 export interface OursResult {
@@ -100,6 +108,8 @@ export async function runOurs(cell: OursCell): Promise<OursResult> {
     let t0 = performance.now();
     const warmEnd = t0 + cell.warmupMs;
     const end = warmEnd + cell.durationMs;
+    const wait = (cell.completion ?? 'wait') === 'wait';
+    const coalesce = cell.coalesce ? cell.coalesce : Math.max(1, qd >> 1);
     for (let now = performance.now(); now < end; now = performance.now()) {
       if (!measuring && now >= warmEnd) {
         measuring = true;
@@ -107,10 +117,12 @@ export async function runOurs(cell: OursCell): Promise<OursResult> {
         be0 = backendTicks(cell.backendPid);
         t0 = now;
       }
+      let reaped = 0;
       for (let q = 0; q < queues; q++) {
         const b = batches[q]!;
         const got = b.poll(results);
         if (got === 0) continue;
+        reaped += got;
         const done = performance.now();
         for (let k = 0; k < got; k++) {
           const i = results.index[k]!;
@@ -125,6 +137,8 @@ export async function runOurs(cell: OursCell): Promise<OursResult> {
         }
         b.kick();
       }
+      // Nothing completed: sleep until the device has done `coalesce` (the window's end bounds the sleep).
+      if (reaped === 0 && wait) BlkBatch.wait(batches, coalesce, Math.min(100, end - now + 1));
     }
     const elapsedUs = (performance.now() - t0) * 1000;
     const cpu = process.cpuUsage(cpu0);

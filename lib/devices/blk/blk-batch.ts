@@ -5,8 +5,12 @@
  */
 import { VhostUserError } from '../../errors.js';
 import type { GuestHeap } from '../../memory/guest-heap.js';
+import { EventFd } from '../../transport/eventfd.js';
 import { BOUNCE_ALIGN, type BlkQueue } from './blk-queue.js';
 import type { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from './blk-request.js';
+
+/** BlkBatch.wait's fd list, reused. */
+const waitFds: (EventFd | null)[] = [];
 
 /** Reusable completion records for {@link BlkBatch.poll}. */
 export class BlkBatchResults {
@@ -66,6 +70,7 @@ export class BlkBatch {
       throw e;
     }
     this.busy = new Uint8Array(count);
+    queue.tickBatchClock(performance.now());
     this.doneIndex = new Int32Array(count);
     this.doneStatus = new Int32Array(count);
   }
@@ -94,9 +99,49 @@ export class BlkBatch {
     return true;
   }
 
-  /** Publishes what submit() added and kicks the device if it wants a kick. */
+  /**
+   * Publishes what submit() added and kicks the device only if it asked for a
+   * kick (VIRTIO_RING_F_EVENT_IDX avail_event, or VRING_USED_F_NO_NOTIFY clear).
+   */
   kick(): void {
     this.queue.publishNow();
+  }
+
+  /**
+   * Sleeps until the device has completed `minCompletions` requests on any of
+   * `batches` (fewer if fewer are outstanding there) or `timeoutMs` passes, then
+   * returns; poll() each batch afterwards. Interrupt coalescing: with
+   * VIRTIO_RING_F_EVENT_IDX (split rings) the device is asked, through
+   * used_event, to call once after that many completions rather than after each
+   * one (virtio 1.2 §2.7.10.2); without it (or on packed rings), on the next one.
+   * After arming, the used rings are read again, so completions that raced in
+   * return at once instead of being slept on (§2.7.10).
+   *
+   * The thread blocks in poll(2) on the queues' call eventfds: no CPU is spent
+   * waiting, and the event loop does not run meanwhile (use it from a loop that
+   * owns its thread, such as a benchmark or a worker). The queues must be in
+   * 'poll' mode (VirtioBlk option `mode: 'poll'`), so no event-loop watcher
+   * competes for the call. Returns true when it slept and was called, false when
+   * it returned without sleeping or timed out. Allocates nothing.
+   */
+  static wait(batches: readonly BlkBatch[], minCompletions: number, timeoutMs: number): boolean {
+    let armed = 0;
+    let ready = false;
+    for (let k = 0; k < batches.length; k++) {
+      const b = batches[k]!;
+      const q = b.queue;
+      const call = q.callFd;
+      if (call === null || q.mode !== 'poll') {
+        throw new VhostUserError('VHOST_INVALID_STATE', "BlkBatch.wait needs queues in 'poll' mode with a call eventfd");
+      }
+      if (b.doneCount > 0 || q.armWait(minCompletions)) ready = true;
+      waitFds[armed++] = call;
+    }
+    let called = false;
+    if (!ready && armed > 0) called = EventFd.waitAny(waitFds, armed, timeoutMs) > 0;
+    for (let k = 0; k < batches.length; k++) batches[k]!.queue.disarmWait();
+    for (let k = 0; k < armed; k++) waitFds[k] = null;
+    return called;
   }
 
   /**
@@ -105,19 +150,24 @@ export class BlkBatch {
    * checks the deadlines now and then, reporting BLK_RESULT_TIMEOUT.
    */
   poll(results: BlkBatchResults): number {
+    const now = performance.now();
+    this.queue.tickBatchClock(now);
     if (this.queue.poll() === 0 && this.doneCount === 0) {
-      const now = performance.now();
       if (now >= this.nextExpiry) {
         this.nextExpiry = now + 10;
         this.queue.expire(now);
       }
     }
-    const n = Math.min(this.doneCount, results.capacity);
+    const n = this.doneCount < results.capacity ? this.doneCount : results.capacity;
+    const index = results.index;
+    const status = results.status;
+    let head = this.doneHead;
     for (let k = 0; k < n; k++) {
-      results.index[k] = this.doneIndex[this.doneHead]!;
-      results.status[k] = this.doneStatus[this.doneHead]!;
-      this.doneHead = (this.doneHead + 1) % this.count;
+      index[k] = this.doneIndex[head]!;
+      status[k] = this.doneStatus[head]!;
+      if (++head === this.count) head = 0;
     }
+    this.doneHead = head;
     this.doneCount -= n;
     return n;
   }
@@ -133,7 +183,8 @@ export class BlkBatch {
 
   /** @internal A result for buffer `i` (the buffer stays busy after a timeout). */
   record(i: number, status: number): void {
-    const at = (this.doneHead + this.doneCount) % this.count;
+    let at = this.doneHead + this.doneCount;
+    if (at >= this.count) at -= this.count;
     this.doneIndex[at] = i;
     this.doneStatus[at] = status;
     this.doneCount++;

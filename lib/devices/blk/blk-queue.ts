@@ -226,6 +226,7 @@ export class BlkQueue {
   private brokenBy: VhostUserError | null = null;
   private closed = false;
   private batch: BlkBatch | null = null;
+  private batchClock = performance.now();
 
   /** Guest bytes a queue of `size` slots needs, given its heap size. */
   static areaBytes(size: number, heapBytes = 4 * 1024 * 1024): number {
@@ -737,11 +738,19 @@ export class BlkQueue {
     }
     if (result !== BLK_RESULT_USED_LEN && result !== VIRTIO_BLK_S_OK && result !== VIRTIO_BLK_S_IOERR && result !== VIRTIO_BLK_S_UNSUPP) result = BLK_RESULT_BAD_STATUS;
     if (result !== VIRTIO_BLK_S_OK) this.counters.failed++;
-    this.finishWith(slot, result, () => this.resultError(slot, result, len));
+    if (st === BATCH) {
+      // The batch path: a few typed-array stores, no closure, no object.
+      const i = this.batchIndex[slot]!;
+      const b = this.batch;
+      this.release(slot);
+      b?.record(i, result);
+      return;
+    }
+    this.finishWith(slot, result, result === VIRTIO_BLK_S_OK ? noError : this.resultError(slot, result, len));
   }
 
   /** Hands a final result to the promise or batch owning `slot` and frees it. */
-  private finishWith(slot: number, result: number, error: () => VhostUserError): void {
+  private finishWith(slot: number, result: number, error: VhostUserError | (() => VhostUserError)): void {
     const st = this.state[slot];
     if (st === BATCH) {
       const b = this.batch;
@@ -760,7 +769,7 @@ export class BlkQueue {
         err = e;
       }
     } else {
-      err = error();
+      err = typeof error === 'function' ? error() : error;
     }
     this.release(slot);
     if (--this.promiseOutstanding === 0 && this.timer !== null) {
@@ -927,8 +936,43 @@ export class BlkQueue {
     this.freeTop--;
     this.state[slot] = BATCH;
     this.batchIndex[slot] = index;
-    this.deadlines[slot] = this.timeoutMs > 0 ? performance.now() + this.timeoutMs : Infinity;
+    // The clock of the last poll or kick, not a clock read per request: a deadline may be that much early.
+    this.deadlines[slot] = this.timeoutMs > 0 ? this.batchClock + this.timeoutMs : Infinity;
     return true;
+  }
+
+  /** @internal Refreshes the clock batch deadlines are taken from (BlkBatch.kick/poll). */
+  tickBatchClock(now: number): void {
+    this.batchClock = now;
+  }
+
+  /**
+   * @internal Arms the call eventfd for a batch wait: a call once `count` more
+   * requests completed (coalesced with VIRTIO_RING_F_EVENT_IDX), at most the
+   * number outstanding. Returns true when there is no point sleeping: that many
+   * completions (or any, without event index) are waiting, nothing is
+   * outstanding, or the queue is broken.
+   */
+  armWait(count: number): boolean {
+    if (this.brokenBy !== null) return true;
+    const out = this.vqRef.outstanding;
+    if (out === 0) return true;
+    try {
+      return this.vqRef.enableInterruptsAfter(count < out ? (count < 1 ? 1 : count) : out);
+    } catch (e) {
+      this.breakWith(e as VhostUserError);
+      return true;
+    }
+  }
+
+  /** @internal After a batch wait: no calls while the caller polls (only a hint to the device). */
+  disarmWait(): void {
+    if (this.brokenBy === null && this.modeValue === 'poll') this.vqRef.disableInterrupts();
+  }
+
+  /** @internal The call eventfd, for BlkBatch.wait. */
+  get callFd(): EventFd | null {
+    return this.call;
   }
 
   /** @internal Whether any batch request is in flight (not timed out). */
@@ -956,3 +1000,6 @@ function alignUp(n: number, to: number): number {
 }
 
 function noop(): void {}
+
+/** finishWith's error for a successful result (never used). */
+const noError = new VhostUserError('VHOST_INVALID_STATE', 'no error');
