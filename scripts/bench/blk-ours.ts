@@ -13,6 +13,7 @@
  * layer, kept for comparison (`--driver raw`): what the device layer costs.
  */
 import { readFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { VhostUserClient, SUPPORTED_PROTOCOL_FEATURES } from '../../lib/client/vhost-user-client.js';
 import { decodeBlkConfig, BLK_CONFIG_SIZE } from '../../lib/devices/blk/blk-config.js';
 import { GuestMemory } from '../../lib/memory/guest-memory.js';
@@ -48,6 +49,12 @@ export interface OursResult {
   /** utime + stime of the back-end process per completed I/O, in µs. */
   backendCpuUsPerIo: number;
   ios: number;
+  /** The system (kernel) part of cpuUsPerIo (runOurs only). */
+  sysUsPerIo?: number;
+  /** Kicks this side sent per completed I/O (runOurs only). */
+  kicksPerIo?: number;
+  /** Sleeps in BlkBatch.wait that ended with a call, per completed I/O (runOurs with 'wait' only). */
+  callsPerIo?: number;
 }
 
 /** /proc/PID/stat ticks are USER_HZ: 100 on every Linux this runs on. */
@@ -89,15 +96,17 @@ export async function runOurs(cell: OursCell): Promise<OursResult> {
     const results = new BlkBatchResults(qd);
     const hist = new Uint32Array(HIST_BUCKETS);
     let rng = 0x9e3779b9 | 0;
-    const submit = (q: number, i: number): void => {
+    // `at`: the time the request goes out; a resubmission takes the time its predecessor's completion was seen,
+    // the same pass, so the latency clock is read once per pass, not per request.
+    const submit = (q: number, i: number, at: number): void => {
       rng ^= rng << 13;
       rng ^= rng >>> 17;
       rng ^= rng << 5;
-      started[q * qd + i] = performance.now();
+      started[q * qd + i] = at;
       if (!batches[q]!.submit(i, type, ((rng >>> 0) % blocks) * BLK_BS)) throw new Error(`ring ${q} full`);
     };
     for (let q = 0; q < queues; q++) {
-      for (let i = 0; i < qd; i++) submit(q, i);
+      for (let i = 0; i < qd; i++) submit(q, i, performance.now());
       batches[q]!.kick();
     }
     let ios = 0;
@@ -109,10 +118,13 @@ export async function runOurs(cell: OursCell): Promise<OursResult> {
     const warmEnd = t0 + cell.warmupMs;
     const end = warmEnd + cell.durationMs;
     const wait = (cell.completion ?? 'wait') === 'wait';
+    let kicks0 = 0;
+    let calls = 0;
     const coalesce = cell.coalesce ? cell.coalesce : Math.max(1, qd >> 1);
     for (let now = performance.now(); now < end; now = performance.now()) {
       if (!measuring && now >= warmEnd) {
         measuring = true;
+        kicks0 = blk.totals().kicks;
         cpu0 = process.cpuUsage();
         be0 = backendTicks(cell.backendPid);
         t0 = now;
@@ -133,13 +145,14 @@ export async function runOurs(cell: OursCell): Promise<OursResult> {
             hist[Math.min(HIST_BUCKETS - 1, Math.floor(us / HIST_STEP_US))]!++;
             ios++;
           }
-          submit(q, i);
+          submit(q, i, done);
         }
         b.kick();
       }
       // Nothing completed: sleep until the device has done `coalesce` (the window's end bounds the sleep).
-      if (reaped === 0 && wait) BlkBatch.wait(batches, coalesce, Math.min(100, end - now + 1));
+      if (reaped === 0 && wait && BlkBatch.wait(batches, coalesce, Math.min(100, end - now + 1)) && measuring) calls++;
     }
+    const kicks = blk.totals().kicks - kicks0;
     const elapsedUs = (performance.now() - t0) * 1000;
     const cpu = process.cpuUsage(cpu0);
     const beUs = (backendTicks(cell.backendPid) - be0) * TICK_US;
@@ -158,6 +171,9 @@ export async function runOurs(cell: OursCell): Promise<OursResult> {
       cpuUsPerIo: (cpu.user + cpu.system) / ios,
       backendCpuUsPerIo: beUs / ios,
       ios,
+      sysUsPerIo: cpu.system / ios,
+      kicksPerIo: kicks / ios,
+      callsPerIo: calls / ios,
     };
   } finally {
     for (const b of batches) {

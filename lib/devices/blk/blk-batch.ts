@@ -3,6 +3,7 @@
  * the queue's guest bounce space, submit N, kick once, poll completions into a
  * caller-owned result array. Nothing is allocated per request.
  */
+import { performance } from 'node:perf_hooks';
 import { VhostUserError } from '../../errors.js';
 import type { GuestHeap } from '../../memory/guest-heap.js';
 import { EventFd } from '../../transport/eventfd.js';

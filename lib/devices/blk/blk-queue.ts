@@ -40,6 +40,7 @@
  * the request (counted in `counters.lateCompletions`, result dropped) or the
  * queue is rebound to a new ring or closed.
  */
+import { performance } from 'node:perf_hooks';
 import { VhostUserError } from '../../errors.js';
 import { GuestHeap } from '../../memory/guest-heap.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
@@ -227,6 +228,10 @@ export class BlkQueue {
   private closed = false;
   private batch: BlkBatch | null = null;
   private batchClock = performance.now();
+  /** The (type, length) of batch requests that passed checkTransfer (see submitBatch). */
+  private fastType = -1;
+  private fastLength = -1;
+  private readonly capacityBytes: number;
 
   /** Guest bytes a queue of `size` slots needs, given its heap size. */
   static areaBytes(size: number, heapBytes = 4 * 1024 * 1024): number {
@@ -243,6 +248,7 @@ export class BlkQueue {
     this.call = options.call ?? null;
     this.timeoutMs = options.timeoutMs ?? 30_000;
     this.strict = options.strictUsedLen ?? true;
+    this.capacityBytes = this.limits.capacity * SECTOR_SIZE;
     const ringCap = Math.max(1, options.maxSegments ?? Math.min(128, vq.size - 2));
     this.maxSegments = this.limits.segMax > 0 ? Math.min(this.limits.segMax, ringCap) : ringCap;
     this.maxChain = this.maxSegments + 2;
@@ -914,8 +920,14 @@ export class BlkQueue {
   submitBatch(index: number, type: number, offset: number, gpa: number, length: number): boolean {
     if (this.brokenBy !== null) throw this.brokenBy;
     const sizeMax = this.limits.sizeMax;
-    const segments = sizeMax > 0 ? Math.ceil(length / sizeMax) : 1;
-    checkTransfer(this.limits, type, offset, length, segments, sizeMax > 0 && length > sizeMax ? sizeMax : length, this.maxSegments);
+    // Everything but the offset depends on (type, length) only: checked in full once per pair, then only the extent.
+    // offset >= 0 and % blkSize === 0 also refuse NaN, ±Infinity and fractions.
+    if (type !== this.fastType || length !== this.fastLength || !(offset >= 0 && offset % this.limits.blkSize === 0 && offset + length <= this.capacityBytes)) {
+      const segments = sizeMax > 0 ? Math.ceil(length / sizeMax) : 1;
+      checkTransfer(this.limits, type, offset, length, segments, sizeMax > 0 && length > sizeMax ? sizeMax : length, this.maxSegments);
+      this.fastType = type;
+      this.fastLength = length;
+    }
     if (this.freeTop === 0) return false;
     const slot = this.freeSlots[this.freeTop - 1]!;
     const base = slot * this.maxChain;
