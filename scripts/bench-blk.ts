@@ -99,7 +99,7 @@ async function run(opts: BlkBenchOptions): Promise<number> {
                 const o: OursResult = await (opts.driver === 'raw' ? runRawRings : runOurs)({ rw, qd, queues, socket: qsd.socketPath, backendPid: qsd.pid, durationMs: opts.durationMs, warmupMs: opts.warmupMs, completion: opts.completion, coalesce: opts.coalesce });
                 c.ours = { iops: round(o.iops, 0), latUs: round(o.latUs), p99Us: round(o.p99Us), cpuUsPerIo: round(o.cpuUsPerIo, 3) };
                 c.backendCpuUsPerIo = round(o.backendCpuUsPerIo, 3);
-                progress(`${label}: ours ${o.iops.toFixed(0)} IOPS, ${o.latUs.toFixed(1)} µs (p99 ${o.p99Us.toFixed(1)}), CPU ${o.cpuUsPerIo.toFixed(2)} µs/IO, back-end ${o.backendCpuUsPerIo.toFixed(2)} µs/IO${o.kicksPerIo !== undefined ? ` (system ${o.sysUsPerIo!.toFixed(2)}), kicks/IO ${o.kicksPerIo.toFixed(3)}, calls/IO ${o.callsPerIo!.toFixed(3)}` : ''}`);
+                progress(`${label}: ours ${o.iops.toFixed(0)} IOPS, ${o.latUs.toFixed(1)} µs (p99 ${o.p99Us.toFixed(1)}), CPU ${o.cpuUsPerIo.toFixed(2)} µs/IO, back-end ${o.backendCpuUsPerIo.toFixed(2)} µs/IO${o.kicksPerIo !== undefined ? ` (system ${o.sysUsPerIo!.toFixed(2)}), kicks/IO ${o.kicksPerIo.toFixed(3)}, calls/IO ${o.callsPerIo!.toFixed(3)}, passes/IO ${o.passesPerIo!.toFixed(3)}` : ''}`);
               } catch (e) {
                 errors.push(`ours: ${(e as Error).message}`);
               }

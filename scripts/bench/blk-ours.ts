@@ -55,6 +55,7 @@ export interface OursResult {
   kicksPerIo?: number;
   /** Sleeps in BlkBatch.wait that ended with a call, per completed I/O (runOurs with 'wait' only). */
   callsPerIo?: number;
+  passesPerIo?: number;
 }
 
 /** /proc/PID/stat ticks are USER_HZ: 100 on every Linux this runs on. */
@@ -120,6 +121,7 @@ export async function runOurs(cell: OursCell): Promise<OursResult> {
     const wait = (cell.completion ?? 'wait') === 'wait';
     let kicks0 = 0;
     let calls = 0;
+    let passes = 0;
     const coalesce = cell.coalesce ? cell.coalesce : Math.max(1, qd >> 1);
     for (let now = performance.now(); now < end; now = performance.now()) {
       if (!measuring && now >= warmEnd) {
@@ -130,6 +132,7 @@ export async function runOurs(cell: OursCell): Promise<OursResult> {
         t0 = now;
       }
       let reaped = 0;
+      if (measuring) passes++;
       for (let q = 0; q < queues; q++) {
         const b = batches[q]!;
         const got = b.poll(results);
@@ -174,6 +177,7 @@ export async function runOurs(cell: OursCell): Promise<OursResult> {
       sysUsPerIo: cpu.system / ios,
       kicksPerIo: kicks / ios,
       callsPerIo: calls / ios,
+      passesPerIo: passes / ios,
     };
   } finally {
     for (const b of batches) {

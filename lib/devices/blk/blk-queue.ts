@@ -135,6 +135,9 @@ const BATCH = 2;
 /** Timed out, still owned by the device. */
 const ABANDONED = 3;
 
+/** A batch request's deadline before expire() first saw it (see submitBatch). */
+const UNSTAMPED = -1;
+
 /** Scratch per slot: GET_ID's 20 bytes or one discard segment. */
 const AUX_SIZE = 32;
 /** Written before a request goes out, so a status the device never wrote is seen. */
@@ -227,7 +230,6 @@ export class BlkQueue {
   private brokenBy: VhostUserError | null = null;
   private closed = false;
   private batch: BlkBatch | null = null;
-  private batchClock = performance.now();
   /** The (type, length) of batch requests that passed checkTransfer (see submitBatch). */
   private fastType = -1;
   private fastLength = -1;
@@ -841,7 +843,12 @@ export class BlkQueue {
     this.poll();
     for (let s = 0; s < this.size; s++) {
       const st = this.state[s];
-      if ((st !== PROMISE && st !== BATCH) || this.deadlines[s]! > now) continue;
+      if (st !== PROMISE && st !== BATCH) continue;
+      if (this.deadlines[s] === UNSTAMPED) {
+        this.deadlines[s] = now + this.timeoutMs;
+        continue;
+      }
+      if (this.deadlines[s]! > now) continue;
       this.counters.timeouts++;
       const type = this.types[s]!;
       const job = this.jobs[s];
@@ -948,14 +955,10 @@ export class BlkQueue {
     this.freeTop--;
     this.state[slot] = BATCH;
     this.batchIndex[slot] = index;
-    // The clock of the last poll or kick, not a clock read per request: a deadline may be that much early.
-    this.deadlines[slot] = this.timeoutMs > 0 ? this.batchClock + this.timeoutMs : Infinity;
+    // No clock read per request (in Node each one allocates a number): the first expire() scan that sees the
+    // request stamps its deadline, so it times out no earlier than timeoutMs after submission, at most a scan later.
+    this.deadlines[slot] = this.timeoutMs > 0 ? UNSTAMPED : Infinity;
     return true;
-  }
-
-  /** @internal Refreshes the clock batch deadlines are taken from (BlkBatch.kick/poll). */
-  tickBatchClock(now: number): void {
-    this.batchClock = now;
   }
 
   /**
