@@ -115,8 +115,8 @@ export function parseBlkBenchArgs(argv: readonly string[]): BlkBenchOptions | un
     imageSize: o.imageSize,
     dir: o.dir ?? '/var/tmp',
     anchors: !o.noAnchors,
-    driver: o.driver as 'virtio-blk' | 'raw',
-    completion: o.completion as BlkCompletion,
+    driver: o.driver,
+    completion: o.completion,
     coalesce: o.coalesce,
     json: o.json ?? false,
   };
