@@ -67,7 +67,7 @@ function formatTable(cases: BlkCase[]): string {
 function oursMode(opts: BlkBenchOptions): string {
   if (opts.driver === 'raw') return "ours: raw split rings on VhostUserClient (no device layer), busy-polling the used ring";
   if (opts.completion === 'busy-poll') return "ours: VirtioBlk batch API, queues in 'poll' mode, busy-polling the used ring (--completion busy-poll)";
-  const n = opts.coalesce > 0 ? String(opts.coalesce) : 'max(1, qd/2)';
+  const n = opts.coalesce > 0 ? String(opts.coalesce) : 'qd (all in flight on the queue)';
   return `ours: VirtioBlk batch API, queues in 'poll' mode; when nothing completed, BlkBatch.wait sleeps on the call eventfds until ${n} completions (EVENT_IDX used_event); kicks only when the device asks (--completion wait)`;
 }
 
@@ -108,7 +108,7 @@ async function run(opts: BlkBenchOptions): Promise<number> {
                 const o: OursResult = await (opts.driver === 'raw' ? runRawRings : runOurs)({ rw, qd, queues, socket: qsd.socketPath, backendPid: qsd.pid, durationMs: opts.durationMs, warmupMs: opts.warmupMs, completion: opts.completion, coalesce: opts.coalesce });
                 c.ours = { iops: round(o.iops, 0), latUs: round(o.latUs), p99Us: round(o.p99Us), cpuUsPerIo: round(o.cpuUsPerIo, 3) };
                 c.backendCpuUsPerIo = round(o.backendCpuUsPerIo, 3);
-                progress(`${label}: ours ${o.iops.toFixed(0)} IOPS, ${o.latUs.toFixed(1)} µs (p99 ${o.p99Us.toFixed(1)}), CPU ${o.cpuUsPerIo.toFixed(2)} µs/IO, back-end ${o.backendCpuUsPerIo.toFixed(2)} µs/IO${o.kicksPerIo !== undefined ? ` (system ${o.sysUsPerIo!.toFixed(2)}), kicks/IO ${o.kicksPerIo.toFixed(3)}, calls/IO ${o.callsPerIo!.toFixed(3)}, passes/IO ${o.passesPerIo!.toFixed(3)}` : ''}`);
+                progress(`${label}: ours ${o.iops.toFixed(0)} IOPS, ${o.latUs.toFixed(1)} µs (p99 ${o.p99Us.toFixed(1)}), CPU ${o.cpuUsPerIo.toFixed(2)} µs/IO${o.sysUsPerIo !== undefined ? ` (system ${o.sysUsPerIo.toFixed(2)})` : ''}, back-end ${o.backendCpuUsPerIo.toFixed(2)} µs/IO${o.kicksPerIo !== undefined ? `, kicks/IO ${o.kicksPerIo.toFixed(3)}, calls/IO ${o.callsPerIo!.toFixed(3)}, passes/IO ${o.passesPerIo!.toFixed(3)}` : ''}`);
               } catch (e) {
                 errors.push(`ours: ${(e as Error).message}`);
               }
