@@ -331,7 +331,7 @@ export class BlkQueue {
     return this.start(() => {
       const { segs, total, largest } = layout(segmentLengths);
       checkTransfer(this.limits, VIRTIO_BLK_T_IN, offset, total, segs.length, largest, this.maxSegments);
-      return this.job(VIRTIO_BLK_T_IN, offset, total, segs, [...segmentLengths], total, null, (q, j) => q.memory.read(j.bounce, j.bounceLen));
+      return this.job(VIRTIO_BLK_T_IN, offset, total, segs, [...segmentLengths], total, null, finishRead);
     });
   }
 
@@ -348,7 +348,7 @@ export class BlkQueue {
           at += p.length;
         }
       };
-      return this.job(VIRTIO_BLK_T_OUT, offset, total, segs, parts.map((p) => p.length), total, fill, () => undefined);
+      return this.job(VIRTIO_BLK_T_OUT, offset, total, segs, parts.map((p) => p.length), total, fill, finishNothing);
     });
   }
 
@@ -368,7 +368,7 @@ export class BlkQueue {
       if (!this.limits.flush) {
         throw new BlkRequestError('VHOST_FEATURE_NOT_NEGOTIATED', VIRTIO_BLK_T_FLUSH, 0, 0, 'VIRTIO_BLK_F_FLUSH was not negotiated', 'virtio 1.2 §5.2.6.2');
       }
-      return this.job(VIRTIO_BLK_T_FLUSH, 0, 0, [], [], 0, null, () => undefined);
+      return this.job(VIRTIO_BLK_T_FLUSH, 0, 0, [], [], 0, null, finishNothing);
     });
   }
 
@@ -603,7 +603,7 @@ export class BlkQueue {
         if (b.length > largest) largest = b.length;
       }
       checkTransfer(this.limits, type, offset, total, buffers.length, largest, this.maxSegments);
-      return this.job(type, offset, total, buffers.map((b) => b.gpa), buffers.map((b) => b.length), 0, null, () => undefined);
+      return this.job(type, offset, total, buffers.map((b) => b.gpa), buffers.map((b) => b.length), 0, null, finishNothing);
     });
   }
 
@@ -611,7 +611,7 @@ export class BlkQueue {
     const list: readonly BlkRange[] = Array.isArray(ranges) ? (ranges as readonly BlkRange[]) : [ranges as BlkRange];
     return this.start(() => {
       checkRanges(this.limits, type, list);
-      const j = this.job(type, list[0]!.offset, list.reduce((a, r) => a + r.length, 0), [], [], 0, null, () => undefined);
+      const j = this.job(type, list[0]!.offset, list.reduce((a, r) => a + r.length, 0), [], [], 0, null, finishNothing);
       j.ranges = list;
       j.unmap = unmap;
       return j;
@@ -1015,6 +1015,16 @@ function alignUp(n: number, to: number): number {
 }
 
 function noop(): void {}
+
+/** Job.finish of a bounce read (module-level: no closure per request). */
+function finishRead(q: BlkQueue, j: Job): Uint8Array {
+  return q.memory.read(j.bounce, j.bounceLen);
+}
+
+/** Job.finish of requests that resolve with nothing. */
+function finishNothing(): undefined {
+  return undefined;
+}
 
 /** finishWith's error for a successful result (never used). */
 const noError = new VhostUserError('VHOST_INVALID_STATE', 'no error');
