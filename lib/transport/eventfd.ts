@@ -106,7 +106,7 @@ export class EventFd {
 
   /**
    * Blocks this thread in poll(2) until one of the first `count` of `fds` (null: skipped) is signalled or `timeoutMs`
-   * passes (0: just look; negative: no limit), then consumes the counter of each
+   * passes (0: just look; negative or Infinity: no limit), then consumes the counter of each
    * one signalled. Returns how many were, 0 on timeout. For a loop that owns its
    * thread (a benchmark, a worker): the event loop does not run meanwhile, so
    * nothing else in this thread is served. Allocates nothing once `pollfds` has
@@ -124,7 +124,9 @@ export class EventFd {
       pollfdView.setInt16(i * POLLFD_SIZE + 4, C.POLLIN, true);
       pollfdView.setInt16(i * POLLFD_SIZE + 6, 0, true);
     }
-    const rc = libc.poll(pollfds, n, Math.max(-1, Math.ceil(timeoutMs)));
+    // poll(2) takes an int: no limit for a negative or non-finite timeout, at most 2^31 - 1 ms.
+    const ms = timeoutMs >= 0 && timeoutMs < 0x7fffffff ? Math.ceil(timeoutMs) : timeoutMs >= 0x7fffffff ? 0x7fffffff : -1;
+    const rc = libc.poll(pollfds, n, ms);
     if (rc <= 0) return 0;
     let signalled = 0;
     for (let i = 0; i < n; i++) {

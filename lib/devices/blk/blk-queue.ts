@@ -550,7 +550,7 @@ export class BlkQueue {
     try {
       job = make();
     } catch (e) {
-      return Promise.reject(e);
+      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
     if (job.bounceLen > this.heap.size) {
       return Promise.reject(new BlkRequestError('VHOST_INVALID_ARGUMENT', job.type, job.sector, job.length, `needs ${job.bounceLen} bytes of bounce space; the queue has ${this.heap.size}`));
