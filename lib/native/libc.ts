@@ -42,6 +42,8 @@ export interface Libc {
   mmap: Fn<[addr: number, length: number, prot: number, flags: number, fd: number, offset: number], number>;
   munmap: Fn<[addr: number, length: number], number>;
   madvise: Fn<[addr: number, length: number, advice: number], number>;
+  /** poll(2) on an array of struct pollfd (8 bytes each: int fd, short events, short revents). */
+  poll: Fn<[fds: Uint8Array, nfds: number, timeoutMs: number], number>;
 }
 
 const fcntlVariadic = lib.func('int fcntl(int fd, int cmd, ...)');
@@ -68,6 +70,7 @@ export const libc: Libc = {
   mmap: lib.func('intptr_t mmap(uintptr_t addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
   munmap: lib.func('int munmap(uintptr_t addr, size_t length)'),
   madvise: lib.func('int madvise(uintptr_t addr, size_t length, int advice)'),
+  poll: lib.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)'),
 };
 
 export function errno(): number {
@@ -89,6 +92,7 @@ export const C = {
   MSG_TRUNC: 0x20,
   MSG_CTRUNC: 0x8,
   EFD_NONBLOCK: 0o4000,
+  POLLIN: 1,
   EFD_CLOEXEC: 0o2000000,
   MFD_CLOEXEC: 1,
   MFD_ALLOW_SEALING: 2,

@@ -14,12 +14,18 @@ import { VhostUserError } from '../errors.js';
 import { C, closeFd, errno, libc, syscallError } from '../native/libc.js';
 import { shim, UV_READABLE, type FdWatcherHandle } from '../native/shim.js';
 
+/** struct pollfd: int fd, short events, short revents. */
+const POLLFD_SIZE = 8;
+let pollfds = new Uint8Array(4 * POLLFD_SIZE);
+let pollfdView = new DataView(pollfds.buffer);
+
 /** An eventfd (eventfd(2)) for a vring's kick, call or err: signalled, waited on and watched without allocating. */
 export class EventFd {
   /** The descriptor, owned by this object until close(). */
   readonly fd: number;
   private readonly counter = new BigUint64Array(1);
   private readonly counterBytes = new Uint8Array(this.counter.buffer);
+  private readonly counterWords = new Uint32Array(this.counter.buffer);
   private watcher: FdWatcherHandle | null = null;
   private closed = false;
 
@@ -52,6 +58,12 @@ export class EventFd {
   /** Reads and resets the counter; 0 when nothing was signalled or the fd cannot be read. */
   consume(): bigint {
     return this.readCounter() ?? 0n;
+  }
+
+  /** consume() without a BigInt: whether the counter was non-zero. */
+  private consumeQuiet(): boolean {
+    if (this.closed || libc.read(this.fd, this.counterBytes, 8) !== 8) return false;
+    return (this.counterWords[0]! | this.counterWords[1]!) !== 0;
   }
 
   /**
@@ -90,6 +102,38 @@ export class EventFd {
   /** Stops the watcher started by watch(); the eventfd stays open. */
   unwatch(): void {
     this.watcher?.stop();
+  }
+
+  /**
+   * Blocks this thread in poll(2) until one of the first `count` of `fds` (null: skipped) is signalled or `timeoutMs`
+   * passes (0: just look; negative or Infinity: no limit), then consumes the counter of each
+   * one signalled. Returns how many were, 0 on timeout. For a loop that owns its
+   * thread (a benchmark, a worker): the event loop does not run meanwhile, so
+   * nothing else in this thread is served. Allocates nothing once `pollfds` has
+   * grown to the largest set. EINTR counts as a timeout.
+   */
+  static waitAny(fds: readonly (EventFd | null)[], count: number, timeoutMs: number): number {
+    const n = count;
+    if (pollfds.length < n * POLLFD_SIZE) {
+      pollfds = new Uint8Array(n * POLLFD_SIZE);
+      pollfdView = new DataView(pollfds.buffer);
+    }
+    for (let i = 0; i < n; i++) {
+      const f = fds[i];
+      pollfdView.setInt32(i * POLLFD_SIZE, !f || f.closed ? -1 : f.fd, true);
+      pollfdView.setInt16(i * POLLFD_SIZE + 4, C.POLLIN, true);
+      pollfdView.setInt16(i * POLLFD_SIZE + 6, 0, true);
+    }
+    // poll(2) takes an int: no limit for a negative or non-finite timeout, at most 2^31 - 1 ms.
+    const ms = timeoutMs >= 0 && timeoutMs < 0x7fffffff ? Math.ceil(timeoutMs) : timeoutMs >= 0x7fffffff ? 0x7fffffff : -1;
+    const rc = libc.poll(pollfds, n, ms);
+    if (rc <= 0) return 0;
+    let signalled = 0;
+    for (let i = 0; i < n; i++) {
+      if (pollfdView.getInt16(i * POLLFD_SIZE + 6, true) === 0) continue;
+      if (fds[i]!.consumeQuiet()) signalled++;
+    }
+    return signalled;
   }
 
   /** Stops watching and closes the fd. Idempotent. */

@@ -398,6 +398,11 @@ export class PackedVirtqueue implements Virtqueue {
     return this.usedAt(this.nextUsed);
   }
 
+  /** Packed rings: a call on the next completion (the descriptor event names a ring slot, and a chain's slots vary). */
+  enableInterruptsAfter(_count: number): boolean {
+    return this.enableInterrupts();
+  }
+
   disableInterrupts(): void {
     this.checkUsable();
     // Only a hint to the device, so a plain store; skipped when unchanged to spare the cache line.

@@ -298,6 +298,16 @@ export class SplitVirtqueue implements Virtqueue {
     return this.hasUsed();
   }
 
+  enableInterruptsAfter(count: number): boolean {
+    if (!this.eventIdx || count <= 1) return this.enableInterrupts();
+    this.checkUsable();
+    // §2.7.10.2: the device calls once used idx moves past used_event, i.e. after the count-th completion.
+    Atomics.store(this.avail, this.usedEventSlot, (this.lastUsedIdx + count - 1) & 0xffff);
+    // Re-read after the store (a full barrier): a completion crossing used_event before the device could see it
+    // brings no call, but shows here. Fewer than `count` waiting: the device has yet to cross it and will call.
+    return ((Atomics.load(this.usedU16, 1) - this.lastUsedIdx) & 0xffff) >= count;
+  }
+
   disableInterrupts(): void {
     this.avail[0] = VRING_AVAIL_F_NO_INTERRUPT;
     // With event index the flag is ignored (§2.7.10); park used_event half a ring-index space away.

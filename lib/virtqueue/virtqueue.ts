@@ -124,6 +124,17 @@ export interface Virtqueue {
    */
   enableInterrupts(): boolean;
 
+  /**
+   * Interrupt coalescing: asks for a call once `count` buffers beyond the last
+   * reaped one are used, not on the first. With VIRTIO_RING_F_EVENT_IDX on a split
+   * ring this sets used_event to the index of the `count`-th (§2.7.10.2); otherwise
+   * it is enableInterrupts() (a call on the next completion). Returns true when
+   * `count` completions (one without event index) are already waiting, so the
+   * caller reaps instead of sleeping. `count` must not exceed what the device
+   * will complete (the buffers outstanding), or the call never comes.
+   */
+  enableInterruptsAfter(count: number): boolean;
+
   /** Asks the device not to send calls: the driver polls. This is the initial state. */
   disableInterrupts(): void;
 

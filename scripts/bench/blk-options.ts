@@ -8,6 +8,9 @@ export type BlkRw = 'randread' | 'randwrite';
 /** qemu-storage-daemon on null-co (no storage cost) or on a raw file image (O_DIRECT, io_uring). */
 export type BlkBackendKind = 'qsd-null' | 'qsd-file';
 
+/** How "ours" notices completions: BlkBatch.wait (sleep on the call eventfd), or spinning on poll(). */
+export type BlkCompletion = 'wait' | 'busy-poll';
+
 export const BLK_RWS: readonly BlkRw[] = ['randread', 'randwrite'];
 export const BLK_BACKENDS: readonly BlkBackendKind[] = ['qsd-null', 'qsd-file'];
 /** Every cell moves 4 KiB per request (issue #9, item 6). */
@@ -23,6 +26,8 @@ export const BLK_BENCH_SPECS = {
   imageSize: { type: 'number', integer: true, min: 1 << 20, default: 256 << 20, valueName: 'BYTES', description: 'size of the image (and of the null-co device)' },
   dir: { type: 'string', valueName: 'DIR', description: 'where the image file goes (default /var/tmp: O_DIRECT needs a disk file system, not tmpfs)' },
   driver: { type: 'enum', choices: ['virtio-blk', 'raw'], default: 'virtio-blk', description: "ours: VirtioBlk's batch API, or 'raw' rings on VhostUserClient (no device layer)" },
+  completion: { type: 'enum', choices: ['wait', 'busy-poll'], default: 'wait', description: "ours: sleep on the call eventfd when nothing completed (BlkBatch.wait, coalesced with EVENT_IDX), or spin on the used ring" },
+  coalesce: { type: 'number', integer: true, min: 0, default: 0, valueName: 'N', description: 'with --completion wait: completions per call (0: the queue depth, one call per round)' },
   noAnchors: { type: 'boolean', description: 'skip qemu-img bench and fio' },
   json: { type: 'boolean', description: 'print one JSON document on stdout (progress stays on stderr)' },
 } as const satisfies OptionSpecs;
@@ -39,6 +44,10 @@ export interface BlkBenchOptions {
   anchors: boolean;
   /** What "ours" is: VirtioBlk, or raw split rings on VhostUserClient. */
   driver: 'virtio-blk' | 'raw';
+  /** How ours waits for completions (virtio-blk driver only). */
+  completion: BlkCompletion;
+  /** Completions per call with 'wait'; 0: the queue depth. */
+  coalesce: number;
   json: boolean;
 }
 
@@ -49,8 +58,12 @@ const DESCRIPTION = [
   'time per I/O of this process) and the back-end (CPU time per I/O of qemu-storage-daemon, from',
   "/proc/PID/stat), and the anchors on the same image: 'qemu-img bench' (QEMU's block layer with no",
   "vhost-user; sequential 4 KiB steps, it has no random mode) and fio (io_uring, O_DIRECT; its 'null'",
-  "engine for the null-co cells). 'Ours' is VirtioBlk's batch API, polling (--driver raw: split",
-  'rings on VhostUserClient with no device layer). A failed run of either side fails the benchmark.',
+  "engine for the null-co cells). 'Ours' is VirtioBlk's batch API on queues in 'poll' mode: it reaps",
+  'the used rings and, when nothing completed, sleeps in BlkBatch.wait on the call eventfds until the',
+  'device has completed --coalesce requests (EVENT_IDX used_event; default all in flight on the',
+  'queue), and kicks only when the device asks (--completion busy-poll: spin on the used ring',
+  'instead; --driver raw: split rings on VhostUserClient with no device layer, spinning). The',
+  'table and the JSON meta say which ran. A failed run of either side fails the benchmark.',
   'Progress goes to stderr. For clean JSON on stdout through npm, add -s:',
   '  npm run -s bench:blk -- --json > result.json',
 ].join('\n');
@@ -107,6 +120,8 @@ export function parseBlkBenchArgs(argv: readonly string[]): BlkBenchOptions | un
     dir: o.dir ?? '/var/tmp',
     anchors: !o.noAnchors,
     driver: o.driver,
+    completion: o.completion,
+    coalesce: o.coalesce,
     json: o.json ?? false,
   };
 }

@@ -12,7 +12,9 @@ import { findExecutable } from '../../lib/launch/backend-process.js';
 describe('bench:blk', () => {
   it('parses its options, with the issue-9 cells as defaults', () => {
     const o = parseBlkBenchArgs([])!;
-    expect(o).to.deep.include({ rws: ['randread', 'randwrite'], qds: [1, 32], queues: [1, 2], backends: ['qsd-null', 'qsd-file'], anchors: true, driver: 'virtio-blk', json: false });
+    expect(o).to.deep.include({ rws: ['randread', 'randwrite'], qds: [1, 32], queues: [1, 2], backends: ['qsd-null', 'qsd-file'], anchors: true, driver: 'virtio-blk', completion: 'wait', coalesce: 0, json: false });
+    expect(parseBlkBenchArgs(['--completion', 'busy-poll', '--coalesce', '8'])).to.deep.include({ completion: 'busy-poll', coalesce: 8 });
+    expect(() => parseBlkBenchArgs(['--completion', 'spin'])).to.throw(/--completion/);
     expect(parseBlkBenchArgs(['--qd', '4', '--backends', 'qsd-null', '--no-anchors', '--json'])).to.deep.include({ qds: [4], backends: ['qsd-null'], anchors: false, json: true });
     expect(() => parseBlkBenchArgs(['--rw', 'seqread'])).to.throw(/--rw takes randread/);
     expect(() => parseBlkBenchArgs(['--qd', '0'])).to.throw(/--qd: '0'/);
@@ -36,7 +38,8 @@ describe('bench:blk', () => {
     expect(histogramPercentile(h, 100, 0.99)).to.be.closeTo(50.1, 1e-9);
   });
 
-  for (const [name, run] of [['VirtioBlk', runOurs], ['raw rings', runRawRings]] as const) {
+  const runOursBusy = (c: Parameters<typeof runOurs>[0]) => runOurs({ ...c, completion: 'busy-poll' });
+  for (const [name, run] of [['VirtioBlk (BlkBatch.wait)', runOurs], ['VirtioBlk (busy-poll)', runOursBusy], ['raw rings', runRawRings]] as const) {
     it(`measures a real cell with ${name}: qemu-storage-daemon null-co, 2 queues, randwrite qd 4 @integration`, async function () {
       if (!findExecutable('qemu-storage-daemon')) this.skip();
       this.timeout(30_000);

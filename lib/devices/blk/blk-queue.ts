@@ -40,6 +40,7 @@
  * the request (counted in `counters.lateCompletions`, result dropped) or the
  * queue is rebound to a new ring or closed.
  */
+import { performance } from 'node:perf_hooks';
 import { VhostUserError } from '../../errors.js';
 import { GuestHeap } from '../../memory/guest-heap.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
@@ -134,6 +135,9 @@ const BATCH = 2;
 /** Timed out, still owned by the device. */
 const ABANDONED = 3;
 
+/** A batch request's deadline before expire() first saw it (see submitBatch). */
+const UNSTAMPED = -1;
+
 /** Scratch per slot: GET_ID's 20 bytes or one discard segment. */
 const AUX_SIZE = 32;
 /** Written before a request goes out, so a status the device never wrote is seen. */
@@ -226,6 +230,10 @@ export class BlkQueue {
   private brokenBy: VhostUserError | null = null;
   private closed = false;
   private batch: BlkBatch | null = null;
+  /** The (type, length) of batch requests that passed checkTransfer (see submitBatch). */
+  private fastType = -1;
+  private fastLength = -1;
+  private readonly capacityBytes: number;
 
   /** Guest bytes a queue of `size` slots needs, given its heap size. */
   static areaBytes(size: number, heapBytes = 4 * 1024 * 1024): number {
@@ -242,6 +250,7 @@ export class BlkQueue {
     this.call = options.call ?? null;
     this.timeoutMs = options.timeoutMs ?? 30_000;
     this.strict = options.strictUsedLen ?? true;
+    this.capacityBytes = this.limits.capacity * SECTOR_SIZE;
     const ringCap = Math.max(1, options.maxSegments ?? Math.min(128, vq.size - 2));
     this.maxSegments = this.limits.segMax > 0 ? Math.min(this.limits.segMax, ringCap) : ringCap;
     this.maxChain = this.maxSegments + 2;
@@ -322,7 +331,7 @@ export class BlkQueue {
     return this.start(() => {
       const { segs, total, largest } = layout(segmentLengths);
       checkTransfer(this.limits, VIRTIO_BLK_T_IN, offset, total, segs.length, largest, this.maxSegments);
-      return this.job(VIRTIO_BLK_T_IN, offset, total, segs, [...segmentLengths], total, null, (q, j) => q.memory.read(j.bounce, j.bounceLen));
+      return this.job(VIRTIO_BLK_T_IN, offset, total, segs, [...segmentLengths], total, null, finishRead);
     });
   }
 
@@ -339,7 +348,7 @@ export class BlkQueue {
           at += p.length;
         }
       };
-      return this.job(VIRTIO_BLK_T_OUT, offset, total, segs, parts.map((p) => p.length), total, fill, () => undefined);
+      return this.job(VIRTIO_BLK_T_OUT, offset, total, segs, parts.map((p) => p.length), total, fill, finishNothing);
     });
   }
 
@@ -359,7 +368,7 @@ export class BlkQueue {
       if (!this.limits.flush) {
         throw new BlkRequestError('VHOST_FEATURE_NOT_NEGOTIATED', VIRTIO_BLK_T_FLUSH, 0, 0, 'VIRTIO_BLK_F_FLUSH was not negotiated', 'virtio 1.2 §5.2.6.2');
       }
-      return this.job(VIRTIO_BLK_T_FLUSH, 0, 0, [], [], 0, null, () => undefined);
+      return this.job(VIRTIO_BLK_T_FLUSH, 0, 0, [], [], 0, null, finishNothing);
     });
   }
 
@@ -541,7 +550,7 @@ export class BlkQueue {
     try {
       job = make();
     } catch (e) {
-      return Promise.reject(e);
+      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
     if (job.bounceLen > this.heap.size) {
       return Promise.reject(new BlkRequestError('VHOST_INVALID_ARGUMENT', job.type, job.sector, job.length, `needs ${job.bounceLen} bytes of bounce space; the queue has ${this.heap.size}`));
@@ -594,7 +603,7 @@ export class BlkQueue {
         if (b.length > largest) largest = b.length;
       }
       checkTransfer(this.limits, type, offset, total, buffers.length, largest, this.maxSegments);
-      return this.job(type, offset, total, buffers.map((b) => b.gpa), buffers.map((b) => b.length), 0, null, () => undefined);
+      return this.job(type, offset, total, buffers.map((b) => b.gpa), buffers.map((b) => b.length), 0, null, finishNothing);
     });
   }
 
@@ -602,7 +611,7 @@ export class BlkQueue {
     const list: readonly BlkRange[] = Array.isArray(ranges) ? (ranges as readonly BlkRange[]) : [ranges as BlkRange];
     return this.start(() => {
       checkRanges(this.limits, type, list);
-      const j = this.job(type, list[0]!.offset, list.reduce((a, r) => a + r.length, 0), [], [], 0, null, () => undefined);
+      const j = this.job(type, list[0]!.offset, list.reduce((a, r) => a + r.length, 0), [], [], 0, null, finishNothing);
       j.ranges = list;
       j.unmap = unmap;
       return j;
@@ -737,11 +746,19 @@ export class BlkQueue {
     }
     if (result !== BLK_RESULT_USED_LEN && result !== VIRTIO_BLK_S_OK && result !== VIRTIO_BLK_S_IOERR && result !== VIRTIO_BLK_S_UNSUPP) result = BLK_RESULT_BAD_STATUS;
     if (result !== VIRTIO_BLK_S_OK) this.counters.failed++;
-    this.finishWith(slot, result, () => this.resultError(slot, result, len));
+    if (st === BATCH) {
+      // The batch path: a few typed-array stores, no closure, no object.
+      const i = this.batchIndex[slot]!;
+      const b = this.batch;
+      this.release(slot);
+      b?.record(i, result);
+      return;
+    }
+    this.finishWith(slot, result, result === VIRTIO_BLK_S_OK ? noError : this.resultError(slot, result, len));
   }
 
   /** Hands a final result to the promise or batch owning `slot` and frees it. */
-  private finishWith(slot: number, result: number, error: () => VhostUserError): void {
+  private finishWith(slot: number, result: number, error: VhostUserError | (() => VhostUserError)): void {
     const st = this.state[slot];
     if (st === BATCH) {
       const b = this.batch;
@@ -760,7 +777,7 @@ export class BlkQueue {
         err = e;
       }
     } else {
-      err = error();
+      err = typeof error === 'function' ? error() : error;
     }
     this.release(slot);
     if (--this.promiseOutstanding === 0 && this.timer !== null) {
@@ -826,7 +843,12 @@ export class BlkQueue {
     this.poll();
     for (let s = 0; s < this.size; s++) {
       const st = this.state[s];
-      if ((st !== PROMISE && st !== BATCH) || this.deadlines[s]! > now) continue;
+      if (st !== PROMISE && st !== BATCH) continue;
+      if (this.deadlines[s] === UNSTAMPED) {
+        this.deadlines[s] = now + this.timeoutMs;
+        continue;
+      }
+      if (this.deadlines[s]! > now) continue;
       this.counters.timeouts++;
       const type = this.types[s]!;
       const job = this.jobs[s];
@@ -905,8 +927,14 @@ export class BlkQueue {
   submitBatch(index: number, type: number, offset: number, gpa: number, length: number): boolean {
     if (this.brokenBy !== null) throw this.brokenBy;
     const sizeMax = this.limits.sizeMax;
-    const segments = sizeMax > 0 ? Math.ceil(length / sizeMax) : 1;
-    checkTransfer(this.limits, type, offset, length, segments, sizeMax > 0 && length > sizeMax ? sizeMax : length, this.maxSegments);
+    // Everything but the offset depends on (type, length) only: checked in full once per pair, then only the extent.
+    // offset >= 0 and % blkSize === 0 also refuse NaN, ±Infinity and fractions.
+    if (type !== this.fastType || length !== this.fastLength || !(offset >= 0 && offset % this.limits.blkSize === 0 && offset + length <= this.capacityBytes)) {
+      const segments = sizeMax > 0 ? Math.ceil(length / sizeMax) : 1;
+      checkTransfer(this.limits, type, offset, length, segments, sizeMax > 0 && length > sizeMax ? sizeMax : length, this.maxSegments);
+      this.fastType = type;
+      this.fastLength = length;
+    }
     if (this.freeTop === 0) return false;
     const slot = this.freeSlots[this.freeTop - 1]!;
     const base = slot * this.maxChain;
@@ -927,8 +955,39 @@ export class BlkQueue {
     this.freeTop--;
     this.state[slot] = BATCH;
     this.batchIndex[slot] = index;
-    this.deadlines[slot] = this.timeoutMs > 0 ? performance.now() + this.timeoutMs : Infinity;
+    // No clock read per request (in Node each one allocates a number): the first expire() scan that sees the
+    // request stamps its deadline, so it times out no earlier than timeoutMs after submission, at most a scan later.
+    this.deadlines[slot] = this.timeoutMs > 0 ? UNSTAMPED : Infinity;
     return true;
+  }
+
+  /**
+   * @internal Arms the call eventfd for a batch wait: a call once `count` more
+   * requests completed (coalesced with VIRTIO_RING_F_EVENT_IDX), at most the
+   * number outstanding. Returns true when there is no point sleeping: that many
+   * completions (or any, without event index) are waiting, nothing is
+   * outstanding, or the queue is broken.
+   */
+  armWait(count: number): boolean {
+    if (this.brokenBy !== null) return true;
+    const out = this.vqRef.outstanding;
+    if (out === 0) return true;
+    try {
+      return this.vqRef.enableInterruptsAfter(count < out ? (count < 1 ? 1 : count) : out);
+    } catch (e) {
+      this.breakWith(e as VhostUserError);
+      return true;
+    }
+  }
+
+  /** @internal After a batch wait: no calls while the caller polls (only a hint to the device). */
+  disarmWait(): void {
+    if (this.brokenBy === null && this.modeValue === 'poll') this.vqRef.disableInterrupts();
+  }
+
+  /** @internal The call eventfd, for BlkBatch.wait. */
+  get callFd(): EventFd | null {
+    return this.call;
   }
 
   /** @internal Whether any batch request is in flight (not timed out). */
@@ -956,3 +1015,16 @@ function alignUp(n: number, to: number): number {
 }
 
 function noop(): void {}
+
+/** Job.finish of a bounce read (module-level: no closure per request). */
+function finishRead(q: BlkQueue, j: Job): Uint8Array {
+  return q.memory.read(j.bounce, j.bounceLen);
+}
+
+/** Job.finish of requests that resolve with nothing. */
+function finishNothing(): undefined {
+  return undefined;
+}
+
+/** finishWith's error for a successful result (never used). */
+const noError = new VhostUserError('VHOST_INVALID_STATE', 'no error');
