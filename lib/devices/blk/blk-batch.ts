@@ -22,7 +22,10 @@ export class BlkBatchResults {
   readonly index: Int32Array;
   /** VIRTIO_BLK_S_* or a BLK_RESULT_* code. */
   readonly status: Int32Array;
-  constructor(readonly capacity: number) {
+  constructor(
+    /** Most results one poll() or wait() can report. */
+    readonly capacity: number,
+  ) {
     this.index = new Int32Array(capacity);
     this.status = new Int32Array(capacity);
   }

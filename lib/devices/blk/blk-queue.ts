@@ -75,13 +75,17 @@ export type BlkCompletionMode = 'interrupt' | 'poll';
 /** What the queue does with requests in flight when its ring is replaced (see {@link BlkQueue.rebind}). */
 export type BlkInflightPolicy = 'resubmit' | 'fail';
 
+/** How a {@link BlkQueue} is built (VirtioBlk builds one per virtqueue). */
 export interface BlkQueueOptions {
+  /** The guest memory the ring, headers, status bytes and bounce buffers live in. */
   memory: GuestMemory;
+  /** The virtqueue requests go through. */
   vq: Virtqueue;
   /** Where the queue's own guest area starts: {@link BlkQueue.areaBytes} bytes from here, 64-byte aligned. */
   areaGpa: number;
   /** Bytes of bounce space for the promise API and batch buffers (part of the area). Default 4 MiB. */
   heapBytes?: number;
+  /** The device's limits (from its config and features): checked before a request is sent. */
   limits: BlkLimits;
   /** Signals the ring's kick eventfd. */
   kick: () => void;
@@ -99,7 +103,9 @@ export interface BlkQueueOptions {
 
 /** A buffer in guest memory: what the zero-copy scatter-gather calls take. */
 export interface GuestBuffer {
+  /** Guest physical address of the first byte. */
   gpa: number;
+  /** Bytes in the buffer. */
   length: number;
   /** A view of the bytes (valid until the buffer is freed). */
   bytes: Uint8Array;
@@ -107,15 +113,19 @@ export interface GuestBuffer {
 
 /** Counters of one queue. */
 export interface BlkQueueCounters {
+  /** Requests made available to the device. */
   submitted: number;
+  /** Requests the device completed (OK or not). */
   completed: number;
   /** Requests completed with a status other than OK, or failed on their used length or status byte. */
   failed: number;
+  /** Kick eventfd signals (only when the device asked for them: EVENT_IDX or NO_NOTIFY). */
   kicks: number;
   /** Call eventfd wake-ups. */
   interrupts: number;
   /** Used lengths that were not what the request type implies (only counted with strictUsedLen false). */
   usedLenViolations: number;
+  /** Requests failed with VHOST_BLK_TIMEOUT. */
   timeouts: number;
   /** Requests completed after they timed out: their result was dropped. */
   lateCompletions: number;
@@ -124,9 +134,13 @@ export interface BlkQueueCounters {
 }
 
 /** Batch result codes below 0 (0, 1, 2 are the device's VIRTIO_BLK_S_* status). */
+/** The used length was not the one the request type implies (strictUsedLen). */
 export const BLK_RESULT_USED_LEN = -1;
+/** The status byte held a value other than OK, IOERR or UNSUPP. */
 export const BLK_RESULT_BAD_STATUS = -2;
+/** Not completed within the queue's timeout. */
 export const BLK_RESULT_TIMEOUT = -3;
+/** In flight when the back-end died, and failed by rebind('fail'). */
 export const BLK_RESULT_ABORTED = -4;
 
 const FREE = 0;
@@ -169,12 +183,21 @@ interface Job {
   deadline: number;
 }
 
+/**
+ * The virtio-blk requests of one virtqueue (virtio 1.2 §5.2.6): per-slot headers and status
+ * bytes in guest memory, a tracker of what is in flight, the promise API, completions by polling
+ * or the call eventfd, timeouts, and recovery after a lost back-end ({@link rebind}).
+ */
 export class BlkQueue {
+  /** Ring entries: the most requests in flight. */
   readonly size: number;
+  /** The guest memory the queue's buffers live in. */
   readonly memory: GuestMemory;
   /** Most data segments in one request (the ring's and seg_max's limit). */
   readonly maxSegments: number;
+  /** The device's limits, checked before a request is sent. */
   readonly limits: BlkLimits;
+  /** This queue's counters (live). */
   readonly counters: BlkQueueCounters = {
     submitted: 0,
     completed: 0,
@@ -293,6 +316,7 @@ export class BlkQueue {
     return this.vqRef;
   }
 
+  /** How completions are noticed now: 'interrupt' (call eventfd on the event loop) or 'poll' (poll()). */
   get mode(): BlkCompletionMode {
     return this.modeValue;
   }
@@ -441,7 +465,17 @@ export class BlkQueue {
    * (publishNow) before it starts the ring. Returns the ring position the new
    * device must start from (its SET_VRING_BASE) and the counts.
    */
-  rebind(policy: BlkInflightPolicy, replacement?: Virtqueue): { base: number; resubmitted: number; failed: number } {
+  rebind(
+    policy: BlkInflightPolicy,
+    replacement?: Virtqueue,
+  ): {
+    /** The ring position the new back-end starts from (SET_VRING_BASE). */
+    base: number;
+    /** Requests put on the new ring again. */
+    resubmitted: number;
+    /** Requests failed with VHOST_BLK_ABORTED. */
+    failed: number;
+  } {
     if (replacement !== undefined && replacement.size !== this.size) {
       throw new VhostUserError('VHOST_INVALID_ARGUMENT', `new ring of ${replacement.size} entries for a blk queue of ${this.size}`);
     }

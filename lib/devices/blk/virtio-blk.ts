@@ -69,6 +69,7 @@ export interface BlkReconnectReport extends DeviceReconnectReport {
   inflight: boolean;
 }
 
+/** Events of a {@link VirtioBlk}. */
 export interface VirtioBlkEvents {
   /** The back-end is gone for good: every request in flight failed with this error. */
   disconnect: (error: VhostUserError) => void;
@@ -91,6 +92,12 @@ const WANTED =
   bit(F.VIRTIO_BLK_F_WRITE_ZEROES) |
   bit(F.VIRTIO_BLK_F_RO);
 
+/**
+ * A virtio-blk driver (virtio 1.2 §5.2) over vhost-user, on the shared device layer: open it on a
+ * back-end's socket with {@link VirtioBlk.open}, then read, write, flush, discard, write zeroes and
+ * get the id through the promise API, or through {@link VirtioBlk.createBatch} where nothing may be
+ * allocated per request. Requests outside the device's limits are refused before anything is sent.
+ */
 export class VirtioBlk extends EventEmitter<VirtioBlkEvents> {
   /** The device layer underneath (its client, memory, rings). */
   readonly device: VhostDevice;
