@@ -38,6 +38,12 @@ export interface VirtqueueOptions {
    * The tables are laid out after the ring and counted in `footprint`.
    */
   indirectMax?: number;
+  /**
+   * VIRTIO_F_IN_ORDER was negotiated (split rings): the device uses buffers in the
+   * order they were made available, and may write one used entry for a whole batch
+   * (virtio 1.2 §2.7.9). Descriptors are then handed out in ring order (§2.7.5).
+   */
+  inOrder?: boolean;
 }
 
 /** Guest-physical addresses to hand to SET_VRING_ADDR (after translation to user addresses). */
