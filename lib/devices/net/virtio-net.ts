@@ -143,7 +143,7 @@ interface QueuePair {
   txKick: EventFd;
   rxCall: EventFd;
   txCall: EventFd;
-  /** TX pool: slot s at txPool + s * txSlotSize. */
+  /** TX pool: slot s at txPool + s * txStride (see {@link txSlotStride}). */
   txPoolGpa: number;
   txBytes: Uint8Array;
   /** Per slot: the frame area after its virtio_net_hdr (maxFrameSize bytes), for sendInPlace(). */
@@ -193,6 +193,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   private readonly pairs: QueuePair[];
   private readonly rxBufferSize: number;
   private readonly txSlotSize: number;
+  private readonly txStride: number;
   private readonly mrgRxbuf: boolean;
   private readonly reapTokens: Uint32Array;
   private readonly reapLengths: Uint32Array;
@@ -210,6 +211,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     this.ring = device.ring;
     this.rxBufferSize = init.rxBufferSize;
     this.txSlotSize = init.txSlotSize;
+    this.txStride = txSlotStride(init.txSlotSize);
     this.config = init.config;
     this.mrgRxbuf = hasBit(this.features, VirtioNetFeature.VIRTIO_NET_F_MRG_RXBUF);
     this.reapTokens = new Uint32Array(this.queueSize);
@@ -268,7 +270,8 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     if (wantPairs > maxPairs) {
       throw new VhostUserError('VHOST_INVALID_ARGUMENT', `${wantPairs} queue pairs asked for; the back-end serves at most ${maxPairs}`);
     }
-    const txPoolBytes = alignUp(queueSize * txSlotSize, PAGE);
+    const txStride = txSlotStride(txSlotSize);
+    const txPoolBytes = alignUp(queueSize * txStride, PAGE);
     const rxPoolLength = queueSize * rxBufferSize + MERGE_AREA;
     const pairBytes = txPoolBytes + alignUp(rxPoolLength, PAGE);
     device.allocate({ count: 2 * wantPairs, size: queueSize, dataBytes: pairBytes * wantPairs });
@@ -289,8 +292,8 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
         rxCall: rxq.call,
         txCall: txq.call,
         txPoolGpa,
-        txBytes: memory.bytes(txPoolGpa, queueSize * txSlotSize),
-        txFrames: Array.from({ length: queueSize }, (_, s) => memory.bytes(txPoolGpa + s * txSlotSize + VIRTIO_NET_HDR_SIZE, txSlotSize - VIRTIO_NET_HDR_SIZE)),
+        txBytes: memory.bytes(txPoolGpa, queueSize * txStride),
+        txFrames: Array.from({ length: queueSize }, (_, s) => memory.bytes(txPoolGpa + s * txStride + VIRTIO_NET_HDR_SIZE, txSlotSize - VIRTIO_NET_HDR_SIZE)),
         txFree,
         txFreeHead: 0,
         txFreeCount: queueSize,
@@ -397,8 +400,8 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   sendBurst(frames: readonly Uint8Array[], count = frames.length, queue = 0): number {
     const pair = this.pair(queue);
     this.reclaimTx(pair);
-    const slotSize = this.txSlotSize;
-    const max = slotSize - VIRTIO_NET_HDR_SIZE;
+    const stride = this.txStride;
+    const max = this.txSlotSize - VIRTIO_NET_HDR_SIZE;
     const c = pair.counters;
     const ringSize = this.queueSize;
     let sent = 0;
@@ -414,7 +417,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
       const slot = pair.txFree[pair.txFreeHead]!;
       if (++pair.txFreeHead === ringSize) pair.txFreeHead = 0;
       pair.txFreeCount--;
-      const offset = slot * slotSize;
+      const offset = slot * stride;
       pair.txBytes.set(frame, offset + VIRTIO_NET_HDR_SIZE);
       pair.tx.addBuffer(pair.txPoolGpa + offset, VIRTIO_NET_HDR_SIZE + len, false, slot);
       c[NetCounter.txPackets]!++;
@@ -453,7 +456,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
         }
         if (++pair.txFreeHead === ringSize) pair.txFreeHead = 0;
         pair.txFreeCount--;
-        pair.tx.addBuffer(pair.txPoolGpa + slot * this.txSlotSize, VIRTIO_NET_HDR_SIZE + len, false, slot);
+        pair.tx.addBuffer(pair.txPoolGpa + slot * this.txStride, VIRTIO_NET_HDR_SIZE + len, false, slot);
         c[NetCounter.txPackets]!++;
         c[NetCounter.txBytes]! += len;
       }
@@ -644,6 +647,19 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     if (p === undefined) throw new VhostUserError('VHOST_INVALID_ARGUMENT', `queue pair ${queue} does not exist (${this.queuePairs} configured)`);
     return p;
   }
+}
+
+/**
+ * Distance between TX slots: the slot size in whole cache lines, made an odd number
+ * of lines. At a power-of-two stride such as 2048 bytes the first lines of all slots
+ * fall into a few cache sets (1/32 of them at 2 KiB), and the back-end core, which
+ * reads the header and frame lines of every slot in turn, evicts them from its own
+ * L1 and L2 while a burst is still being copied; an odd stride spreads them over
+ * every set. The extra line per slot is never used.
+ */
+export function txSlotStride(txSlotSize: number): number {
+  const lines = Math.ceil(txSlotSize / 64);
+  return 64 * (lines % 2 === 1 ? lines : lines + 1);
 }
 
 /** The layer's options from the net ones: everything but the net fields; SET_MEM_TABLE as before the layer existed. */
