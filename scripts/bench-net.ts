@@ -116,7 +116,7 @@ async function run(opts: BenchOptions, signal: AbortSignal): Promise<number> {
           const spec: CellSpec = {
             direction, frameSize, frontend,
             durationMs: opts.durationMs, warmupMs: opts.warmupMs,
-            queueSize: opts.queueSize, burst: opts.burst, txMode: opts.txMode,
+            queueSize: opts.queueSize, burst: opts.burst, txMode: opts.txMode, ringStats: opts.ringStats,
             frontendCore: opts.frontendCore, backendCore: opts.backendCore,
           };
           const label = `${direction} ${frameSize} B ${frontend}${opts.repeat > 1 ? ` run ${r}/${opts.repeat}` : ''}`;

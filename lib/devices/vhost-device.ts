@@ -55,6 +55,12 @@ export interface VhostDeviceOptions extends VhostUserClientOptions {
   ring?: RingKind;
   /** Negotiate VIRTIO_RING_F_EVENT_IDX when offered (default true). */
   eventIdx?: boolean;
+  /**
+   * Negotiate VIRTIO_F_IN_ORDER when offered, with split rings (default false): the
+   * back-end then promises to use buffers in the order they were made available, and
+   * the rings rely on it (virtio 1.2 §2.7.9). Packed rings never negotiate it here.
+   */
+  inOrder?: boolean;
   /** Replaces how virtqueues are built (fault injection); by default split or packed per `ring`. */
   createQueue?: (kind: RingKind, options: VirtqueueOptions) => Virtqueue;
   /**
@@ -169,7 +175,8 @@ type Connector = (timeoutMs: number, signal: AbortSignal) => Promise<VhostUserCl
 const DRIVER_OK_STATUS = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK;
 const HUGE_PAGE = 2 * 1024 * 1024;
 /** Transport bits the layer decides on, whatever a device wishes. */
-const LAYER_BITS = bit(VirtioFeature.VIRTIO_RING_F_EVENT_IDX) | bit(VirtioFeature.VIRTIO_F_RING_PACKED) | bit(VirtioFeature.VHOST_F_LOG_ALL);
+const LAYER_BITS =
+  bit(VirtioFeature.VIRTIO_RING_F_EVENT_IDX) | bit(VirtioFeature.VIRTIO_F_RING_PACKED) | bit(VirtioFeature.VIRTIO_F_IN_ORDER) | bit(VirtioFeature.VHOST_F_LOG_ALL);
 
 /**
  * One vhost-user device as a driver sees it: connection, features, guest memory,
@@ -314,7 +321,8 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
    * wishes, and returns them (sent with SET_FEATURES at start). The layer adds
    * the transport bits: VIRTIO_F_VERSION_1 (required), VHOST_USER_F_PROTOCOL_FEATURES,
    * VIRTIO_RING_F_EVENT_IDX (option `eventIdx`), VIRTIO_F_RING_PACKED (required
-   * with `ring: 'packed'`, never otherwise). A requirement not offered is
+   * with `ring: 'packed'`, never otherwise), VIRTIO_F_IN_ORDER (option `inOrder`,
+   * split rings only). A requirement not offered is
    * VHOST_FEATURE_NOT_NEGOTIATED with the requirement's message.
    */
   selectFeatures(wishes: FeatureWishes): bigint {
@@ -330,6 +338,7 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
       wanted |= bit(r.bit);
     }
     if (this.options.eventIdx ?? true) wanted |= bit(VirtioFeature.VIRTIO_RING_F_EVENT_IDX);
+    if (this.options.inOrder && this.ring === 'split') wanted |= bit(VirtioFeature.VIRTIO_F_IN_ORDER);
     this.acked = offered & wanted;
     return this.acked;
   }
@@ -352,9 +361,10 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
     this.dataStart = perRing * count;
     this.mem = GuestMemory.create({ size: alignUp(this.dataStart + alignUp(plan.dataBytes, PAGE), HUGE_PAGE) });
     const eventIdx = hasBit(features, VirtioFeature.VIRTIO_RING_F_EVENT_IDX);
+    const inOrder = hasBit(features, VirtioFeature.VIRTIO_F_IN_ORDER);
     const create = this.options.createQueue ?? defaultCreateQueue;
     for (let i = 0; i < count; i++) {
-      const vq = create(this.ring, { memory: this.mem, index: i, size, ringGpa: i * perRing, eventIdx, indirectMax });
+      const vq = create(this.ring, { memory: this.mem, index: i, size, ringGpa: i * perRing, eventIdx, indirectMax, inOrder });
       const kick = new EventFd();
       let call: EventFd;
       try {

@@ -17,8 +17,17 @@
  *   reordered with loads.
  *
  * What the queue trusts is its own bookkeeping, never ring memory the device can
- * write: the free-descriptor stack, the per-head token, chain length and writable
+ * write: the free-descriptor list, the per-head token, chain length and writable
  * byte count, and a shadow copy of each descriptor's `next`.
+ *
+ * Cache lines the device reads. The device polls avail.idx and reads descriptors and
+ * avail entries from another core; every line this side writes must travel there
+ * again. Free descriptors are handed out first-in first-out, so with a device that
+ * completes in order (as DPDK's vhost does, IN_ORDER negotiated or not) the same
+ * head comes back to the same avail slot with the same buffer, and a descriptor or
+ * avail entry is written only when its value changes (compared with a private
+ * copy, never read back from the ring). In steady state a publish then writes
+ * avail.idx and nothing else of the ring.
  */
 import type { VhostUserError } from '../errors.js';
 import { splitRingLayout, VRING_AVAIL_RING, VRING_DESC_SIZE, type SplitRingLayout } from './split-layout.js';
@@ -61,8 +70,15 @@ export class SplitVirtqueue implements Virtqueue {
   private readonly availEventSlot: number;
   private readonly usedEventSlot: number;
 
-  private readonly freeStack: Uint16Array;
-  private freeTop: number;
+  /** Free descriptors, first in first out: `freeTotal` of them from `freeHead` (mod size). */
+  private readonly freeRing: Uint16Array;
+  private freeHead = 0;
+  private freeTotal: number;
+  /** What this side last wrote to each descriptor (4 words), so unchanged words are not written again. */
+  private readonly descShadow: Uint32Array;
+  /** What this side last wrote to each avail.ring slot: the head made available at position p is availShadow[p % size]. */
+  private readonly availShadow: Uint16Array;
+  private readonly inOrder: boolean;
   private readonly nextShadow: Uint16Array;
   private readonly chainLength: Uint16Array;
   private readonly writableBytes: Float64Array;
@@ -120,8 +136,11 @@ export class SplitVirtqueue implements Virtqueue {
     this.availEventSlot = 2 + 4 * size;
     this.indirect = this.indirectMax > 0 ? view(Uint32Array, this.indirectGpa, size * this.indirectMax * VRING_DESC_SIZE, 4) : null;
 
-    this.freeStack = new Uint16Array(size);
-    this.freeTop = size;
+    this.freeRing = new Uint16Array(size);
+    this.freeTotal = size;
+    this.descShadow = new Uint32Array(size * 4);
+    this.availShadow = new Uint16Array(size);
+    this.inOrder = options.inOrder ?? false;
     this.nextShadow = new Uint16Array(size);
     this.chainLength = new Uint16Array(size);
     this.writableBytes = new Float64Array(size);
@@ -134,8 +153,12 @@ export class SplitVirtqueue implements Virtqueue {
 
   reset(): void {
     const size = this.size;
-    for (let i = 0; i < size; i++) this.freeStack[i] = size - 1 - i;
-    this.freeTop = size;
+    for (let i = 0; i < size; i++) this.freeRing[i] = i;
+    this.freeHead = 0;
+    this.freeTotal = size;
+    // The shadows mirror ring memory, which is zeroed below.
+    this.descShadow.fill(0);
+    this.availShadow.fill(0);
     this.inFlight.fill(0);
     this.outstandingCount = 0;
     this.visible = 0;
@@ -153,7 +176,7 @@ export class SplitVirtqueue implements Virtqueue {
   }
 
   get freeCount(): number {
-    return this.freeTop;
+    return this.freeTotal;
   }
 
   get outstanding(): number {
@@ -171,9 +194,9 @@ export class SplitVirtqueue implements Virtqueue {
 
   addBuffer(gpa: number, length: number, writable: boolean, token: number): boolean {
     this.checkUsable();
-    if (this.freeTop === 0) return false;
-    const head = this.freeStack[--this.freeTop]!;
-    this.writeDesc(this.desc, head, gpa, length, writable ? VIRTQ_DESC_F_WRITE : 0, 0);
+    if (this.freeTotal === 0) return false;
+    const head = this.takeFree();
+    this.writeRingDesc(head, gpa, length, writable ? VIRTQ_DESC_F_WRITE : 0, 0);
     this.chainLength[head] = 1;
     this.writableBytes[head] = writable ? length : 0;
     this.expose(head, token);
@@ -188,8 +211,8 @@ export class SplitVirtqueue implements Virtqueue {
     if (count === 1) return this.addBuffer(gpas[0]!, lengths[0]!, readable === 0, token);
     let writable = 0;
     if (this.indirect !== null && count <= this.indirectMax) {
-      if (this.freeTop === 0) return false;
-      const head = this.freeStack[--this.freeTop]!;
+      if (this.freeTotal === 0) return false;
+      const head = this.takeFree();
       const base = head * this.indirectMax;
       for (let i = 0; i < count; i++) {
         const w = i >= readable;
@@ -198,27 +221,33 @@ export class SplitVirtqueue implements Virtqueue {
         this.writeDesc(this.indirect, base + i, gpas[i]!, lengths[i]!, flags, i + 1 < count ? i + 1 : 0);
       }
       // §2.7.5.3.1: the ring descriptor of an indirect table is device-readable only.
-      this.writeDesc(this.desc, head, this.indirectGpa + base * VRING_DESC_SIZE, count * VRING_DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+      this.writeRingDesc(head, this.indirectGpa + base * VRING_DESC_SIZE, count * VRING_DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
       this.chainLength[head] = 1;
       this.writableBytes[head] = writable;
       this.expose(head, token);
       return true;
     }
-    if (this.freeTop < count) return false;
-    let next = 0;
-    // Built from the tail so each descriptor can name its successor.
-    for (let i = count - 1; i >= 0; i--) {
-      const d = this.freeStack[--this.freeTop]!;
+    if (this.freeTotal < count) return false;
+    // The chain takes the next `count` free descriptors in list order (ring order
+    // with IN_ORDER, §2.7.5), each naming its successor.
+    const mask = this.mask;
+    const first = this.freeHead;
+    const head = this.freeRing[first]!;
+    let d = head;
+    for (let i = 0; i < count; i++) {
       const w = i >= readable;
       if (w) writable += lengths[i]!;
       const last = i === count - 1;
-      this.writeDesc(this.desc, d, gpas[i]!, lengths[i]!, (w ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : next);
+      const next = last ? 0 : this.freeRing[(first + i + 1) & mask]!;
+      this.writeRingDesc(d, gpas[i]!, lengths[i]!, (w ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), next);
       this.nextShadow[d] = next;
-      next = d;
+      d = next;
     }
-    this.chainLength[next] = count;
-    this.writableBytes[next] = writable;
-    this.expose(next, token);
+    this.freeHead = (first + count) & mask;
+    this.freeTotal -= count;
+    this.chainLength[head] = count;
+    this.writableBytes[head] = writable;
+    this.expose(head, token);
     return true;
   }
 
@@ -262,6 +291,7 @@ export class SplitVirtqueue implements Virtqueue {
       return this.fail(ringError('VHOST_RING_IDX_JUMP', this.index, `used.idx moved by ${pending} with ${this.visible} published buffers outstanding`, 'virtio 1.2 §2.7.8: the device returns only buffers made available'));
     }
     const n = pending < max ? pending : max;
+    if (this.inOrder) return this.reapInOrder(tokens, lengths, n, usedIdx);
     const size = this.size;
     let slot = this.lastUsedIdx;
     for (let i = 0; i < n; i++) {
@@ -314,6 +344,68 @@ export class SplitVirtqueue implements Virtqueue {
     if (this.eventIdx) this.avail[this.usedEventSlot] = (this.lastUsedIdx + 0x8000) & 0xffff;
   }
 
+  /**
+   * In-order completions (§2.7.9): buffer k of the used ring is the k-th made
+   * available, whatever the entry says, and a device may write only the last entry
+   * of a batch, the skipped buffers counting as used completely. So a
+   * device-readable buffer (TX) needs nothing from its entry and none is read: the
+   * used-ring lines stay in the device's cache. A writable buffer needs its length:
+   * an entry naming its head gives it; one naming another head was skipped (the
+   * full writable length). The entry at used.idx - 1 ends a batch and must name its
+   * head. What bounds the device stays: used.idx never passes the buffers published.
+   */
+  private reapInOrder(tokens: Uint32Array, lengths: Uint32Array, n: number, usedIdx: number): number {
+    const mask = this.mask;
+    const lastInBatch = (usedIdx - 1) & 0xffff;
+    let pos = this.lastUsedIdx;
+    for (let i = 0; i < n; i++) {
+      const head = this.availShadow[pos & mask]!;
+      const writable = this.writableBytes[head]!;
+      let len = 0;
+      if (writable > 0) {
+        const e = 1 + 2 * (pos & mask);
+        const id = this.usedU32[e]!;
+        if (id === head) {
+          len = this.usedU32[e + 1]!;
+          if (len > writable) {
+            return this.fail(ringError('VHOST_RING_LEN_TOO_LARGE', this.index, `used len ${len} exceeds the ${writable} writable bytes of buffer ${head}`, 'virtio 1.2 §2.7.8.1: len is at most the writable length'));
+          }
+        } else if (pos === lastInBatch) {
+          return this.fail(ringError('VHOST_RING_ID_NOT_OUTSTANDING', this.index, `used entry ${pos} names id ${id}; in order it is buffer ${head}`, 'virtio 1.2 §2.7.9: the entry ending a batch names the last buffer of the batch'));
+        } else {
+          len = writable;
+        }
+      }
+      tokens[i] = this.tokens[head]!;
+      lengths[i] = len;
+      this.release(head);
+      pos = (pos + 1) & 0xffff;
+    }
+    this.lastUsedIdx = pos;
+    return n;
+  }
+
+  private takeFree(): number {
+    const d = this.freeRing[this.freeHead]!;
+    this.freeHead = (this.freeHead + 1) & this.mask;
+    this.freeTotal--;
+    return d;
+  }
+
+  /** A descriptor of the ring's own table: only the words that changed since this side last wrote it are stored. */
+  private writeRingDesc(d: number, gpa: number, length: number, flags: number, next: number): void {
+    const w = d << 2;
+    const s = this.descShadow;
+    const table = this.desc;
+    const lo = gpa >>> 0;
+    const hi = (gpa / TWO_32) >>> 0;
+    const fn = (flags | (next << 16)) >>> 0;
+    if (s[w] !== lo) table[w] = s[w] = lo;
+    if (s[w + 1] !== hi) table[w + 1] = s[w + 1] = hi;
+    if (s[w + 2] !== length) table[w + 2] = s[w + 2] = length;
+    if (s[w + 3] !== fn) table[w + 3] = s[w + 3] = fn;
+  }
+
   private writeDesc(table: Uint32Array, d: number, gpa: number, length: number, flags: number, next: number): void {
     const w = d << 2;
     table[w] = gpa >>> 0;
@@ -327,7 +419,8 @@ export class SplitVirtqueue implements Virtqueue {
     this.inFlight[head] = 1;
     this.addedIn[head] = this.batch;
     this.outstandingCount++;
-    this.avail[2 + (this.availIdx & this.mask)] = head;
+    const slot = this.availIdx & this.mask;
+    if (this.availShadow[slot] !== head) this.avail[2 + slot] = this.availShadow[slot] = head;
     this.availIdx = (this.availIdx + 1) & 0xffff;
   }
 
@@ -335,9 +428,12 @@ export class SplitVirtqueue implements Virtqueue {
     this.inFlight[head] = 0;
     this.outstandingCount--;
     this.visible--;
+    // Back in chain order at the tail: with in-order completions the list stays in ring order.
+    const mask = this.mask;
     let d = head;
     for (let k = this.chainLength[head]!; k > 0; k--) {
-      this.freeStack[this.freeTop++] = d;
+      this.freeRing[(this.freeHead + this.freeTotal) & mask] = d;
+      this.freeTotal++;
       d = this.nextShadow[d]!;
     }
   }

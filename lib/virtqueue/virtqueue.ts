@@ -50,6 +50,12 @@ export interface VirtqueueOptions {
    * of a write); Linux's virtio drivers ignore the used length altogether. Default false.
    */
   clampUsedLen?: boolean;
+  /**
+   * VIRTIO_F_IN_ORDER was negotiated (split rings): the device uses buffers in the
+   * order they were made available, and may write one used entry for a whole batch
+   * (virtio 1.2 §2.7.9). Descriptors are then handed out in ring order (§2.7.5).
+   */
+  inOrder?: boolean;
 }
 
 /** Guest-physical addresses to hand to SET_VRING_ADDR (after translation to user addresses). */

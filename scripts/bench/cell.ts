@@ -23,6 +23,8 @@ export interface CellSpec {
   burst: number;
   /** How our worker fills TX frames (default 'copy'). */
   txMode?: TxMode;
+  /** Our worker counts what its TX ring does (ring-stats.ts). */
+  ringStats?: boolean;
   frontendCore: number;
   backendCore: number;
 }
@@ -194,6 +196,7 @@ async function startFrontend(spec: CellSpec, socketPath: string): Promise<BenchF
     burst: spec.burst,
     queueSize: spec.queueSize,
     txMode: spec.txMode ?? 'copy',
+    ringStats: spec.ringStats ?? false,
     core: spec.frontendCore,
     // Generous: the parent says stop long before; this only bounds an orphan.
     maxMs: spec.warmupMs + spec.durationMs + 60_000,
@@ -274,6 +277,7 @@ export async function runCell(spec: CellSpec, hooks: CellHooks = {}): Promise<Ce
         foreignTop: topForeign(cpu0, cpu1, os.cpus().length),
         intervalMpps,
         stealPct: stealPercent(cpu0, cpu1, os.cpus().length),
+        ...(sender?.ringStats ? { ringStats: sender.ringStats } : {}),
       },
       commands: { backend: renderCommand(['dpdk-testpmd', ...backend.args]), frontend: frontend.command },
     };

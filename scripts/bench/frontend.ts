@@ -1,5 +1,6 @@
 /** What the cell runner needs from a frontend under test (DPDK's or ours). */
 import type { CounterSample } from './rate.js';
+import type { RingStats } from './ring-stats.js';
 
 export interface BenchFrontend {
   /** The command line that started it, for the report. */
@@ -26,6 +27,8 @@ export interface BenchFrontend {
 export interface SenderTotals {
   accepted: number;
   rejected: number;
+  /** Our worker with --ring-stats: what its TX ring did. */
+  ringStats?: RingStats | null;
 }
 
 /** Shell-like rendering of an argument vector, for humans. */

@@ -64,6 +64,10 @@ export const BENCH_SPECS = {
     description: "our tx cells: 'copy' sends prepared frames with sendBurst (every byte copied into the ring); " +
       "'in-place' rewrites only the headers in the TX slots with sendInPlace, the work DPDK's txonly does with its mbufs",
   },
+  ringStats: {
+    type: 'boolean',
+    description: 'our tx cells count used.idx reads that found nothing, reap and publish sizes and kicks of the TX ring (printed per run; costs some speed)',
+  },
   json: { type: 'boolean', description: 'print one JSON document on stdout (progress stays on stderr)' },
 } as const satisfies OptionSpecs;
 
@@ -84,6 +88,7 @@ export interface BenchOptions {
   maxForeignPct: number;
   retries: number;
   txMode: TxMode;
+  ringStats: boolean;
   json: boolean;
 }
 
@@ -171,6 +176,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
     maxForeignPct: o.maxForeign,
     retries: o.retries,
     txMode: o.txMode,
+    ringStats: o.ringStats,
     json: o.json,
   };
 }

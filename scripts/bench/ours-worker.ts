@@ -19,6 +19,8 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, type OptionSpecs } from '../../lib/cli/args.js';
 import { buildUdpFrameOfSize } from '../../lib/net/frame-builder.js';
+import type { VirtqueueOptions, Virtqueue } from '../../lib/virtqueue/virtqueue.js';
+import { countingQueues } from './ring-stats.js';
 import { encodeMessage, EXIT_UNAVAILABLE, type WorkerMessage } from './worker-protocol.js';
 
 /** Reusable receive burst: frames i at `buffer[offsets[i] .. offsets[i] + lengths[i])`. */
@@ -40,7 +42,10 @@ export interface VirtioNetLike {
 
 interface DriverModule {
   VirtioNet: {
-    open(socketPath: string, opts: { queuePairs: number; queueSize: number }): Promise<VirtioNetLike>;
+    open(
+      socketPath: string,
+      opts: { queuePairs: number; queueSize: number; createQueue?: (kind: 'split' | 'packed', o: VirtqueueOptions) => Virtqueue },
+    ): Promise<VirtioNetLike>;
   };
   RxBurst?: new (maxFrames: number) => RxBurstLike;
 }
@@ -136,6 +141,7 @@ const SPECS = {
   maxMs: { type: 'number', integer: true, min: 1, default: 120_000, description: 'hard stop if the parent never says stop' },
   txMode: { type: 'enum', choices: ['copy', 'in-place'], default: 'copy', description: 'tx: sendBurst of prepared frames, or sendInPlace writing headers only' },
   probe: { type: 'boolean', description: 'only check that the driver loads' },
+  ringStats: { type: 'boolean', description: 'count reaps, publishes and kicks of the TX ring (ring-stats.ts); slows the loop a little' },
 } as const satisfies OptionSpecs;
 
 async function main(): Promise<number> {
@@ -167,7 +173,8 @@ async function main(): Promise<number> {
     go();
   });
 
-  const net = await openDriver(mod, o.socket, o.queueSize);
+  const counting = o.ringStats ? countingQueues() : null;
+  const net = await mod.VirtioNet.open(o.socket, { queuePairs: 1, queueSize: o.queueSize, ...(counting ? { createQueue: counting.createQueue } : {}) });
   try {
     // RFC 2544 benchmark addresses and the discard port, as DPDK's txonly sends.
     const endpoints = { srcIp: '198.18.0.1', dstIp: '198.18.0.2', srcPort: 9, dstPort: 9 };
@@ -208,15 +215,13 @@ async function main(): Promise<number> {
       ...(rx ? {} : { rejected: tx[1] - tx[0] }),
       idleSlices,
       stats: safeStats(net),
+      // TX is ring 1 of pair 0 (virtio 1.2 §5.1.2).
+      ...(counting && !rx ? { ringStats: counting.stats(1) } : {}),
     });
   } finally {
     await net.close();
   }
   return 0;
-}
-
-async function openDriver(mod: DriverModule, socket: string, queueSize: number): Promise<VirtioNetLike> {
-  return mod.VirtioNet.open(socket, { queuePairs: 1, queueSize });
 }
 
 function safeStats(net: VirtioNetLike): unknown {

@@ -25,6 +25,8 @@ export interface OursWorkerOptions {
   txMode?: TxMode;
   /** CPU to pin the worker to. */
   core: number;
+  /** Count what the TX ring does (ring-stats.ts). */
+  ringStats?: boolean;
   /** Hard stop for the worker's loop (it also stops on `stop` or when its stdin closes). */
   maxMs: number;
   readyTimeoutMs?: number;
@@ -49,6 +51,7 @@ export function workerArgs(o: Omit<OursWorkerOptions, 'socketPath' | 'core' | 'r
     '--queue-size', String(o.queueSize),
     '--max-ms', String(o.maxMs),
     ...(o.txMode && o.txMode !== 'copy' ? ['--tx-mode', o.txMode] : []),
+    ...(o.ringStats ? ['--ring-stats'] : []),
   ];
 }
 
@@ -148,7 +151,7 @@ export class OursWorker implements BenchFrontend {
   async stopTraffic(): Promise<SenderTotals | null> {
     this.#send('stop');
     const done = await this.#next('done', 10_000);
-    return done.rejected !== undefined ? { accepted: done.packets, rejected: done.rejected } : null;
+    return done.rejected !== undefined ? { accepted: done.packets, rejected: done.rejected, ringStats: done.ringStats ?? null } : null;
   }
 
   outputTail(): string {

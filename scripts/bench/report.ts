@@ -3,6 +3,7 @@
  * the two output forms (text table, JSON document). Pure; no I/O.
  */
 import { gbpsOf, median, ratioOf, spread } from './rate.js';
+import { describeRingStats, type RingStats } from './ring-stats.js';
 import type { BenchOptions, Direction, FrontendKind } from './options.js';
 
 /** One measured window of one frontend against one fresh back-end. */
@@ -38,6 +39,8 @@ export interface RunResult {
   stealPct?: number | null;
   /** Measurements made for this run (more than 1: earlier ones were disturbed). */
   attempts?: number;
+  /** Our TX cells with --ring-stats: what the TX ring did (over the whole forwarding period). */
+  ringStats?: RingStats;
 }
 
 export interface SideSummary {
@@ -393,5 +396,6 @@ export function describeRun(r: RunResult): string {
     parts.push(`other programs ${r.foreignCpuPct.toFixed(0)}% CPU${top}`);
   }
   if (r.stealPct) parts.push(`steal ${r.stealPct.toFixed(0)}%`);
+  if (r.ringStats) parts.push(describeRingStats(r.ringStats));
   return `${r.mpps.toFixed(3)} Mpps [${parts.join(', ')}]`;
 }

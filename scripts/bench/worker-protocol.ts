@@ -8,6 +8,8 @@
  * within about 20 ms; the answer carries the worker's own monotonic timestamp.
  */
 
+import type { RingStats } from './ring-stats.js';
+
 /** Exit status of a worker that could not load or use the driver. */
 export const EXIT_UNAVAILABLE = 3;
 
@@ -17,7 +19,7 @@ export type WorkerMessage =
   /** `tNs`: `process.hrtime.bigint()` as a decimal string (same clock as the parent's). */
   | { type: 'mark'; tNs: string; packets: number; bytes: number }
   /** `rejected` (tx): frames offered to sendBurst that it did not take (ring full). */
-  | { type: 'done'; packets: number; bytes: number; rejected?: number; idleSlices: number; stats?: unknown }
+  | { type: 'done'; packets: number; bytes: number; rejected?: number; idleSlices: number; stats?: unknown; ringStats?: RingStats | null }
   | { type: 'error'; message: string; unavailable?: boolean };
 
 export function encodeMessage(m: WorkerMessage): string {

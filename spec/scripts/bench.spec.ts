@@ -75,6 +75,7 @@ describe('scripts/bench options', () => {
       maxForeignPct: 10,
       retries: 2,
       txMode: 'copy',
+      ringStats: false,
       json: false,
     });
   });
@@ -348,6 +349,8 @@ describe('scripts/bench command lines', () => {
     expect(a.slice(1).join(' ')).to.equal('--socket /s --direction rx --size 1500 --burst 64 --queue-size 1024 --max-ms 9000');
     const inPlace = workerArgs({ socketPath: '/s', direction: 'tx', frameSize: 1500, burst: 32, queueSize: 1024, maxMs: 9000, txMode: 'in-place' });
     expect(inPlace.slice(-2)).to.deep.equal(['--tx-mode', 'in-place']);
+    const counted = workerArgs({ socketPath: '/s', direction: 'tx', frameSize: 64, burst: 32, queueSize: 1024, maxMs: 9000, ringStats: true });
+    expect(counted.at(-1)).to.equal('--ring-stats');
   });
 
   it('renders commands for humans', () => {
@@ -428,6 +431,39 @@ describe('scripts/bench progress line', () => {
         'frontend counted 16.107 Mpps, 1-s slices 15.20..16.80 Mpps, ' +
         'other programs 12% CPU (tsc[9] 11%), steal 3%]',
     );
+  });
+});
+
+describe('scripts/bench --ring-stats', () => {
+  it('counts reaps (empty ones, while full), reap and publish sizes and kicks of a real split ring', async () => {
+    const { countingQueues, describeRingStats } = await import('../../scripts/bench/ring-stats.js');
+    const { GuestMemory } = await import('../../lib/memory/guest-memory.js');
+    const { SplitDeviceQueue } = await import('../../lib/virtqueue/device/split-device.js');
+    const memory = GuestMemory.create({ size: 1 << 20 });
+    try {
+      const counting = countingQueues();
+      const q = counting.createQueue('split', { memory, index: 1, size: 4, ringGpa: 0x1000, eventIdx: false, inOrder: true });
+      const device = new SplitDeviceQueue(memory, (q as unknown as { layout: never }).layout, { eventIdx: false });
+      const tokens = new Uint32Array(4);
+      const lens = new Uint32Array(4);
+      for (let i = 0; i < 4; i++) q.addBuffer(0x80000 + i * 2048, 64, false, i);
+      q.publish();
+      expect(q.reap(tokens, lens, 4)).to.equal(0);
+      for (let i = 0; i < 3; i++) device.push(device.pop()!.head, 0);
+      expect(q.reap(tokens, lens, 4)).to.equal(3);
+      q.addBuffer(0x80000, 64, false, 0);
+      q.publish();
+      const s = counting.stats(1)!;
+      expect(s).to.include({ reaps: 2, emptyReaps: 1, reapsWhileFull: 2, emptyReapsWhileFull: 1, meanReap: 3, publishes: 2, meanPublish: 2.5 });
+      expect(s.reapSizes).to.deep.equal({ 3: 1 });
+      expect(s.publishSizes).to.deep.equal({ 1: 1, 4: 1 });
+      // Without NO_NOTIFY from the device, every publish asks for a kick.
+      expect(s.kicks).to.equal(2);
+      expect(describeRingStats(s)).to.match(/^ring: 2 reaps \(50% empty; 2 while full, 50% of them empty\), mean reap 3\.0, 2 publishes of 2\.5 on average, 2 kicks$/);
+      expect(counting.stats(0)).to.equal(null);
+    } finally {
+      memory.close();
+    }
   });
 });
 

@@ -256,21 +256,21 @@ describe('SplitVirtqueue with a device model over shared guest memory', () => {
     expect(queue.vringBase).to.equal(5);
   });
 
-  it('allocates nothing per buffer: one million add/publish/pop/push/reap cycles run without a scavenge', function () {
+  for (const inOrder of [false, true]) it(`allocates nothing per buffer${inOrder ? ' (IN_ORDER, readable buffers)' : ''}: one million add/publish/pop/push/reap cycles run without a scavenge`, function () {
     this.timeout(60_000);
     const script = `
       const { GuestMemory } = await import(${JSON.stringify(new URL('../../lib/memory/guest-memory.js', import.meta.url).href)});
       const { SplitVirtqueue } = await import(${JSON.stringify(new URL('../../lib/virtqueue/split-queue.js', import.meta.url).href)});
       const memory = GuestMemory.create({ size: 1 << 20 });
       const size = 256;
-      const q = new SplitVirtqueue({ memory, index: 0, size, ringGpa: 0x1000, eventIdx: true });
+      const q = new SplitVirtqueue({ memory, index: 0, size, ringGpa: 0x1000, eventIdx: true, inOrder: ${inOrder} });
       // A minimal device in raw typed arrays, so only the driver's own allocations show.
       const w = memory.window(q.layout.avail, 4 + 2 * size + 2); const avail = new Uint16Array(w.buffer, w.byteOffset, 2 + size + 1);
       const u = memory.window(q.layout.used, 4 + 8 * size + 4); const used32 = new Uint32Array(u.buffer, u.byteOffset, 1 + 2 * size + 1); const used16 = new Uint16Array(u.buffer, u.byteOffset, 2 + 4 * size + 2);
       const tokens = new Uint32Array(64), lens = new Uint32Array(64);
       let lastAvail = 0, usedIdx = 0;
       function cycle() {
-        for (let i = 0; i < 32; i++) q.addBuffer(0x80000 + i * 2048, 2048, true, i);
+        for (let i = 0; i < 32; i++) q.addBuffer(0x80000 + i * 2048, 2048, ${!inOrder}, i);
         q.publish();
         const a = avail[1];
         while (lastAvail !== a) { const head = avail[2 + (lastAvail & (size - 1))]; const s = usedIdx & (size - 1); used32[1 + 2 * s] = head; used32[2 + 2 * s] = 60; usedIdx = (usedIdx + 1) & 0xffff; lastAvail = (lastAvail + 1) & 0xffff; }
@@ -291,3 +291,122 @@ describe('SplitVirtqueue with a device model over shared guest memory', () => {
   });
 });
 
+describe('SplitVirtqueue with VIRTIO_F_IN_ORDER', () => {
+  const SIZE = 8;
+  let memory: GuestMemory | null = null;
+  afterEach(() => memory?.close());
+
+  function inOrderSetup() {
+    memory = GuestMemory.create({ size: 4 * MiB });
+    const queue = new SplitVirtqueue({ memory, index: 0, size: SIZE, ringGpa: RING_GPA, eventIdx: false, inOrder: true });
+    const device = new SplitDeviceQueue(memory, queue.layout, { eventIdx: false });
+    const u = memory.window(queue.layout.used, 4 + 8 * SIZE);
+    // A device that writes used entries and used.idx itself, batch by batch (§2.7.9).
+    const used32 = new Uint32Array(u.buffer, u.byteOffset, 1 + 2 * SIZE);
+    const used16 = new Uint16Array(u.buffer, u.byteOffset, 2);
+    const writeEntry = (pos: number, id: number, len: number) => {
+      used32[1 + 2 * (pos % SIZE)] = id;
+      used32[2 + 2 * (pos % SIZE)] = len;
+    };
+    const setUsedIdx = (idx: number) => Atomics.store(used16, 1, idx & 0xffff);
+    return { memory, queue, device, writeEntry, setUsedIdx };
+  }
+
+  it('hands out descriptors in ring order, chains on consecutive descriptors, wrapping at the end of the table (§2.7.5)', () => {
+    const { memory, queue, device } = inOrderSetup();
+    expect(queue.addBuffer(DATA_GPA, 60, false, 10)).to.equal(true);
+    expect(queue.addChain([DATA_GPA + 0x100, DATA_GPA + 0x200, DATA_GPA + 0x300], [12, 48, 64], 3, 2, 11)).to.equal(true);
+    expect(queue.addBuffer(DATA_GPA + 0x400, 60, false, 12)).to.equal(true);
+    queue.publish();
+    const table = memory.dataView(queue.layout.desc, SIZE * 16);
+    const chains = [device.pop()!, device.pop()!, device.pop()!];
+    expect(chains.map((c) => c.head)).to.deep.equal([0, 1, 4]);
+    // The chain's descriptors are 1 -> 2 -> 3.
+    expect([table.getUint16(1 * 16 + 14, true), table.getUint16(2 * 16 + 14, true)]).to.deep.equal([2, 3]);
+    for (const c of chains) device.push(c.head, c.writableBytes);
+    const tokens = new Uint32Array(SIZE);
+    const lens = new Uint32Array(SIZE);
+    expect(queue.reap(tokens, lens, SIZE)).to.equal(3);
+    expect([...tokens.subarray(0, 3)]).to.deep.equal([10, 11, 12]);
+    expect([...lens.subarray(0, 3)]).to.deep.equal([0, 64, 0]);
+    for (let i = 0; i < 6; i++) expect(queue.addBuffer(DATA_GPA + i * 0x100, 60, false, 20 + i)).to.equal(true);
+    queue.publish();
+    const heads: number[] = [];
+    for (let c = device.pop(); c; c = device.pop()) heads.push(c.head);
+    expect(heads).to.deep.equal([5, 6, 7, 0, 1, 2]);
+  });
+
+  it('a device that writes only the last entry of a batch: readable buffers come back in order, skipped writable ones at full length (§2.7.9)', () => {
+    const { queue, writeEntry, setUsedIdx } = inOrderSetup();
+    // Positions 0..4: TX, RX, RX, TX, RX; heads 0..4.
+    queue.addBuffer(DATA_GPA, 60, false, 100);
+    queue.addBuffer(DATA_GPA + 0x1000, 64, true, 101);
+    queue.addBuffer(DATA_GPA + 0x2000, 64, true, 102);
+    queue.addBuffer(DATA_GPA + 0x3000, 60, false, 103);
+    queue.addBuffer(DATA_GPA + 0x4000, 64, true, 104);
+    queue.publish();
+    writeEntry(4, 4, 10);
+    setUsedIdx(5);
+    const tokens = new Uint32Array(SIZE);
+    const lens = new Uint32Array(SIZE);
+    expect(queue.reap(tokens, lens, SIZE)).to.equal(5);
+    expect([...tokens.subarray(0, 5)]).to.deep.equal([100, 101, 102, 103, 104]);
+    expect([...lens.subarray(0, 5)]).to.deep.equal([0, 64, 64, 0, 10]);
+    expect(queue.outstanding).to.equal(0);
+    expect(queue.freeCount).to.equal(SIZE);
+  });
+
+  it('takes at most `max` per reap and the rest on the next, in order', () => {
+    const { queue, setUsedIdx } = inOrderSetup();
+    for (let i = 0; i < 6; i++) queue.addBuffer(DATA_GPA + i * 0x100, 60, false, 50 + i);
+    queue.publish();
+    setUsedIdx(6);
+    const tokens = new Uint32Array(SIZE);
+    const lens = new Uint32Array(SIZE);
+    expect(queue.reap(tokens, lens, 4)).to.equal(4);
+    expect([...tokens.subarray(0, 4)]).to.deep.equal([50, 51, 52, 53]);
+    expect(queue.reap(tokens, lens, 4)).to.equal(2);
+    expect([...tokens.subarray(0, 2)]).to.deep.equal([54, 55]);
+    expect(queue.reap(tokens, lens, 4)).to.equal(0);
+  });
+
+  const faults: [string, (e: ReturnType<typeof inOrderSetup>) => void, string][] = [
+    ['a batch ending in an entry that names another buffer', (e) => (e.writeEntry(1, 0, 10), e.setUsedIdx(2)), 'VHOST_RING_ID_NOT_OUTSTANDING'],
+    ['a length beyond the writable bytes', (e) => (e.writeEntry(1, 1, 65), e.setUsedIdx(2)), 'VHOST_RING_LEN_TOO_LARGE'],
+    ['used.idx past the buffers published', (e) => e.setUsedIdx(3), 'VHOST_RING_IDX_JUMP'],
+  ];
+  for (const [what, corrupt, code] of faults) {
+    it(`rejects ${what} with ${code} and stays broken`, () => {
+      const env = inOrderSetup();
+      env.queue.addBuffer(DATA_GPA, 64, true, 1);
+      env.queue.addBuffer(DATA_GPA + 0x1000, 64, true, 2);
+      env.queue.publish();
+      corrupt(env);
+      const tokens = new Uint32Array(SIZE);
+      const lens = new Uint32Array(SIZE);
+      expectThrowCode(() => env.queue.reap(tokens, lens, SIZE), code);
+      expectThrowCode(() => env.queue.addBuffer(DATA_GPA, 1, false, 3), 'VHOST_RING_BROKEN');
+    });
+  }
+
+  it('in steady state republishing the same buffers leaves the descriptor table and the avail ring as they were', () => {
+    const { memory, queue, device } = inOrderSetup();
+    const tokens = new Uint32Array(SIZE);
+    const lens = new Uint32Array(SIZE);
+    // Buffer b always goes out as the b-th of a batch, as the net driver's FIFO TX slots do.
+    const cycle = () => {
+      for (let b = 0; b < 4; b++) queue.addBuffer(DATA_GPA + b * 0x800, 76, false, b);
+      queue.publish();
+      for (let c = device.pop(); c; c = device.pop()) device.push(c.head, 0);
+      expect(queue.reap(tokens, lens, SIZE)).to.equal(4);
+    };
+    cycle();
+    cycle();
+    const snapshot = () => [Buffer.from(memory.read(queue.layout.desc, SIZE * 16)), Buffer.from(memory.read(queue.layout.avail + 4, 2 * SIZE))];
+    const [desc0, avail0] = snapshot();
+    for (let i = 0; i < 10; i++) cycle();
+    const [desc1, avail1] = snapshot();
+    expect(desc1!.equals(desc0!)).to.equal(true);
+    expect(avail1!.equals(avail0!)).to.equal(true);
+  });
+});
