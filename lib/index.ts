@@ -55,6 +55,7 @@ export {
   type ReconnectOptions,
   type ReconnectReport,
   type HandOverReport,
+  type GuestArea,
 } from './devices/net/virtio-net.js';
 export * from './devices/net/virtio-net-hdr.js';
 export { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig, type NetStatus } from './devices/net/net-config.js';

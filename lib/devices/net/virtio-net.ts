@@ -77,7 +77,12 @@ export interface VirtioNetOptions extends VhostUserClientOptions {
 /** What handOver() did. */
 export interface HandOverReport {
   /** Ring positions the old back-end reported (GET_VRING_BASE) and the new one was given, per queue pair. */
-  queues: { rxBase: number; txBase: number }[];
+  queues: {
+    /** Base of the pair's RX ring (receiveq, vring 2N). */
+    rxBase: number;
+    /** Base of the pair's TX ring (transmitq, vring 2N + 1). */
+    txBase: number;
+  }[];
   /** Whether SEND_RARP went to the new back-end (RARP negotiated and a MAC known). */
   rarp: boolean;
   /** From the first GET_VRING_BASE to the new back-end running. */
@@ -92,24 +97,34 @@ export interface ReconnectReport {
   downMs: number;
   /** The error that ended the previous connection. */
   cause: VhostUserError;
+  /** Per queue pair, in order. */
   queues: {
     /** TX buffers the new back-end processes again (made available, never completed by the old one). */
     txResumed: number;
     /** RX buffers handed to the new back-end again. */
     rxResumed: number;
-    /** Ring positions sent with SET_VRING_BASE. */
+    /** TX ring position sent with SET_VRING_BASE. */
     txBase: number;
+    /** RX ring position sent with SET_VRING_BASE. */
     rxBase: number;
   }[];
 }
 
 /** A burst of received frames: `count` frames at buffer[offsets[i] .. + lengths[i]). */
 export class RxBurst {
+  /** The memory the frames are in (guest memory, or the merge area for frames joined from several buffers). */
   buffer: Uint8Array = new Uint8Array(0);
+  /** Frame i starts at buffer[offsets[i]] (virtio_net_hdr already skipped). */
   readonly offsets: Uint32Array;
+  /** Frame i's length in bytes. */
   readonly lengths: Uint32Array;
+  /** Frames filled by the last receiveBurst(). */
   count = 0;
-  constructor(readonly capacity = 64) {
+  /** @param capacity most frames one receiveBurst() fills. */
+  constructor(
+    /** Most frames one receiveBurst() fills. */
+    readonly capacity = 64,
+  ) {
     this.offsets = new Uint32Array(capacity);
     this.lengths = new Uint32Array(capacity);
   }
@@ -120,20 +135,38 @@ export class RxBurst {
   }
 }
 
+/** A range of guest memory. */
+export interface GuestArea {
+  /** Guest physical address of the first byte. */
+  gpa: number;
+  /** Bytes in the range. */
+  length: number;
+}
+
 /** Counter slots in each queue pair's Float64Array. */
 export const NetCounter = {
+  /** Frames made available on TX. */
   txPackets: 0,
+  /** Their bytes, virtio_net_hdr excluded. */
   txBytes: 1,
+  /** Frames refused on TX (longer than maxFrameSize). */
   txDrops: 2,
+  /** Frames received. */
   rxPackets: 3,
+  /** Their bytes, virtio_net_hdr excluded. */
   rxBytes: 4,
+  /** Received frames dropped: a merged frame too big for the merge area, or lengths that do not add up. */
   rxDrops: 5,
+  /** Kick eventfd signals (only when the device asked). */
   kicks: 6,
+  /** Call eventfd wake-ups (interrupt mode). */
   interrupts: 7,
+  /** RX completions dropped as malformed: shorter than virtio_net_hdr, or a merged frame whose buffers were not all used in the burst. */
   rxErrors: 8,
 } as const;
 const COUNTERS = 9;
 
+/** A snapshot of one queue pair's counters, by name (see {@link NetCounter}). */
 export type NetCounters = { -readonly [K in keyof typeof NetCounter]: number };
 
 interface QueuePair {
@@ -166,6 +199,7 @@ interface QueuePair {
   counters: Float64Array;
 }
 
+/** Events of a {@link VirtioNet}. */
 export interface VirtioNetEvents {
   /** A burst arrived (interrupt mode, see startInterrupts()). The burst is valid during the call only. */
   frames: (queue: number, burst: RxBurst) => void;
@@ -179,14 +213,23 @@ export interface VirtioNetEvents {
 
 const MERGE_AREA = 65536;
 
+/**
+ * A virtio-net driver (virtio 1.2 §5.1) over vhost-user, on the shared device layer: open it on
+ * a back-end's socket (or accept a back-end that connects), then send and receive bursts of
+ * frames on its queue pairs without allocating per frame.
+ */
 export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   /** The device layer under this driver: connection, memory, rings, reconnect, dirty log, hand-over. */
   readonly device: VhostDevice;
+  /** The guest memory shared with the back-end (rings, TX slots, RX buffers). */
   readonly memory: GuestMemory;
   /** Features acknowledged with SET_FEATURES. */
   readonly features: bigint;
+  /** Queue pairs in use (RX vring 2N, TX vring 2N + 1). */
   readonly queuePairs: number;
+  /** Entries per ring. */
   readonly queueSize: number;
+  /** Split or packed rings. */
   readonly ring: RingKind;
   /** Config space when the back-end offers CONFIG, else null. */
   readonly config: NetConfig | null;
@@ -598,6 +641,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     });
   }
 
+  /** Back to polling: calls are no longer watched and the device is asked not to send them. */
   stopInterrupts(): void {
     for (const pair of this.pairs) {
       pair.rxCall.unwatch();
@@ -624,13 +668,23 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   }
 
   /** Where a pair's packet buffers live in guest memory (GPA and length): TX slots, RX buffers. For migration experiments (which pages are which). */
-  bufferAreas(queue = 0): { tx: { gpa: number; length: number }; rx: { gpa: number; length: number } } {
+  bufferAreas(queue = 0): {
+    /** The TX slots. */
+    tx: GuestArea;
+    /** The RX buffers. */
+    rx: GuestArea;
+  } {
     const p = this.pair(queue);
     return { tx: { gpa: p.txPoolGpa, length: p.txBytes.length }, rx: { gpa: p.rxPoolGpa, length: p.rxBytes.length } };
   }
 
   /** The virtqueues of a pair, for inspection and fault-injection tests. */
-  queues(queue = 0): { rx: Virtqueue; tx: Virtqueue } {
+  queues(queue = 0): {
+    /** The receiveq. */
+    rx: Virtqueue;
+    /** The transmitq. */
+    tx: Virtqueue;
+  } {
     const p = this.pair(queue);
     return { rx: p.rx, tx: p.tx };
   }
