@@ -134,11 +134,19 @@ describe('BlkBatch.wait (qemu-storage-daemon null-co) @integration', function ()
       for (const b of batches) b.close();
       blk.close();
     `;
-    const r = spawnSync(process.execPath, ['--trace-gc', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 50_000 });
+    // A fixed 1 MiB semi-space: one heap number (16 B) per request would be 3.2 MB over the
+    // 200,000 measured requests, at least 3 scavenges, however V8 would otherwise size it.
+    const r = spawnSync(process.execPath, ['--trace-gc', '--min-semi-space-size=1', '--max-semi-space-size=1', '--input-type=module', '-e', script], {
+      encoding: 'utf8',
+      timeout: 50_000,
+    });
     expect(r.status, r.stderr).to.equal(0);
     const measured = r.stdout.split('MEASURE')[1]!.split('DONE')[0]!;
     expect(r.stdout).to.match(/DONE 0\n/, 'every request completed with VIRTIO_BLK_S_OK');
     const scavenges = measured.split('\n').filter((l) => /Scavenge|Mark-Compact/.test(l));
-    expect(scavenges, scavenges.join('\n')).to.have.length(0);
+    // At most one: what the loop does per wait (a poll(2) call through koffi, a clock read every
+    // 64th idle poll) may add up to one scavenge on a machine where the device is slow to answer;
+    // anything allocated per request shows as several.
+    expect(scavenges.length, scavenges.join('\n')).to.be.at.most(1);
   });
 });
