@@ -63,8 +63,6 @@ const TICK_US = 10_000;
 /** Latency histogram: 0.1 µs buckets up to 100 ms; the last bucket takes the rest. */
 const HIST_STEP_US = 0.1;
 const HIST_BUCKETS = 1_000_000;
-const T_IN = 0;
-const T_OUT = 1;
 const QUEUE_SIZE = 128;
 const REQ_STRIDE = BLK_BS + 4096; // data page, then header (16 B) and status (1 B) on a page of their own
 
@@ -239,7 +237,7 @@ export async function runRawRings(cell: OursCell): Promise<OursResult> {
     const tokens = new Uint32Array(QUEUE_SIZE);
     const usedLens = new Uint32Array(QUEUE_SIZE);
     const hist = new Uint32Array(HIST_BUCKETS);
-    const type = cell.rw === 'randread' ? T_IN : T_OUT;
+    const type = cell.rw === 'randread' ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT;
     // Views made once: the I/O loop allocates nothing per request.
     const hdrs = Array.from({ length: slots }, (_, t) => memory.dataView(reqBase + t * REQ_STRIDE + BLK_BS, 16));
     const statuses = Array.from({ length: slots }, (_, t) => memory.bytes(reqBase + t * REQ_STRIDE + BLK_BS + 16, 1));
@@ -265,7 +263,7 @@ export async function runRawRings(cell: OursCell): Promise<OursResult> {
       gpas[2] = base + BLK_BS + 16;
       lens[2] = 1;
       started[token] = performance.now();
-      if (!vq.addChain(gpas, lens, 3, type === T_OUT ? 2 : 1, token)) throw new Error(`ring ${vq.index} full`);
+      if (!vq.addChain(gpas, lens, 3, type === VIRTIO_BLK_T_OUT ? 2 : 1, token)) throw new Error(`ring ${vq.index} full`);
     };
     for (let q = 0; q < queues; q++) {
       for (let i = 0; i < qd; i++) submit(vqs[q]!, q * qd + i);

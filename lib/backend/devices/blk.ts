@@ -8,6 +8,19 @@
 import { BLK_CONFIG_SIZE, SECTOR_SIZE } from '../../devices/blk/blk-config.js';
 import { closeSync, fsyncSync, openSync, readSync, writeSync, fstatSync } from 'node:fs';
 import { VhostUserError } from '../../errors.js';
+import {
+  BLK_DISCARD_SEGMENT_SIZE,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP,
+  VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+  VIRTIO_BLK_T_WRITE_ZEROES,
+  VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+} from '../../protocol/virtio-blk.js';
 import { C, closeFd, libc, syscallError } from '../../native/libc.js';
 import { ProtocolFeature, VirtioBlkFeature, bit } from '../../protocol/constants.js';
 import type { Chain, Vring } from '../vring-state.js';
@@ -47,19 +60,6 @@ export interface BlkDeviceOptions {
   inflight?: boolean;
 }
 
-const BLK_T_IN = 0;
-const BLK_T_OUT = 1;
-const BLK_T_FLUSH = 4;
-const BLK_T_GET_ID = 8;
-const BLK_T_DISCARD = 11;
-const BLK_T_WRITE_ZEROES = 13;
-/** virtio_blk_discard_write_zeroes.flags bit 0 (§5.2.6). */
-const BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
-/** sizeof(struct virtio_blk_discard_write_zeroes): le64 sector, le32 num_sectors, le32 flags. */
-const BLK_DWZ_SEGMENT = 16;
-const BLK_S_OK = 0;
-const BLK_S_IOERR = 1;
-const BLK_S_UNSUPP = 2;
 const BLK_ID = 'vhost-user-ref';
 const BLK_SEG_MAX = 126;
 /** Config limits offered with DISCARD and WRITE_ZEROES (§5.2.4), in 512-byte sectors. */
@@ -247,18 +247,18 @@ export class BlkDevice implements DeviceModel {
       const dataOut = writable.slice(0, -1).map((g) => ({ gpa: g.gpa, len: g.len }));
       if (last.len > 1) dataOut.push({ gpa: last.gpa, len: last.len - 1 });
       const statusGpa = last.gpa + last.len - 1;
-      let status = BLK_S_OK;
+      let status = VIRTIO_BLK_S_OK;
       let written = 0;
       try {
-        if (type === BLK_T_IN || type === BLK_T_OUT) {
+        if (type === VIRTIO_BLK_T_IN || type === VIRTIO_BLK_T_OUT) {
           // IN fills the device-writable data segments from the disk; OUT writes the readable ones to it.
-          const isIn = type === BLK_T_IN;
+          const isIn = type === VIRTIO_BLK_T_IN;
           const data = isIn ? dataOut : dataIn;
           const len = data.reduce((a, g) => a + g.len, 0);
           // §5.2.6.2: "A device MUST set the status byte to VIRTIO_BLK_S_IOERR for a write
           // request if the VIRTIO_BLK_F_RO feature if offered, and MUST NOT write any data."
-          if (!isIn && this.readOnly) status = BLK_S_IOERR;
-          else if (len % SECTOR_SIZE !== 0 || sector * BigInt(SECTOR_SIZE) + BigInt(len) > BigInt(image.capacity)) status = BLK_S_IOERR;
+          if (!isIn && this.readOnly) status = VIRTIO_BLK_S_IOERR;
+          else if (len % SECTOR_SIZE !== 0 || sector * BigInt(SECTOR_SIZE) + BigInt(len) > BigInt(image.capacity)) status = VIRTIO_BLK_S_IOERR;
           else {
             let pos = Number(sector) * SECTOR_SIZE;
             for (const g of data) {
@@ -273,12 +273,12 @@ export class BlkDevice implements DeviceModel {
               this.stats.writes++;
             }
           }
-        } else if (type === BLK_T_DISCARD || type === BLK_T_WRITE_ZEROES) {
+        } else if (type === VIRTIO_BLK_T_DISCARD || type === VIRTIO_BLK_T_WRITE_ZEROES) {
           status = this.discardOrZero(mem, type, dataIn);
-        } else if (type === BLK_T_FLUSH) {
+        } else if (type === VIRTIO_BLK_T_FLUSH) {
           image.flush();
           this.stats.flushes++;
-        } else if (type === BLK_T_GET_ID) {
+        } else if (type === VIRTIO_BLK_T_GET_ID) {
           const id = new Uint8Array(20);
           id.set(new TextEncoder().encode(BLK_ID));
           let off = 0;
@@ -290,12 +290,12 @@ export class BlkDevice implements DeviceModel {
           }
           written = off;
         } else {
-          status = BLK_S_UNSUPP;
+          status = VIRTIO_BLK_S_UNSUPP;
         }
       } catch {
-        status = BLK_S_IOERR;
+        status = VIRTIO_BLK_S_IOERR;
       }
-      if (status !== BLK_S_OK) this.stats.errors++;
+      if (status !== VIRTIO_BLK_S_OK) this.stats.errors++;
       mem.bytes(statusGpa, 1)[0] = status;
       r.push(c, written + 1);
     }
@@ -311,38 +311,38 @@ export class BlkDevice implements DeviceModel {
    * zeros otherwise, and reads return zeros either way.
    */
   private discardOrZero(mem: DeviceRings['memory'], type: number, dataIn: { gpa: number; len: number }[]): number {
-    const isDiscard = type === BLK_T_DISCARD;
+    const isDiscard = type === VIRTIO_BLK_T_DISCARD;
     const raw = new Uint8Array(dataIn.reduce((a, g) => a + g.len, 0));
     let off = 0;
     for (const g of dataIn) {
       raw.set(mem.bytes(g.gpa, g.len), off);
       off += g.len;
     }
-    if (raw.length === 0 || raw.length % BLK_DWZ_SEGMENT !== 0) return BLK_S_IOERR;
-    const count = raw.length / BLK_DWZ_SEGMENT;
+    if (raw.length === 0 || raw.length % BLK_DISCARD_SEGMENT_SIZE !== 0) return VIRTIO_BLK_S_IOERR;
+    const count = raw.length / BLK_DISCARD_SEGMENT_SIZE;
     const maxSeg = isDiscard ? BLK_MAX_DISCARD_SEG : BLK_MAX_WRITE_ZEROES_SEG;
     const maxSectors = isDiscard ? BLK_MAX_DISCARD_SECTORS : BLK_MAX_WRITE_ZEROES_SECTORS;
-    if (count > maxSeg) return BLK_S_IOERR;
+    if (count > maxSeg) return VIRTIO_BLK_S_IOERR;
     const dv = new DataView(raw.buffer);
     const capacitySectors = BigInt(this.image.capacity / SECTOR_SIZE);
     for (let i = 0; i < count; i++) {
-      const sector = dv.getBigUint64(i * BLK_DWZ_SEGMENT, true);
-      const num = dv.getUint32(i * BLK_DWZ_SEGMENT + 8, true);
-      const flags = dv.getUint32(i * BLK_DWZ_SEGMENT + 12, true);
-      if (flags & ~BLK_WRITE_ZEROES_FLAG_UNMAP) return BLK_S_UNSUPP;
-      if (isDiscard && flags & BLK_WRITE_ZEROES_FLAG_UNMAP) return BLK_S_UNSUPP;
-      if (num > maxSectors || sector + BigInt(num) > capacitySectors) return BLK_S_IOERR;
+      const sector = dv.getBigUint64(i * BLK_DISCARD_SEGMENT_SIZE, true);
+      const num = dv.getUint32(i * BLK_DISCARD_SEGMENT_SIZE + 8, true);
+      const flags = dv.getUint32(i * BLK_DISCARD_SEGMENT_SIZE + 12, true);
+      if (flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) return VIRTIO_BLK_S_UNSUPP;
+      if (isDiscard && flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) return VIRTIO_BLK_S_UNSUPP;
+      if (num > maxSectors || sector + BigInt(num) > capacitySectors) return VIRTIO_BLK_S_IOERR;
     }
-    if (this.readOnly) return BLK_S_IOERR;
+    if (this.readOnly) return VIRTIO_BLK_S_IOERR;
     for (let i = 0; i < count; i++) {
-      const pos = Number(dv.getBigUint64(i * BLK_DWZ_SEGMENT, true)) * SECTOR_SIZE;
-      const len = dv.getUint32(i * BLK_DWZ_SEGMENT + 8, true) * SECTOR_SIZE;
+      const pos = Number(dv.getBigUint64(i * BLK_DISCARD_SEGMENT_SIZE, true)) * SECTOR_SIZE;
+      const len = dv.getUint32(i * BLK_DISCARD_SEGMENT_SIZE + 8, true) * SECTOR_SIZE;
       if (len === 0) continue;
       if (isDiscard) this.image.punchHole(pos, len);
-      else this.image.zero(pos, len, (dv.getUint32(i * BLK_DWZ_SEGMENT + 12, true) & BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0);
+      else this.image.zero(pos, len, (dv.getUint32(i * BLK_DISCARD_SEGMENT_SIZE + 12, true) & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0);
     }
     if (isDiscard) this.stats.discards++;
     else this.stats.writeZeroes++;
-    return BLK_S_OK;
+    return VIRTIO_BLK_S_OK;
   }
 }

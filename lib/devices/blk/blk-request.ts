@@ -1,7 +1,9 @@
 /**
- * virtio-blk requests (virtio 1.2 §5.2.6): their wire constants, the limits a
- * device publishes in its config space and feature bits, and the checks a
- * driver makes against those limits before it puts anything in a ring.
+ * virtio-blk requests (virtio 1.2 §5.2.6), the driver's side: the limits a device
+ * publishes in its config space and feature bits, and the checks a driver makes
+ * against those limits before it puts anything in a ring. The wire constants live
+ * in lib/protocol/virtio-blk.ts (shared with the reference back-end) and are
+ * re-exported here.
  *
  * A request is one descriptor chain: a 16-byte device-readable header
  * {le32 type, le32 reserved, le64 sector}, the data (device-readable for OUT,
@@ -15,36 +17,30 @@ import { VhostUserError, type VhostErrorCode } from '../../errors.js';
 import { hasBit, VirtioBlkFeature as F } from '../../protocol/constants.js';
 import { SECTOR_SIZE, type BlkConfig } from './blk-config.js';
 
-/** Request type (§5.2.6): read; the data descriptors are device-writable. */
-export const VIRTIO_BLK_T_IN = 0;
-/** Request type (§5.2.6): write; the data descriptors are device-readable. */
-export const VIRTIO_BLK_T_OUT = 1;
-/** Request type (§5.2.6): make earlier completed writes durable; no data, `sector` 0. Needs VIRTIO_BLK_F_FLUSH. */
-export const VIRTIO_BLK_T_FLUSH = 4;
-/** Request type (§5.2.6): read the device's id string into a {@link VIRTIO_BLK_ID_BYTES}-byte device-writable buffer. */
-export const VIRTIO_BLK_T_GET_ID = 8;
-/** Request type (§5.2.6): discard ranges given as {@link BLK_DISCARD_SEGMENT_SIZE}-byte segments. Needs VIRTIO_BLK_F_DISCARD. */
-export const VIRTIO_BLK_T_DISCARD = 11;
-/** Request type (§5.2.6): zero ranges given as {@link BLK_DISCARD_SEGMENT_SIZE}-byte segments. Needs VIRTIO_BLK_F_WRITE_ZEROES. */
-export const VIRTIO_BLK_T_WRITE_ZEROES = 13;
-
-/** Status byte (§5.2.6): the request succeeded. */
-export const VIRTIO_BLK_S_OK = 0;
-/** Status byte (§5.2.6): the device failed the request (a media or back-end error). */
-export const VIRTIO_BLK_S_IOERR = 1;
-/** Status byte (§5.2.6): the device does not support this request type or its flags. */
-export const VIRTIO_BLK_S_UNSUPP = 2;
-
-/** Bytes of the device-readable request header {le32 type, le32 reserved, le64 sector} (§5.2.6). */
-export const BLK_REQ_HEADER_SIZE = 16;
-/** Bytes of the device-writable status that ends every request (§5.2.6). */
-export const BLK_REQ_STATUS_SIZE = 1;
-/** GET_ID answers with up to 20 bytes, NUL-padded when shorter (§5.2.6). */
-export const VIRTIO_BLK_ID_BYTES = 20;
-/** One {le64 sector, le32 num_sectors, le32 flags} of a DISCARD or WRITE_ZEROES request. */
-export const BLK_DISCARD_SEGMENT_SIZE = 16;
-/** `flags` bit 0 of a WRITE_ZEROES segment: the device may deallocate (§5.2.6). */
-export const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
+export {
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+  VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID,
+  VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_WRITE_ZEROES,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_UNSUPP,
+  BLK_REQ_HEADER_SIZE,
+  BLK_REQ_STATUS_SIZE,
+  VIRTIO_BLK_ID_BYTES,
+  BLK_DISCARD_SEGMENT_SIZE,
+  VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+} from '../../protocol/virtio-blk.js';
+import {
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+  VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID,
+  VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_WRITE_ZEROES,
+} from '../../protocol/virtio-blk.js';
 
 /** The spec name of a request type, for messages. */
 export function blkRequestName(type: number): string {
