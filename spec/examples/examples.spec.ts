@@ -4,40 +4,23 @@
  * installed, and print what they claim: frames that came back, counters read from
  * the back-end, conformance results. A back-end an example started is gone after it exits.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import { startQemuStorageDaemon, type QemuStorageDaemonBackend } from '../../lib/launch/qemu-storage-daemon.js';
 import { skipWithout } from '../helpers/backends.js';
+import { runNode, type NodeRun } from '../helpers/cli.js';
 
 /** What examples/blk.ts writes: 64 KiB of this pattern at 1 MiB. */
 function blkPattern(): Uint8Array {
   return Uint8Array.from({ length: 64 * 1024 }, (_, i) => (i * 7 + (i >> 8)) & 0xff);
 }
 
-interface ExampleRun {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
+type ExampleRun = NodeRun;
 
 /** Runs dist/examples/`name`.js in a child process; SIGKILL after `killAfterMs`. */
 function runExample(name: string, args: string[] = [], killAfterMs = 60_000): Promise<ExampleRun> {
-  const script = fileURLToPath(new URL(`../../examples/${name}.js`, import.meta.url));
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    const timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
-    child.on('error', reject);
-    child.on('close', (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-  });
+  return runNode(fileURLToPath(new URL(`../../examples/${name}.js`, import.meta.url)), args, killAfterMs);
 }
 
 function alive(pid: number): boolean {

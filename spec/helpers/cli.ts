@@ -12,11 +12,17 @@ export interface CliResult {
   ms: number;
 }
 
-/** Runs the built CLI; async so that peers in this process keep answering meanwhile. */
-export function cli(args: string[], killAfterMs = 20_000): Promise<CliResult> {
-  const t0 = Date.now();
+/** What a Node child process ended with. */
+export interface NodeRun {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `node script ...args` as a child process, collecting its output; SIGKILL after `killAfterMs`. */
+export function runNode(script: string, args: readonly string[], killAfterMs: number): Promise<NodeRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
@@ -25,9 +31,16 @@ export function cli(args: string[], killAfterMs = 20_000): Promise<CliResult> {
     child.on('error', reject);
     child.on('close', (status) => {
       clearTimeout(timer);
-      resolve({ status, stdout, stderr, ms: Date.now() - t0 });
+      resolve({ status, stdout, stderr });
     });
   });
+}
+
+/** Runs the built CLI; async so that peers in this process keep answering meanwhile. */
+export async function cli(args: string[], killAfterMs = 20_000): Promise<CliResult> {
+  const t0 = Date.now();
+  const r = await runNode(MAIN, args, killAfterMs);
+  return { ...r, ms: Date.now() - t0 };
 }
 
 /** Exactly one stderr line naming `code`, no stack frames. */
