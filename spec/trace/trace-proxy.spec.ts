@@ -6,43 +6,12 @@
  */
 import { expect } from 'chai';
 import { ReferenceBackend } from '../../lib/backend/reference-backend.js';
-import { RxBurst, VirtioNet } from '../../lib/devices/net/virtio-net.js';
-import { buildUdpFrameOfSize, framePayloadIntact, frameSequence } from '../../lib/net/frame-builder.js';
+import { VirtioNet } from '../../lib/devices/net/virtio-net.js';
 import { TraceProxy } from '../../lib/trace/trace-proxy.js';
-import type { TraceClose, TraceMessage, TraceRecord } from '../../lib/trace/trace-record.js';
-import { leakedAfter, resourceSnapshot, settle } from '../helpers/resources.js';
+import type { TraceRecord } from '../../lib/trace/trace-record.js';
+import { leakedAfter, resourceSnapshot } from '../helpers/resources.js';
 import { tempSocketPath } from '../helpers/socket-pair.js';
-
-export function messagesOf(records: readonly TraceRecord[], from?: 'frontend' | 'backend'): TraceMessage[] {
-  return records.filter((r): r is TraceMessage => r.kind === 'message' && (from === undefined || r.from === from));
-}
-
-export function closesOf(records: readonly TraceRecord[]): TraceClose[] {
-  return records.filter((r): r is TraceClose => r.kind === 'close');
-}
-
-/** Loops `count` frames through `net` and returns the sequence numbers that came back intact. */
-export async function loopFrames(net: VirtioNet, count: number): Promise<number[]> {
-  const burst = new RxBurst(64);
-  const got: number[] = [];
-  let sent = 0;
-  const deadline = Date.now() + 5000;
-  while (got.length < count && Date.now() < deadline) {
-    if (sent < count) sent += net.sendBurst([buildUdpFrameOfSize(200, sent)], 1);
-    const n = net.receiveBurst(0, burst);
-    for (let i = 0; i < n; i++) {
-      const f = burst.frame(i);
-      if (framePayloadIntact(f)) got.push(frameSequence(f)!);
-    }
-    await new Promise((r) => setImmediate(r));
-  }
-  return got;
-}
-
-export async function until(cond: () => boolean, ms = 2000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond() && Date.now() < deadline) await settle(2);
-}
+import { closesOf, loopFrames, messagesOf, until } from './helpers.js';
 
 describe('TraceProxy with VirtioNet and the reference back-end', function () {
   this.timeout(10_000);
