@@ -14,6 +14,7 @@ import {
   featureNames,
   protocolFeatureNames,
 } from '../protocol/constants.js';
+import { frontendRequestSpec } from '../protocol/requests.js';
 
 const HEX_BYTES = 32;
 
@@ -65,9 +66,10 @@ export function decodedText(e: TraceEvent): string {
       }
       if (request && code === R.SET_STATUS) return `{status: 0x${v.toString(16)}}`;
       if (!request && code === R.GET_STATUS) return `{status: 0x${v.toString(16)}}`;
-      // A reply with no body of its own: the REPLY_ACK u64 (vhost-user.rst, 'REPLY_ACK').
-      if (!request && e.decoded === undefined) return `ack ${v}`;
-      if (!request && typeof e.decoded === 'bigint' && code !== R.GET_FEATURES) return `${v}`;
+      // A reply to a request that has no reply body of its own: the REPLY_ACK u64
+      // (vhost-user.rst, 'REPLY_ACK'), 0 for success.
+      if (!request && (!frontendRequestSpec(code)?.reply || e.decoded === undefined)) return `ack ${v}`;
+      if (!request && typeof e.decoded === 'bigint') return `${v}`;
     }
   } else if (!request) {
     const v = u64Of(e);

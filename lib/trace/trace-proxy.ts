@@ -54,6 +54,8 @@ export class TraceProxy extends EventEmitter<TraceProxyEvents> {
   private readonly pendingConnects = new Set<Promise<unknown>>();
   private readonly abort = new AbortController();
   private readonly t0 = performance.now();
+  /** The wall-clock time (ms since the Unix epoch) that record time 0 stands for. */
+  readonly startEpochMs = Date.now();
   private connectionCount = 0;
   private closed = false;
   private acceptLoop: Promise<void> = Promise.resolve();

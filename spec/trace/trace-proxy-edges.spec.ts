@@ -15,6 +15,7 @@ import { BackendRequest, FrontendRequest as R, ProtocolFeature, VHOST_USER_NEED_
 import { U64, VringArea } from '../../lib/protocol/payloads.js';
 import { TraceProxy } from '../../lib/trace/trace-proxy.js';
 import { EventFd } from '../../lib/transport/eventfd.js';
+import { closeAll } from '../../lib/transport/msg-scratch.js';
 import { UnixStream } from '../../lib/transport/unix-stream.js';
 import { RawPeer, REPLY, type Handler } from '../helpers/raw-peer.js';
 import { leakedAfter, rawHeader, resourceSnapshot, settle } from '../helpers/resources.js';
@@ -26,7 +27,7 @@ async function peerCloses(s: UnixStream, ms = 2000): Promise<boolean> {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
     const r = s.recv(0, 4096);
-    for (const fd of r.fds) EventFd.prototype.close.call({ fd } as EventFd);
+    closeAll(r.fds);
     if (r.n === 0) return true;
     if (r.n < 0) await settle(2);
   }
