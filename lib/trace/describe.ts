@@ -36,6 +36,12 @@ export function showValue(v: unknown): string {
   return String(v);
 }
 
+/** A REPLY_ACK u64: 0 is success; anything else a failure, shown signed (back-ends send -errno). */
+function ackText(v: bigint): string {
+  if (v === 0n) return 'ack 0';
+  return `ack ${v >= 1n << 63n ? v - (1n << 64n) : v} (failure)`;
+}
+
 function u64Of(e: TraceEvent): bigint | undefined {
   if (typeof e.decoded === 'bigint') return e.decoded;
   return e.payload.length === 8 ? Buffer.from(e.payload.buffer, e.payload.byteOffset, 8).readBigUInt64LE(0) : undefined;
@@ -68,12 +74,12 @@ export function decodedText(e: TraceEvent): string {
       if (!request && code === R.GET_STATUS) return `{status: 0x${v.toString(16)}}`;
       // A reply to a request that has no reply body of its own: the REPLY_ACK u64
       // (vhost-user.rst, 'REPLY_ACK'), 0 for success.
-      if (!request && (!frontendRequestSpec(code)?.reply || e.decoded === undefined)) return `ack ${v}`;
+      if (!request && (!frontendRequestSpec(code)?.reply || e.decoded === undefined)) return ackText(v);
       if (!request && typeof e.decoded === 'bigint') return `${v}`;
     }
   } else if (!request) {
     const v = u64Of(e);
-    if (v !== undefined) return `ack ${v}`;
+    if (v !== undefined) return ackText(v);
   } else if (code === BackendRequest.CONFIG_CHANGE_MSG) {
     return showValue(e.decoded ?? e.payload);
   }
