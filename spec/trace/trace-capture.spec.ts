@@ -6,12 +6,9 @@
  * parser and by tshark with the shipped Lua dissector.
  */
 import { expect } from 'chai';
-import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { rm } from 'node:fs/promises';
-import { promisify } from 'node:util';
 import { ReferenceBackend } from '../../lib/backend/reference-backend.js';
 import { VhostUserClient } from '../../lib/client/vhost-user-client.js';
 import { VirtioNet } from '../../lib/devices/net/virtio-net.js';
@@ -24,18 +21,8 @@ import { TracePcapngWriter, tracePacket, TRACE_PREFIX_SIZE } from '../../lib/tra
 import { TraceProxy } from '../../lib/trace/trace-proxy.js';
 import type { TraceRecord } from '../../lib/trace/trace-record.js';
 import { RawPeer } from '../helpers/raw-peer.js';
-import { closesOf, loopFrames, messagesOf, until } from './helpers.js';
+import { closesOf, loopFrames, messagesOf, tshark, until } from './helpers.js';
 import { parsePcapng } from './pcapng-parse.js';
-
-const run = promisify(execFile);
-export const DISSECTOR = fileURLToPath(new URL('../../../wireshark/vhost-user.lua', import.meta.url));
-
-/** tshark with the dissector; as root it still runs Lua (Debian's init.lua sets run_user_scripts_when_superuser). */
-export async function tshark(capture: string, ...args: string[]): Promise<string> {
-  const { stdout, stderr } = await run('tshark', ['-X', `lua_script:${DISSECTOR}`, '-r', capture, ...args], { maxBuffer: 64 << 20 });
-  expect(stderr).not.to.match(/Lua: Error|error/i);
-  return stdout;
-}
 
 describe('trace outputs of one recorded session (text, JSON, pcapng, tshark)', function () {
   this.timeout(20_000);
