@@ -174,6 +174,20 @@ describe('TraceProxy edges', function () {
     });
   }
 
+  it('nine fds on one message (one more than any message may carry): recorded with VHOST_TOO_MANY_FDS, both sides closed, no fd kept', async () => {
+    await start();
+    const raw = await UnixStream.connect(tmpP.path);
+    toClose.push(raw);
+    const efds = Array.from({ length: 9 }, () => new EventFd());
+    raw.send(rawHeader(R.GET_FEATURES, 0x1, 0), efds.map((e) => e.fd));
+    for (const e of efds) e.close();
+    expect(await peerCloses(raw)).to.equal(true);
+    const [end] = closesOf(proxy!.records);
+    expect(end!.error).to.include({ code: 'VHOST_TOO_MANY_FDS', from: 'frontend' });
+    expect(proxy!.messages[0]).to.include({ request: 'GET_FEATURES', fds: 9 });
+    expect(peer!.log).to.have.length(0);
+  });
+
   it('passes an unknown request code through (UNKNOWN(99)) and a version-0 header ends the connection with VHOST_BAD_VERSION', async () => {
     await start((m) => (m.request === 99 ? undefined : 'default'));
     const raw = await UnixStream.connect(tmpP.path);
