@@ -62,13 +62,17 @@ export interface TraceClose {
   readonly afterRequest: string | null;
   /** Who sent that last message. */
   readonly afterFrom: TraceSide | null;
-  /** Why the proxy closed it (a malformed message, a back-end it could not reach). */
+  /**
+   * Set when the end was not an orderly close: a malformed message or a back-end
+   * the proxy could not reach (closedBy `proxy`), or a socket error such as a reset
+   * (closedBy the side whose socket failed).
+   */
   readonly error?: TraceCloseError;
   /** One line, e.g. `backend closed the connection after GET_VRING_BASE (reply)`. */
   readonly text: string;
 }
 
-/** Why the proxy ended a connection itself. */
+/** What ended a connection abnormally. */
 export interface TraceCloseError {
   /** The VhostUserError code, e.g. VHOST_PAYLOAD_TOO_LARGE. */
   readonly code: string;

@@ -145,6 +145,8 @@ export class TraceSession {
     if (pair.ended) return;
     // undefined: the proxy closed it itself (end() marks the pair first, so this is not reached).
     if (error === undefined || error.code === 'VHOST_DISCONNECTED') this.end(pair, side);
+    // A poll error is how a reset shows (libuv reports POLLERR as EBADF): the peer went away.
+    else if (error.code === 'VHOST_SOCKET_ERROR') this.end(pair, side, { code: error.code, message: error.message, from: side });
     else this.fail(pair, side, error);
   }
 
