@@ -7,7 +7,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { BackendRequest, DeviceStatus, FrontendRequest, ProtocolFeature, VirtioFeature } from '../lib/protocol/constants.js';
+import { BackendRequest, DeviceStatus, FrontendRequest, ProtocolFeature, VirtioBlkFeature, VirtioFeature, VirtioNetFeature } from '../lib/protocol/constants.js';
 
 /** The dissector, relative to the package root. */
 export const LUA_PATH = fileURLToPath(new URL('../../wireshark/vhost-user.lua', import.meta.url));
@@ -33,6 +33,10 @@ export function luaTables(): string {
     luaTable('protocol_features', ProtocolFeature),
     '-- virtio 1.3, \'Reserved Feature Bits\', and VHOST_F_LOG_ALL / VHOST_USER_F_PROTOCOL_FEATURES (bit numbers)',
     luaTable('virtio_features', VirtioFeature),
+    '-- virtio 1.3, \'Network Device: Feature bits\' (bit numbers; shown with the device preference set to net)',
+    luaTable('net_features', VirtioNetFeature),
+    '-- virtio 1.3, \'Block Device: Feature bits\' (bit numbers; shown with the device preference set to blk)',
+    luaTable('blk_features', VirtioBlkFeature),
     '-- virtio 1.2 §2.1, device status bits (values)',
     luaTable('device_status', DeviceStatus),
     END,

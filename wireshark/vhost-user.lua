@@ -14,6 +14,7 @@
 --           end record: UTF-8 text
 --
 -- Use:  tshark -X lua_script:wireshark/vhost-user.lua -r trace.pcapng -V
+-- Name net (or blk) feature bits:  ... -o vhostuser.device:net
 -- or copy this file to ~/.local/lib/wireshark/plugins/ for Wireshark.
 -- Display filters: vhostuser.request_name == "SET_MEM_TABLE", vhostuser.fds > 0,
 -- vhostuser.from_backend, vhostuser.vring.index == 1, vhostuser.close ...
@@ -126,6 +127,61 @@ local virtio_features = {
     [40] = "VIRTIO_F_RING_RESET",
     [41] = "VIRTIO_F_ADMIN_VQ",
 }
+-- virtio 1.3, 'Network Device: Feature bits' (bit numbers; shown with the device preference set to net)
+local net_features = {
+    [0] = "VIRTIO_NET_F_CSUM",
+    [1] = "VIRTIO_NET_F_GUEST_CSUM",
+    [2] = "VIRTIO_NET_F_CTRL_GUEST_OFFLOADS",
+    [3] = "VIRTIO_NET_F_MTU",
+    [5] = "VIRTIO_NET_F_MAC",
+    [6] = "VIRTIO_NET_F_GSO",
+    [7] = "VIRTIO_NET_F_GUEST_TSO4",
+    [8] = "VIRTIO_NET_F_GUEST_TSO6",
+    [9] = "VIRTIO_NET_F_GUEST_ECN",
+    [10] = "VIRTIO_NET_F_GUEST_UFO",
+    [11] = "VIRTIO_NET_F_HOST_TSO4",
+    [12] = "VIRTIO_NET_F_HOST_TSO6",
+    [13] = "VIRTIO_NET_F_HOST_ECN",
+    [14] = "VIRTIO_NET_F_HOST_UFO",
+    [15] = "VIRTIO_NET_F_MRG_RXBUF",
+    [16] = "VIRTIO_NET_F_STATUS",
+    [17] = "VIRTIO_NET_F_CTRL_VQ",
+    [18] = "VIRTIO_NET_F_CTRL_RX",
+    [19] = "VIRTIO_NET_F_CTRL_VLAN",
+    [20] = "VIRTIO_NET_F_CTRL_RX_EXTRA",
+    [21] = "VIRTIO_NET_F_GUEST_ANNOUNCE",
+    [22] = "VIRTIO_NET_F_MQ",
+    [23] = "VIRTIO_NET_F_CTRL_MAC_ADDR",
+    [50] = "VIRTIO_NET_F_DEVICE_STATS",
+    [52] = "VIRTIO_NET_F_VQ_NOTF_COAL",
+    [53] = "VIRTIO_NET_F_NOTF_COAL",
+    [54] = "VIRTIO_NET_F_GUEST_USO4",
+    [55] = "VIRTIO_NET_F_GUEST_USO6",
+    [56] = "VIRTIO_NET_F_HOST_USO",
+    [57] = "VIRTIO_NET_F_HASH_REPORT",
+    [59] = "VIRTIO_NET_F_GUEST_HDRLEN",
+    [60] = "VIRTIO_NET_F_RSS",
+    [61] = "VIRTIO_NET_F_RSC_EXT",
+    [62] = "VIRTIO_NET_F_STANDBY",
+    [63] = "VIRTIO_NET_F_SPEED_DUPLEX",
+}
+-- virtio 1.3, 'Block Device: Feature bits' (bit numbers; shown with the device preference set to blk)
+local blk_features = {
+    [1] = "VIRTIO_BLK_F_SIZE_MAX",
+    [2] = "VIRTIO_BLK_F_SEG_MAX",
+    [4] = "VIRTIO_BLK_F_GEOMETRY",
+    [5] = "VIRTIO_BLK_F_RO",
+    [6] = "VIRTIO_BLK_F_BLK_SIZE",
+    [9] = "VIRTIO_BLK_F_FLUSH",
+    [10] = "VIRTIO_BLK_F_TOPOLOGY",
+    [11] = "VIRTIO_BLK_F_CONFIG_WCE",
+    [12] = "VIRTIO_BLK_F_MQ",
+    [13] = "VIRTIO_BLK_F_DISCARD",
+    [14] = "VIRTIO_BLK_F_WRITE_ZEROES",
+    [15] = "VIRTIO_BLK_F_LIFETIME",
+    [16] = "VIRTIO_BLK_F_SECURE_ERASE",
+    [17] = "VIRTIO_BLK_F_ZONED",
+}
 -- virtio 1.2 §2.1, device status bits (values)
 local device_status = {
     [1] = "ACKNOWLEDGE",
@@ -220,6 +276,10 @@ local ef_unknown = ProtoExpert.new("vhostuser.unknown", "Request code the protoc
 local ef_nack = ProtoExpert.new("vhostuser.nack", "Non-zero ack: the back-end reports a failure",
                                 expert.group.RESPONSE_CODE, expert.severity.WARN)
 proto.experts = { ef_truncated, ef_unknown, ef_nack }
+
+-- Which device's feature bits to name (bits 0-23 and 50-63 mean different things per device).
+proto.prefs.device = Pref.enum("Device type", 0, "Names the device-specific feature bits",
+    { { 1, "unknown (BIT_n)", 0 }, { 2, "net", 1 }, { 3, "blk", 2 } }, false)
 
 -- Front-end request codes by name, for the decoders below.
 local R = {}
@@ -355,7 +415,11 @@ local function u64(field)
     end
 end
 
-local function features(tree, tvb) return add_features(tree, f.features, tvb, virtio_features) end
+local function features(tree, tvb)
+    local device = ({ [1] = net_features, [2] = blk_features })[proto.prefs.device] or {}
+    local names = setmetatable({}, { __index = function(_, i) return virtio_features[i] or device[i] end })
+    return add_features(tree, f.features, tvb, names)
+end
 local function pfeatures(tree, tvb) return add_features(tree, f.pfeatures, tvb, protocol_features) end
 local function shared(tree, tvb)
     tree:add(f.uuid, tvb(0, 16))

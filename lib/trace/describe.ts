@@ -13,6 +13,7 @@ import {
   VHOST_USER_VRING_NOFD_MASK,
   featureNames,
   protocolFeatureNames,
+  type DeviceKind,
 } from '../protocol/constants.js';
 import { frontendRequestSpec } from '../protocol/requests.js';
 
@@ -52,8 +53,11 @@ function isRequest(e: TraceEvent): boolean {
   return (e.direction === 'send') === (e.channel === 'frontend');
 }
 
-/** The decoded part of the line (after the request name); '' for an empty payload. */
-export function decodedText(e: TraceEvent): string {
+/**
+ * The decoded part of the line (after the request name); '' for an empty payload.
+ * `device` names the device-specific feature bits (otherwise `BIT_n`).
+ */
+export function decodedText(e: TraceEvent, device?: DeviceKind): string {
   if (e.size === 0) return '';
   const request = isRequest(e);
   const code = e.code;
@@ -61,7 +65,7 @@ export function decodedText(e: TraceEvent): string {
     const v = u64Of(e);
     if (v !== undefined) {
       if ((code === R.SET_FEATURES && request) || (code === R.GET_FEATURES && !request)) {
-        return `0x${v.toString(16).padStart(16, '0')} (${featureNames(v).join(' ') || 'none'})`;
+        return `0x${v.toString(16).padStart(16, '0')} (${featureNames(v, device).join(' ') || 'none'})`;
       }
       if ((code === R.SET_PROTOCOL_FEATURES && request) || (code === R.GET_PROTOCOL_FEATURES && !request)) {
         return `0x${v.toString(16).padStart(16, '0')} (${protocolFeatureNames(v).join(' ') || 'none'})`;
@@ -88,7 +92,7 @@ export function decodedText(e: TraceEvent): string {
 }
 
 /** `SET_VRING_NUM {index: 0, num: 256}`. */
-export function messageText(e: TraceEvent): string {
-  const body = decodedText(e);
+export function messageText(e: TraceEvent, device?: DeviceKind): string {
+  const body = decodedText(e, device);
   return body ? `${e.request} ${body}` : e.request;
 }

@@ -52,7 +52,7 @@ describe('vhost-user trace (CLI)', function () {
     const listen = path.join(dir, 'trace.sock');
     const capture = path.join(dir, 'trace.pcapng');
     backend = ReferenceBackend.listen(backendPath, { device: 'net' });
-    const running = cli(['trace', '--listen', listen, '--connect', backendPath, '--format', 'json', '--pcapng', capture, '--once']);
+    const running = cli(['trace', '--listen', listen, '--connect', backendPath, '--format', 'json', '--pcapng', capture, '--once', '--device', 'net']);
     await until(() => existsSync(listen), 5000);
     const net = await VirtioNet.open(listen, { queueSize: 64, timeoutMs: 2000, connect: { timeoutMs: 5000 } });
     try {
@@ -67,6 +67,7 @@ describe('vhost-user trace (CLI)', function () {
     expect(lines[0]).to.include({ kind: 'message', from: 'frontend', request: 'GET_FEATURES', fds: 0, connection: 1 });
     const mem = lines.find((l) => l.request === 'SET_MEM_TABLE' && l.from === 'frontend');
     expect(mem).to.include({ fds: 1, needReply: true });
+    expect(lines.find((l) => l.request === 'GET_FEATURES' && l.from === 'backend')!.text).to.include('VIRTIO_NET_F_MAC');
     expect(lines.filter((l) => l.request === 'SET_VRING_KICK' && l.from === 'frontend').map((l) => l.fds)).to.deep.equal([1, 1]);
     expect(lines.at(-1)).to.include({ kind: 'close', closedBy: 'frontend', connection: 1 });
     const { epbs } = parsePcapng(readFileSync(capture));

@@ -174,5 +174,9 @@ describe('trace outputs of one recorded session (text, JSON, pcapng, tshark)', f
       else expect(v).to.match(want);
     }
     expect(v).not.to.match(/Malformed|Lua Error|Dissector bug/);
+    // With the device preference, the device's feature bits are named too.
+    const net = await tshark(capture, '-o', 'vhostuser.device:net', '-V', '-Y', 'vhostuser.request_name == "GET_FEATURES" && vhostuser.flags.reply');
+    expect(net).to.include('Feature: VIRTIO_NET_F_MRG_RXBUF');
+    expect(net).not.to.include('Feature: BIT_');
   });
 });

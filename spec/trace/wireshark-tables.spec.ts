@@ -5,7 +5,7 @@
  */
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
-import { BackendRequest, FrontendRequest, ProtocolFeature } from '../../lib/protocol/constants.js';
+import { BackendRequest, FrontendRequest, ProtocolFeature, VirtioBlkFeature, VirtioNetFeature } from '../../lib/protocol/constants.js';
 import { LUA_PATH, luaTables, withTables } from '../../scripts/wireshark-tables.js';
 
 /** `local NAME = { [n] = "X", ... }` from the Lua source, read independently of the generator. */
@@ -23,9 +23,11 @@ describe('wireshark/vhost-user.lua tables', () => {
     expect(withTables(source)).to.equal(source);
   });
 
-  it('name every front-end and back-end request and protocol feature as the TS constants do', () => {
+  it('name every front-end and back-end request, protocol feature and device feature as the TS constants do', () => {
     expect(luaTable(source, 'frontend_requests')).to.deep.equal(FrontendRequest);
     expect(luaTable(source, 'backend_requests')).to.deep.equal(BackendRequest);
     expect(luaTable(source, 'protocol_features')).to.deep.equal(ProtocolFeature);
+    expect(luaTable(source, 'net_features')).to.deep.equal(VirtioNetFeature);
+    expect(luaTable(source, 'blk_features')).to.deep.equal(VirtioBlkFeature);
   });
 });

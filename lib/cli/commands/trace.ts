@@ -34,6 +34,7 @@ export default defineCommand({
     json: { type: 'boolean', description: 'same as --format json' },
     output: { type: 'string', valueName: 'FILE', description: 'write the lines to FILE instead of stdout' },
     pcapng: { type: 'string', valueName: 'FILE', description: 'also write a pcapng capture (one packet per message)' },
+    device: { type: 'enum', choices: ['net', 'blk'], description: 'name the device feature bits of this device type (default: BIT_n)' },
     once: { type: 'boolean', description: 'stop after the first connection has ended' },
     connectTimeoutMs: { type: 'number', integer: true, min: 1, default: 5000, valueName: 'MS', description: 'how long to wait for the back-end to accept' },
   },
@@ -65,7 +66,7 @@ export default defineCommand({
           if (r.kind === 'close') pcap.flush();
         }
       };
-      proxy = await TraceProxy.start({ listen: args.listen, connect: args.connect, connectTimeoutMs: args.connectTimeoutMs, keepRecords: false, onRecord });
+      proxy = await TraceProxy.start({ listen: args.listen, connect: args.connect, connectTimeoutMs: args.connectTimeoutMs, keepRecords: false, onRecord, ...(args.device ? { device: args.device } : {}) });
       if (args.pcapng !== undefined) {
         const writer = await TracePcapngWriter.open(args.pcapng, proxy.startEpochMs, io.fs);
         for (const r of early.splice(0)) writer.write(r);
