@@ -126,6 +126,8 @@ describe('TraceProxy edges', function () {
     client.close();
     await until(() => closesOf(proxy!.records).length === 1);
     expect(closesOf(proxy!.records)[0]).to.include({ connection: 1, closedBy: 'frontend', afterRequest: 'GET_FEATURES', afterFrom: 'backend' });
+    await until(() => peer!.connection?.isClosed === true);
+    expect(peer!.connection!.isClosed, 'the proxy closed the back-end side too').to.equal(true);
 
     // The RawPeer serves one connection: a new one for the reconnect, on the same path.
     peer!.close();
