@@ -53,9 +53,11 @@ export function jsonValue(v: unknown): unknown {
  * time, connection, channel, closedBy, afterRequest, afterFrom, error?, text`.
  */
 export function recordJson(r: TraceRecord): Record<string, unknown> {
-  if (r.kind === 'close') return { ...r };
+  // Microseconds are all the clock says; more digits are float noise.
+  const time = Math.round(r.time * 1000) / 1000;
+  if (r.kind === 'close') return { ...r, time };
   const { bytes, decoded, ...rest } = r;
-  return { ...rest, decoded: decoded === undefined ? null : jsonValue(decoded), payload: jsonValue(bytes.subarray(12)) };
+  return { ...rest, time, decoded: decoded === undefined ? null : jsonValue(decoded), payload: jsonValue(bytes.subarray(12)) };
 }
 
 /** One line in `format`, without the newline. */
