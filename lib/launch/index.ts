@@ -50,3 +50,17 @@ export {
   type BuildVhostBlkOptions,
   type VhostBlkOptions,
 } from './dpdk-vhost-blk.js';
+export {
+  buildInitramfs,
+  findKernel,
+  parseGuestResults,
+  QEMU_BINARY,
+  qemuAvailable,
+  QemuProcess,
+  startQemu,
+  type MigrationResult,
+  type QemuBlkDevice,
+  type QemuNetDevice,
+  type QemuOptions,
+} from './qemu.js';
+export { QmpClient, QmpError, type QmpConnectOptions, type QmpEvent } from './qmp.js';
