@@ -246,6 +246,36 @@ export class QemuProcess extends BackendHandle {
     }
   }
 
+  /** `x-query-virtio` (QEMU >= 7.2, unstable): the virtio devices, with the QOM path the other queries take. */
+  async virtioDevices(): Promise<{ name: string; path: string }[]> {
+    return this.qmp.execute<{ name: string; path: string }[]>('x-query-virtio');
+  }
+
+  /**
+   * Polls `x-query-virtio-status` until the vhost device at `path` has started (the guest
+   * driver set DRIVER_OK and QEMU sent the rings to the back-end). VHOST_TIMEOUT after `timeoutMs`.
+   */
+  async waitVhostStarted(path: string, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const s = await this.qmp.execute<Record<string, unknown>>('x-query-virtio-status', { path });
+      if (s['vhost-started'] === true) return;
+      if (Date.now() >= deadline) throw new VhostUserError('VHOST_TIMEOUT', `vhost device ${path} not started after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, POLL_MS));
+    }
+  }
+
+  /**
+   * QEMU's view of queue `queue` of the device at `path` (`x-query-virtio-queue-status`).
+   * While a vhost device runs QEMU does not track the ring; once it stopped,
+   * `lastAvailIdx` is what the back-end answered to GET_VRING_BASE (split rings) and
+   * `usedIdx` is the used index read from guest memory.
+   */
+  async queueStatus(path: string, queue: number): Promise<{ lastAvailIdx: number; usedIdx: number; num: number }> {
+    const q = await this.qmp.execute<Record<string, number>>('x-query-virtio-queue-status', { path, queue });
+    return { lastAvailIdx: q['last-avail-idx'] ?? 0, usedIdx: q['used-idx'] ?? 0, num: q['vring-num'] ?? 0 };
+  }
+
   /**
    * Live-migrates this QEMU's guest to `to` (started with `incoming`): QMP `migrate`,
    * then `query-migrate` until the source completes, then waits until the destination
@@ -263,7 +293,7 @@ export class QemuProcess extends BackendHandle {
       const status = info['status'];
       if (status === 'completed') break;
       if (status === 'failed' || status === 'cancelled') {
-        throw new VhostUserError('VHOST_MIGRATION_FAILED', `migration ${String(status)}: ${String(info['error-desc'] ?? '')}; destination:\n${to.process.outputTail(10)}`);
+        throw new VhostUserError('VHOST_MIGRATION_FAILED', `migration ${String(status)}: ${typeof info['error-desc'] === 'string' ? info['error-desc'] : ''}; destination:\n${to.process.outputTail(10)}`);
       }
       if (!to.running) throw new VhostUserError('VHOST_MIGRATION_FAILED', `destination QEMU exited during migration:\n${to.process.outputTail(10)}`);
       if (Date.now() >= deadline) throw new VhostUserError('VHOST_MIGRATION_FAILED', `migration still ${String(status)} after ${timeoutMs} ms`);
