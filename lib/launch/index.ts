@@ -62,5 +62,7 @@ export {
   type QemuBlkDevice,
   type QemuNetDevice,
   type QemuOptions,
+  type VirtioDeviceInfo,
+  type VirtqueueStatus,
 } from './qemu.js';
-export { QmpClient, QmpError, type QmpConnectOptions, type QmpEvent } from './qmp.js';
+export { QmpClient, QmpError, type QmpConnectOptions, type QmpEvent, type QmpTimestamp } from './qmp.js';

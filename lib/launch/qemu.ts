@@ -101,6 +101,24 @@ export interface MigrationResult {
   wallMs: number;
 }
 
+/** A virtio device as `x-query-virtio` lists it. */
+export interface VirtioDeviceInfo {
+  /** Device name, e.g. `virtio-net`, `virtio-blk`. */
+  name: string;
+  /** Its QOM path, which the other `x-query-virtio-*` commands take. */
+  path: string;
+}
+
+/** QEMU's view of one virtqueue (`x-query-virtio-queue-status`). */
+export interface VirtqueueStatus {
+  /** `last-avail-idx`: for a stopped vhost device, what the back-end answered to GET_VRING_BASE (split rings). */
+  lastAvailIdx: number;
+  /** `used-idx`: the used ring's index, read from guest memory. */
+  usedIdx: number;
+  /** `vring-num`: the queue size. */
+  num: number;
+}
+
 /** QEMU option values escape a comma by doubling it. */
 function qemuValue(v: string): string {
   return v.replaceAll(',', ',,');
@@ -247,8 +265,8 @@ export class QemuProcess extends BackendHandle {
   }
 
   /** `x-query-virtio` (QEMU >= 7.2, unstable): the virtio devices, with the QOM path the other queries take. */
-  async virtioDevices(): Promise<{ name: string; path: string }[]> {
-    return this.qmp.execute<{ name: string; path: string }[]>('x-query-virtio');
+  async virtioDevices(): Promise<VirtioDeviceInfo[]> {
+    return this.qmp.execute<VirtioDeviceInfo[]>('x-query-virtio');
   }
 
   /**
@@ -271,7 +289,7 @@ export class QemuProcess extends BackendHandle {
    * `lastAvailIdx` is what the back-end answered to GET_VRING_BASE (split rings) and
    * `usedIdx` is the used index read from guest memory.
    */
-  async queueStatus(path: string, queue: number): Promise<{ lastAvailIdx: number; usedIdx: number; num: number }> {
+  async queueStatus(path: string, queue: number): Promise<VirtqueueStatus> {
     const q = await this.qmp.execute<Record<string, number>>('x-query-virtio-queue-status', { path, queue });
     return { lastAvailIdx: q['last-avail-idx'] ?? 0, usedIdx: q['used-idx'] ?? 0, num: q['vring-num'] ?? 0 };
   }

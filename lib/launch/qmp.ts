@@ -27,6 +27,14 @@ export class QmpError extends VhostUserError {
   }
 }
 
+/** When QEMU emitted an event (host time since the epoch). */
+export interface QmpTimestamp {
+  /** Whole seconds. */
+  seconds: number;
+  /** Microseconds within the second. */
+  microseconds: number;
+}
+
 /** One asynchronous QMP event. */
 export interface QmpEvent {
   /** Event name, e.g. `MIGRATION`, `STOP`, `RESUME`, `SHUTDOWN`. */
@@ -34,7 +42,7 @@ export interface QmpEvent {
   /** Event data (depends on the event). */
   data: Record<string, unknown>;
   /** When QEMU emitted it. */
-  timestamp: { seconds: number; microseconds: number };
+  timestamp: QmpTimestamp;
 }
 
 /** Options of {@link QmpClient.connect}. */
