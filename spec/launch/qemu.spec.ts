@@ -5,13 +5,16 @@
  * tests cost about 35 s together on two idle cores.
  */
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
+import { isVhostUserError } from '../../lib/errors.js';
 import {
   findExecutable,
   findKernel,
   makeTempDir,
+  processGroupMembers,
   qemuAvailable,
   startQemu,
   startReferenceBackend,
@@ -86,6 +89,26 @@ describe('launch/qemu: QEMU 7.2 against the reference back-end @integration', fu
       expect(eventsOf(b, 'refused'), b.output()).to.deep.equal([]);
       expect(eventsOf(b, 'disconnect')[0]!['reason']).to.equal(null);
     }
+  });
+
+  it('stop() stops a QEMU that no longer answers QMP (SIGSTOP): its process group is gone, its temp dir removed; a back-end nobody serves is VHOST_SPAWN_FAILED', async () => {
+    const net = await startReferenceBackend({ device: 'net' });
+    const q = await startQemu({ guest: 'none', net: [{ socket: net.socketPath }] });
+    qemus.push(q);
+    process.kill(q.pid, 'SIGSTOP');
+    const t0 = Date.now();
+    await q.stop(500);
+    expect(Date.now() - t0).to.be.below(10_000);
+    expect(processGroupMembers(q.process.pgid)).to.deep.equal([]);
+    expect(existsSync(q.tempDir)).to.equal(false);
+    const dir = await makeTempDir('vhost-qemu-none-');
+    dirs.push(dir);
+    const err = await startQemu({ guest: 'none', net: [{ socket: path.join(dir, 'nobody.sock') }] }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(isVhostUserError(err, 'VHOST_SPAWN_FAILED'), String(err)).to.equal(true);
+    expect(String((err as Error).message)).to.match(/nobody\.sock/);
   });
 
   it('a Linux guest: frames sent on eth0 come back; data written to /dev/vda is read back and is in the image file', async function () {
