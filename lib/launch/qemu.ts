@@ -218,15 +218,17 @@ export class QemuProcess extends BackendHandle {
   }
 
   /**
-   * Resolves with the first console line matching `pattern` (a substring or a RegExp),
-   * polling the log. Rejects with VHOST_TIMEOUT after `timeoutMs` and with
+   * Resolves with the first complete console line matching `pattern` (a substring or a
+   * RegExp), polling the log. Rejects with VHOST_TIMEOUT after `timeoutMs` and with
    * VHOST_DISCONNECTED when QEMU exits first; both carry the console's tail.
    */
   async waitConsole(pattern: string | RegExp, timeoutMs: number): Promise<string> {
     const deadline = Date.now() + timeoutMs;
     const matches = (l: string) => (typeof pattern === 'string' ? l.includes(pattern) : pattern.test(l));
     for (;;) {
-      const line = this.console().split('\n').find(matches);
+      // Complete lines only: the guest may be in the middle of writing the last one.
+      const text = this.console();
+      const line = text.slice(0, text.lastIndexOf('\n') + 1).split('\n').find(matches);
       if (line !== undefined) return line.replace(/\r$/, '');
       const tail = () => `console:\n${this.console().split('\n').slice(-15).join('\n')}\nQEMU:\n${this.process.outputTail(10)}`;
       if (!this.running) throw new VhostUserError('VHOST_DISCONNECTED', `QEMU exited before the console showed ${String(pattern)}; ${tail()}`);
@@ -237,8 +239,11 @@ export class QemuProcess extends BackendHandle {
 
   /** Waits for the guest's `VHU-RESULT` line of `job` (see scripts/build-initramfs.sh) and returns its JSON. */
   async guestResult(job: string, timeoutMs: number): Promise<Record<string, unknown>> {
-    await this.waitConsole(`VHU-RESULT {"job":"${job}"`, timeoutMs);
-    return parseGuestResults(this.console()).find((r) => r['job'] === job)!;
+    const line = await this.waitConsole(`VHU-RESULT {"job":"${job}"`, timeoutMs);
+    const result = parseGuestResults(line)[0];
+    // Kernel messages can break into a console line; printk is quiet in the guest, so this is rare.
+    if (!result) throw new VhostUserError('VHOST_INVALID_PAYLOAD', `the guest's ${job} result line is not JSON: ${line}`);
+    return result;
   }
 
   /** `query-status`: 'running', 'prelaunch', 'inmigrate', 'postmigrate', 'paused', ... */
