@@ -10,6 +10,7 @@ import { readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
 import { isVhostUserError } from '../../lib/errors.js';
+import { TraceProxy } from '../../lib/trace/trace-proxy.js';
 import {
   findExecutable,
   findKernel,
@@ -48,6 +49,7 @@ function guestPattern(word: string, bytes: number): Buffer {
 describe('launch/qemu: QEMU 7.2 against the reference back-end @integration', function () {
   this.timeout(60_000);
   const qemus: QemuProcess[] = [];
+  const proxies: TraceProxy[] = [];
   const dirs: string[] = [];
 
   before(function () {
@@ -60,6 +62,7 @@ describe('launch/qemu: QEMU 7.2 against the reference back-end @integration', fu
   afterEach(async () => {
     // QEMU first (it is the client), then the back-ends.
     await Promise.all(qemus.splice(0).map((q) => q.stop()));
+    await Promise.all(proxies.splice(0).map((p) => p.close()));
     await stopAll();
     await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
   });
@@ -67,9 +70,27 @@ describe('launch/qemu: QEMU 7.2 against the reference back-end @integration', fu
   it('no guest (-S): the init conversation with a net and a blk back-end succeeds; QMP errors are typed', async () => {
     const net = await startReferenceBackend({ device: 'net', queues: 2 });
     const blk = await startReferenceBackend({ device: 'blk', size: 16 << 20 });
-    const q = await startQemu({ guest: 'none', net: [{ socket: net.socketPath }], blk: [{ socket: blk.socketPath }] });
+    // Through the tracing proxy, to see QEMU's requests and the back-ends' answers.
+    const dir = await makeTempDir('vhost-qemu-init-');
+    dirs.push(dir);
+    const pn = await TraceProxy.start({ listen: path.join(dir, 'net.sock'), connect: net.socketPath });
+    const pb = await TraceProxy.start({ listen: path.join(dir, 'blk.sock'), connect: blk.socketPath });
+    proxies.push(pn, pb);
+    const q = await startQemu({ guest: 'none', net: [{ socket: pn.listenPath }], blk: [{ socket: pb.listenPath }] });
     qemus.push(q);
     expect(await q.status()).to.equal('prelaunch');
+    // notes §9: QEMU 7.2's init, before any guest runs; every request that asks was answered.
+    for (const [proxy, last] of [[pn, 'SET_VRING_ENABLE'], [pb, 'GET_CONFIG']] as const) {
+      const deadline = Date.now() + 5000;
+      while (!proxy.messages.some((m) => m.from === 'frontend' && m.request === last) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      const sent = proxy.messages.filter((m) => m.from === 'frontend').map((m) => m.request);
+      expect(sent.slice(0, 6), proxy.connectPath).to.deep.equal(['GET_FEATURES', 'GET_PROTOCOL_FEATURES', 'SET_PROTOCOL_FEATURES', 'GET_QUEUE_NUM', 'GET_MAX_MEM_SLOTS', 'SET_OWNER']);
+      expect(sent).to.include.members(['SET_VRING_CALL', 'SET_VRING_ERR', last]);
+      const asked = proxy.messages.filter((m) => m.from === 'frontend' && (m.request.startsWith('GET_') || m.needReply)).length;
+      expect(proxy.messages.filter((m) => m.from === 'backend' && m.reply).length, `${proxy.connectPath}: one answer per question`).to.equal(asked);
+    }
+    const config = pb.messages.find((m) => m.from === 'backend' && m.request === 'GET_CONFIG')!;
+    expect(config.size, 'GET_CONFIG answered with 57 bytes of config (12-byte header first)').to.equal(12 + 57);
     // vhost-user-blk realises the device with GET_CONFIG: QEMU would have exited on a bad answer.
     const devices = await q.virtioDevices();
     expect(devices.map((d) => d.name).sort()).to.deep.equal(['virtio-blk', 'virtio-net']);
