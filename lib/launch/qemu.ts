@@ -63,7 +63,7 @@ export interface QemuOptions {
   net?: readonly QemuNetDevice[];
   /** vhost-user blk devices, in PCI order. */
   blk?: readonly QemuBlkDevice[];
-  /** 'none' (`-S`, default), 'ipxe' (`-boot n` with the net option ROM) or 'linux'. */
+  /** 'none' (`-S`, default; not with `incoming`), 'ipxe' (`-boot n` with the net option ROM) or 'linux'. */
   guest?: 'none' | 'ipxe' | 'linux';
   /** Guest RAM in MiB, a shared memfd; default 256. */
   memoryMiB?: number;
@@ -415,7 +415,8 @@ export async function startQemu(opts: QemuOptions = {}): Promise<QemuProcess> {
     args.push('-chardev', `socket,id=vhublk${i},path=${qemuValue(b.socket)}`);
     args.push('-device', [`vhost-user-blk-pci,chardev=vhublk${i},num-queues=${b.numQueues ?? 1}`, ...(b.packed ? ['packed=on'] : [])].join(','));
   });
-  if (guest === 'none') args.push('-S');
+  // A migration destination waits for the stream anyway, and runs the guest it receives.
+  if (guest === 'none' && !incomingUri) args.push('-S');
   if (guest === 'ipxe') args.push('-boot', 'n');
   if (guest === 'linux') {
     const vhu = Object.entries(opts.guestArgs ?? {}).map(([k, v]) => `vhu.${k}=${v}`);
