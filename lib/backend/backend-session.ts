@@ -86,7 +86,12 @@ export class BackendSession implements DeviceRings {
   }
 
   private newRing(index: number): Vring {
-    const r = new Vring(index, this.host.faults.isEmpty ? null : (i) => this.host.faults.takeRingFault(this.id, i));
+    const faults = this.host.faults;
+    const r = new Vring(
+      index,
+      faults.isEmpty ? null : (i) => faults.takeRingFault(this.id, i),
+      faults.isEmpty ? null : (i, name) => faults.takeLogFault(this.id, i, name),
+    );
     r.log = this.loggingLog();
     return r;
   }
@@ -174,6 +179,27 @@ export class BackendSession implements DeviceRings {
       throw violation('VHOST_BAD_FLAGS', 'NEED_REPLY set but REPLY_ACK was not negotiated', frontendRequestName(m.request), "vhost-user.rst, 'REPLY_ACK'");
     }
     this.reply(m.request, U64.encode(value), fault);
+  }
+
+  /**
+   * The write-after-stop fault (faults.ts): 30 ms after GET_VRING_BASE stopped
+   * `r`, flip bit 0 of the device area's first word (split used.flags
+   * NO_NOTIFY, packed device event flags), a write the front-end no longer
+   * expects (vhost-user.rst, "Starting and stopping rings": a stopped ring is
+   * not processed).
+   */
+  private writeAfterStop(r: Vring): void {
+    const a = r.addr;
+    if (a === null) return;
+    const timer = setTimeout(() => {
+      try {
+        const b = this.memory.bytes(this.memory.userToGpa(a.usedUserAddr, 2), 2);
+        b[0] = b[0]! ^ 1;
+      } catch {
+        // The memory is gone with the connection: there is nothing left to write into.
+      }
+    }, 30);
+    timer.unref();
   }
 
   /** The fault planned for this request, if any (faults.ts). */
@@ -393,6 +419,7 @@ export class BackendSession implements DeviceRings {
         const r = this.ring(s.index, name);
         const base = r.stop();
         this.updatePolling();
+        if (!this.host.faults.isEmpty && this.host.faults.takeLogFault(this.id, r.index, 'write-after-stop')) this.writeAfterStop(r);
         return VringState.encode({ index: s.index, num: base });
       }
       case R.SET_VRING_KICK: {

@@ -87,6 +87,8 @@ export class Vring {
   constructor(
     readonly index: number,
     private readonly ringFault: RingFaultSource | null = null,
+    /** Dirty-logging faults (faults.ts, LOG_FAULTS): whether to leave this write out of the log. */
+    private readonly logFault: ((ring: number, name: 'unlogged-write' | 'unlogged-used') => boolean) | null = null,
   ) {}
 
   /** True when a device queue model (split or packed) is built. */
@@ -383,7 +385,7 @@ export class Vring {
    */
   private logPush(c: Chain, len: number, slot: number): void {
     const log = this.log!;
-    let left = len;
+    let left = this.logFault?.(this.index, 'unlogged-write') ? 0 : len;
     for (const seg of c.segments) {
       if (left <= 0) break;
       if (!seg.writable) continue;
@@ -393,6 +395,7 @@ export class Vring {
     }
     const a = this.addr;
     if (a === null || (a.flags & VHOST_VRING_F_LOG) === 0) return;
+    if (this.logFault?.(this.index, 'unlogged-used')) return;
     if (this.split) {
       const used = Number(a.logGuestAddr);
       log.mark(used + 4 + 8 * (slot % this.num), 8); // vring_used_elem

@@ -417,6 +417,31 @@ export class BlkQueue {
     );
   }
 
+  /**
+   * Where this queue's request parts live in guest memory (for migration tools
+   * that must know who writes what): the 16-byte request headers (driver), the
+   * auxiliary slots (discard tables written by the driver; GET_ID answers by the
+   * device), the status bytes (device), and the bounce space.
+   */
+  areas(): {
+    /** Request headers, one per slot. */
+    headers: { gpa: number; length: number };
+    /** Auxiliary slots, 32 bytes each. */
+    aux: { gpa: number; length: number };
+    /** Status bytes, one per slot. */
+    status: { gpa: number; length: number };
+    /** Bounce space (allocBuffer). */
+    heap: { gpa: number; length: number };
+  } {
+    const n = this.status.length;
+    return {
+      headers: { gpa: this.headerGpa, length: n * BLK_REQ_HEADER_SIZE },
+      aux: { gpa: this.auxGpa, length: n * AUX_SIZE },
+      status: { gpa: this.statusGpa, length: n },
+      heap: { gpa: this.heap.base, length: this.heap.size },
+    };
+  }
+
   /** A buffer in this queue's bounce space for readInto/writeFrom; throws VHOST_BUSY when the space is exhausted. */
   allocBuffer(length: number): GuestBuffer {
     const gpa = this.heap.alloc(length, BOUNCE_ALIGN);
