@@ -157,7 +157,8 @@ export async function migrateWorkload(workload: MigrationWorkload, target: strin
       differingAfterCopy: afterCopy,
       pages: verifier.pageCount,
     };
-    const precision = { ok: loggedUnchanged.length === 0, loggedPages: verifier.loggedCount, loggedUnchanged };
+    const loggedForeign = verifier.loggedForeign();
+    const precision = { ok: loggedForeign.length === 0, loggedPages: verifier.loggedCount, loggedForeign, loggedUnchanged };
     const report: MigrationReport = {
       verified: completeness.ok && precision.ok && quiet.length === 0 && exactlyOnce.ok,
       device: workload.kind,

@@ -78,13 +78,15 @@ export interface MigrationReport {
       /** Pages compared each round. */
       pages: number;
     };
-    /** (b) Pages logged that never changed. */
+    /** (b) Pages logged for writes that did not happen. */
     precision: {
-      /** Holds. */
+      /** Holds: no page logged that holds nothing the device writes. */
       ok: boolean;
       /** Pages ever logged. */
       loggedPages: number;
-      /** Logged, never changed. */
+      /** Logged, and nothing there is device-writable: the failures. */
+      loggedForeign: PageFinding[];
+      /** Logged, and never seen changed at a sync (evidence, not a failure: a write of the same bytes looks the same). */
       loggedUnchanged: PageFinding[];
     };
     /** (c) Nothing written into the source's memory after GET_VRING_BASE. */
@@ -108,7 +110,7 @@ export function summarize(r: MigrationReport): string[] {
   return [
     `migrated ${r.device} (${r.ring}${r.ring === 'packed' ? `, log at ${r.packedLogAddr}` : ''}): ${r.rounds.length} rounds, ${(r.bytesCopied / 1048576).toFixed(1)} MiB copied, downtime ${r.downtimeMs.toFixed(1)} ms, total ${r.totalMs.toFixed(0)} ms`,
     `completeness: ${v.completeness.ok ? 'ok' : `FAILED, unlogged pages ${pages(v.completeness.unlogged)}`}`,
-    `precision: ${v.precision.ok ? `ok (${v.precision.loggedPages} pages logged)` : `FAILED, logged but never changed: ${pages(v.precision.loggedUnchanged)}`}`,
+    `precision: ${v.precision.ok ? `ok (${v.precision.loggedPages} pages logged, ${v.precision.loggedUnchanged.length} never seen changed)` : `FAILED, logged where the device writes nothing: ${pages(v.precision.loggedForeign)}`}`,
     `quiet: ${v.quiet.ok ? `ok (${v.quiet.watchedMs} ms watched)` : `FAILED, written after GET_VRING_BASE: ${pages(v.quiet.changed)}`}`,
     `exactly once: ${v.exactlyOnce.ok ? 'ok' : 'FAILED'} (${v.exactlyOnce.submitted} sent, ${v.exactlyOnce.completed} back, ${v.exactlyOnce.duplicates} duplicates, ${v.exactlyOnce.lost} lost of which ${v.exactlyOnce.lostInFlight} in flight at switchover)`,
     `device state: ${r.deviceState.transferred ? `${r.deviceState.bytes} bytes carried` : `not carried (${r.deviceState.reason})`}; RARP ${r.rarp.sent ? `sent, ${r.rarp.framesSeen} seen` : 'not sent'}`,

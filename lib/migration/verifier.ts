@@ -21,8 +21,11 @@
  * the device keeps working on the destination; a real migration would have lost
  * those writes.
  *
- * Precision: a page logged at least once that never changed during the whole
- * migration was logged for a write that did not happen. Quiet: the source
+ * Precision: a page logged at least once that holds nothing the device writes
+ * (only driver areas, or unused memory) was logged for a write the device
+ * cannot have made: a wrong log address. Pages logged that never differed at
+ * any sync are reported too, as evidence only (a write of the bytes already
+ * there, such as a status byte, looks the same). Quiet: the source
  * memory is kept (the back-end still maps it) and compared at the end with a
  * snapshot taken after the last copy: any page changed was written after
  * GET_VRING_BASE.
@@ -266,7 +269,20 @@ export class MigrationVerifier {
     return [...this.confirmed.values()].sort((a, b) => a.page - b.page);
   }
 
-  /** Pages logged at least once that never changed. */
+  /**
+   * Pages logged at least once that hold nothing the device may write (only
+   * driver areas, or no area): the back-end logged a write it had no business
+   * doing, or logged at the wrong address. Sound, unlike "never changed", which
+   * rounds cannot prove (a status byte written with the value it had).
+   */
+  loggedForeign(): PageFinding[] {
+    return [...this.loggedEver]
+      .filter((p) => !this.deviceRanges.has(p))
+      .sort((a, b) => a - b)
+      .map((page) => ({ page, areas: describePage(this.areas, page), round: -1 }));
+  }
+
+  /** Pages logged at least once that never differed at any sync (evidence only: a write of the same bytes looks the same). */
   loggedUnchanged(): PageFinding[] {
     return [...this.loggedEver]
       .filter((p) => !this.changedEver.has(p))
