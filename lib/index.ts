@@ -43,6 +43,8 @@ export {
   type RingStart,
   type DeviceReconnectReport,
   type DeviceHandOverReport,
+  type HandOverSteps,
+  type PackedLogAddr,
 } from './devices/vhost-device.js';
 export {
   VirtioNet,
@@ -132,3 +134,4 @@ export {
   type RawHandshake,
   type SpawnedBackend,
 } from './conformance/index.js';
+export * from './migration/index.js';
