@@ -204,6 +204,8 @@ type Connector = (timeoutMs: number, signal: AbortSignal) => Promise<VhostUserCl
 /** The status a started device reports (virtio 1.2 §3.1.1, steps 1-8). */
 const DRIVER_OK_STATUS = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK;
 const HUGE_PAGE = 2 * 1024 * 1024;
+/** Where the first ring starts: page 0 is left unused (see allocate). */
+const RING_BASE = PAGE;
 /** Transport bits the layer decides on, whatever a device wishes. */
 const LAYER_BITS =
   bit(VirtioFeature.VIRTIO_RING_F_EVENT_IDX) | bit(VirtioFeature.VIRTIO_F_RING_PACKED) | bit(VirtioFeature.VIRTIO_F_IN_ORDER) | bit(VirtioFeature.VHOST_F_LOG_ALL);
@@ -388,13 +390,17 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
     if (max !== null && count > max) throw new VhostUserError('VHOST_INVALID_ARGUMENT', `${count} rings asked for; the back-end serves at most ${max}`);
     const indirectMax = hasBit(features, VirtioFeature.VIRTIO_RING_F_INDIRECT_DESC) ? (plan.indirectMax ?? 0) : 0;
     const perRing = ringBytes(this.ring, size, indirectMax);
-    this.dataStart = perRing * count;
+    // Page 0 stays unused (as in a PC guest, whose page 0 holds the real-mode
+    // interrupt table): DPDK takes a log_guest_addr of 0 for a failed translation
+    // (log_translate) and stops serving the ring, and a packed ring's log address
+    // is its descriptor ring.
+    this.dataStart = RING_BASE + perRing * count;
     this.mem = GuestMemory.create({ size: alignUp(this.dataStart + alignUp(plan.dataBytes, PAGE), HUGE_PAGE) });
     const eventIdx = hasBit(features, VirtioFeature.VIRTIO_RING_F_EVENT_IDX);
     const inOrder = hasBit(features, VirtioFeature.VIRTIO_F_IN_ORDER);
     const create = this.options.createQueue ?? defaultCreateQueue;
     for (let i = 0; i < count; i++) {
-      const vq = create(this.ring, { memory: this.mem, index: i, size, ringGpa: i * perRing, eventIdx, indirectMax, inOrder });
+      const vq = create(this.ring, { memory: this.mem, index: i, size, ringGpa: RING_BASE + i * perRing, eventIdx, indirectMax, inOrder });
       const kick = new EventFd();
       let call: EventFd;
       try {

@@ -62,6 +62,10 @@ export class BlkWorkload implements MigrationWorkload {
     return this.blk.device;
   }
 
+  get submittedCount(): number {
+    return this.submitted;
+  }
+
   get completedCount(): number {
     return this.completed;
   }
@@ -146,7 +150,7 @@ export class BlkWorkload implements MigrationWorkload {
     this.firstError ??= what;
   }
 
-  async finish(): Promise<ExactlyOnceReport> {
+  async finish(marks: { loggingOn: number; switchover: number }): Promise<ExactlyOnceReport> {
     this.stopping = true;
     this.running = false;
     for (const w of this.wake.splice(0)) w();
@@ -167,6 +171,8 @@ export class BlkWorkload implements MigrationWorkload {
       lost: this.submitted - this.completed,
       lostInFlight: 0,
       unexpectedLosses: [],
+      lostRanges: [],
+      marks,
       rule:
         'a blk ring is drained by GET_VRING_BASE, so no request may be lost; a request completed twice breaks the ring (VHOST_RING_ID_NOT_OUTSTANDING) and fails; ' +
         `every block's last write is read back on the destination (${this.mismatches} mismatches${this.firstError ? `; first problem: ${this.firstError}` : ''})`,

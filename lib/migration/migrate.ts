@@ -78,6 +78,7 @@ export async function migrateWorkload(workload: MigrationWorkload, target: strin
     const verifier = new MigrationVerifier(source, destination, workload.areas());
     const t0 = performance.now();
     const at = () => performance.now() - t0;
+    const marks = { loggingOn: workload.submittedCount, switchover: 0 };
     await device.startDirtyLog({ packedLogAddr });
     // Writes before this sync are in the full copy below.
     device.syncDirtyLog();
@@ -104,6 +105,7 @@ export async function migrateWorkload(workload: MigrationWorkload, target: strin
 
     // Switchover.
     workload.pause();
+    marks.switchover = workload.submittedCount;
     const tPause = performance.now();
     let inFlight: InFlightReport = { resumedOnDestination: [], takenNotDelivered: 0 };
     let bases: number[] = [];
@@ -147,7 +149,7 @@ export async function migrateWorkload(workload: MigrationWorkload, target: strin
 
     await sleep(options.afterMs ?? 300);
     const quiet = verifier.quietCheck(destination);
-    const exactlyOnce = await workload.finish();
+    const exactlyOnce = await workload.finish(marks);
     const unlogged = verifier.unlogged();
     const loggedUnchanged = verifier.loggedUnchanged();
     const completeness = {

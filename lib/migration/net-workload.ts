@@ -72,6 +72,10 @@ export class NetWorkload implements MigrationWorkload {
     return this.net.device;
   }
 
+  get submittedCount(): number {
+    return this.sent;
+  }
+
   get completedCount(): number {
     return this.received;
   }
@@ -173,7 +177,7 @@ export class NetWorkload implements MigrationWorkload {
     return n;
   }
 
-  async finish(): Promise<ExactlyOnceReport> {
+  async finish(marks: { loggingOn: number; switchover: number }): Promise<ExactlyOnceReport> {
     this.running = false;
     this.finishing = true;
     this.schedule();
@@ -189,7 +193,7 @@ export class NetWorkload implements MigrationWorkload {
     }
     this.finishing = false;
     this.pause();
-    return this.judge();
+    return this.judge(marks);
   }
 
   /**
@@ -204,7 +208,7 @@ export class NetWorkload implements MigrationWorkload {
    * arrive; a gap below the last delivered frame is a drop mid-stream; any frame
    * counted twice is a duplicate. All of those fail the check.
    */
-  private judge(): ExactlyOnceReport {
+  private judge(marks: { loggingOn: number; switchover: number }): ExactlyOnceReport {
     const consumed = this.consumedBySource < 0 ? this.sent : this.consumedBySource;
     let lastDelivered = -1;
     for (let s = consumed - 1; s >= 0; s--) {
@@ -216,9 +220,13 @@ export class NetWorkload implements MigrationWorkload {
     let lost = 0;
     let allowed = 0;
     const unexpected: number[] = [];
+    const ranges: [number, number][] = [];
     for (let s = 0; s < this.sent; s++) {
       if (this.seen[s] !== 0) continue;
       lost++;
+      const r = ranges.at(-1);
+      if (r !== undefined && r[1] === s - 1) r[1] = s;
+      else if (ranges.length < 20) ranges.push([s, s]);
       if (s > lastDelivered && s < consumed) allowed++;
       else if (unexpected.length < 20) unexpected.push(s);
     }
@@ -230,6 +238,8 @@ export class NetWorkload implements MigrationWorkload {
       lost,
       lostInFlight: allowed,
       unexpectedLosses: unexpected,
+      lostRanges: ranges,
+      marks,
       rule: `frames ${lastDelivered + 1}..${consumed - 1} were taken by the source and not delivered before GET_VRING_BASE: a loss there is allowed (virtio-net may drop); any other loss or a duplicate fails`,
     };
   }

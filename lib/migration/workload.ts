@@ -24,6 +24,10 @@ export interface ExactlyOnceReport {
   lostInFlight: number;
   /** The first lost items not allowed (sequence numbers). */
   unexpectedLosses: number[];
+  /** Lost items as ranges [first, last] (at most 20), to set beside the marks. */
+  lostRanges: [number, number][];
+  /** Items submitted when dirty logging went on and when the guest paused for the switchover. */
+  marks: { loggingOn: number; switchover: number };
   /** Why losses were allowed or not (the rule applied). */
   rule: string;
 }
@@ -56,8 +60,10 @@ export interface MigrationWorkload {
   switchover(bases: readonly number[]): InFlightReport;
   /** Migrates the device to `target` (device-specific steps such as SEND_RARP); see VhostDevice.handOver. */
   handOver(target: string, steps: WorkloadHandOverSteps): Promise<{ ms: number; rarp: boolean; old: import('../client/vhost-user-client.js').VhostUserClient | null }>;
-  /** Stops submitting, waits for what is outstanding (bounded), and judges exactly-once. */
-  finish(): Promise<ExactlyOnceReport>;
+  /** Stops submitting, waits for what is outstanding (bounded), and judges exactly-once; `marks` are put in the report. */
+  finish(marks: { loggingOn: number; switchover: number }): Promise<ExactlyOnceReport>;
+  /** Items submitted so far (sequence numbers below this were handed to the device). */
+  readonly submittedCount: number;
   /** Items completed so far (for progress lines). */
   readonly completedCount: number;
   /** Announcements (RARP frames) seen by the driver. */
