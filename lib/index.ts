@@ -57,6 +57,7 @@ export {
   type ReconnectOptions,
   type ReconnectReport,
   type HandOverReport,
+  type NetHandOverOptions,
   type GuestArea,
 } from './devices/net/virtio-net.js';
 export * from './devices/net/virtio-net-hdr.js';
@@ -83,6 +84,8 @@ export {
   type BlkQueueCounters,
   type BlkQueueOptions,
   type GuestBuffer,
+  type BlkArea,
+  type BlkQueueAreas,
 } from './devices/blk/blk-queue.js';
 export { BlkBatch, BlkBatchResults } from './devices/blk/blk-batch.js';
 export { VirtioBlk, type VirtioBlkOptions, type VirtioBlkEvents, type BlkReconnectReport } from './devices/blk/virtio-blk.js';
@@ -106,6 +109,7 @@ export {
   FAULT_NAMES,
   MESSAGE_FAULTS,
   RING_FAULTS,
+  LOG_FAULTS,
   parseFault,
   formatFault,
   FaultPlan,
@@ -113,6 +117,7 @@ export {
   type FaultName,
   type MessageFaultName,
   type RingFaultName,
+  type LogFaultName,
 } from './backend/faults.js';
 export {
   runConformance,

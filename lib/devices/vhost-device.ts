@@ -159,16 +159,16 @@ export interface HandOverSteps {
    * not stopped before GET_VRING_BASE; whatever is still on afterwards is
    * stopped then. `old` is the stopped back-end's connection.
    */
-  afterStop?(bases: readonly number[], old: VhostUserClient): Promise<void>;
+  afterStop?: (bases: readonly number[], old: VhostUserClient) => Promise<void>;
   /**
    * On the new back-end after SET_FEATURES and the device's own steps, before the
    * memory table and the rings: where a migration loads the back-end's state
    * (SET_DEVICE_STATE_FD, vhost-user.rst "Migrating back-end state": the device
    * is stopped while its state is transferred).
    */
-  beforeStart?(client: VhostUserClient): Promise<void>;
+  beforeStart?: (client: VhostUserClient) => Promise<void>;
   /** After the new back-end runs (net: SEND_RARP). */
-  afterStart?(client: VhostUserClient): Promise<void>;
+  afterStart?: (client: VhostUserClient) => Promise<void>;
   /**
    * Leave the old connection open (default false: closed once the new back-end
    * runs); it is then the caller's, returned in the report. A migration keeps

@@ -8,11 +8,10 @@
  * (driver-written buffers) and reads (device-written buffers) sit in areas the
  * verifier can tell apart.
  */
-import type { VhostUserClient } from '../client/vhost-user-client.js';
 import { VirtioBlk, type VirtioBlkOptions } from '../devices/blk/virtio-blk.js';
 import type { GuestBuffer } from '../devices/blk/blk-queue.js';
 import { ringAreas, type MemoryArea } from './memory-map.js';
-import type { ExactlyOnceReport, InFlightReport, MigrationWorkload, WorkloadHandOverSteps } from './workload.js';
+import type { ExactlyOnceReport, InFlightReport, MigrationWorkload, WorkloadHandOver, WorkloadHandOverSteps, WorkloadMarks } from './workload.js';
 import { resumedCount } from '../devices/vring-setup.js';
 
 const LANES = 16;
@@ -39,7 +38,10 @@ export class BlkWorkload implements MigrationWorkload {
   private wake: (() => void)[] = [];
   private lanesDone: Promise<void>[] = [];
 
-  private constructor(readonly blk: VirtioBlk) {
+  private constructor(
+    /** The driver. */
+    readonly blk: VirtioBlk,
+  ) {
     const q = blk.queue(0);
     this.writeBuf = q.allocBuffer(LANES * BLOCK);
     this.readBuf = q.allocBuffer(LANES * BLOCK);
@@ -104,7 +106,7 @@ export class BlkWorkload implements MigrationWorkload {
     return { resumedOnDestination: this.blk.device.queues.map((q, i) => resumedCount(q.vq, bases[i]!)), takenNotDelivered: 0, outstanding: this.submitted - this.completed - this.failed };
   }
 
-  async handOver(target: string, steps: WorkloadHandOverSteps): Promise<{ ms: number; rarp: boolean; old: VhostUserClient | null }> {
+  async handOver(target: string, steps: WorkloadHandOverSteps): Promise<WorkloadHandOver> {
     const r = await this.blk.device.handOver(target, { afterStop: steps.afterStop, beforeStart: steps.beforeStart, keepOld: steps.keepOld });
     return { ms: r.ms, rarp: false, old: r.old };
   }
@@ -150,7 +152,7 @@ export class BlkWorkload implements MigrationWorkload {
     this.firstError ??= what;
   }
 
-  async finish(marks: { loggingOn: number; switchover: number }): Promise<ExactlyOnceReport> {
+  async finish(marks: WorkloadMarks): Promise<ExactlyOnceReport> {
     this.stopping = true;
     this.running = false;
     for (const w of this.wake.splice(0)) w();

@@ -7,4 +7,4 @@ export { describePage, ringAreas, type AreaWriter, type MemoryArea } from './mem
 export { summarize, type DeviceStateReport, type MigrationReport, type RoundReport } from './report.js';
 export { migrationSvg } from './svg.js';
 export { loadDeviceState, saveDeviceState } from './device-state.js';
-export type { ExactlyOnceReport, InFlightReport, MigrationWorkload, WorkloadHandOverSteps } from './workload.js';
+export type { ExactlyOnceReport, InFlightReport, MigrationWorkload, WorkloadHandOver, WorkloadHandOverSteps, WorkloadMarks } from './workload.js';

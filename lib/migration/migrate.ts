@@ -111,11 +111,15 @@ export async function migrateWorkload(workload: MigrationWorkload, target: strin
     let bases: number[] = [];
     let state: Uint8Array | null = null;
     let afterCopy = 0;
+    const parts = { stopRingsMs: 0, lastCopyMs: 0, saveStateMs: 0, startDestinationMs: 0 };
+    let tStart = 0;
     const deviceState: DeviceStateReport = { transferred: false, bytes: 0, reason: 'disabled' };
     const wantState = options.deviceState ?? true;
     const hand = await workload.handOver(target, {
       keepOld: true,
       afterStop: async (b, oldClient) => {
+        parts.stopRingsMs = performance.now() - tPause;
+        const c0 = performance.now();
         bases = [...b];
         const r = verifier.round(device.syncDirtyLog(), true);
         rounds.push({ round: rounds.length, atMs: at(), switchover: true, ...r });
@@ -124,9 +128,13 @@ export async function migrateWorkload(workload: MigrationWorkload, target: strin
         // From here the driver's views show the destination memory; `destination` holds the source's
         // memfds. Done before any await, so no driver write (a blk completion) falls between copy and swap.
         source.swapBacking(destination);
+        parts.lastCopyMs = performance.now() - c0;
         inFlight = workload.switchover(b);
+        const s0 = performance.now();
         if (wantState && oldClient.hasProtocolFeature(ProtocolFeature.DEVICE_STATE)) state = await saveDeviceState(oldClient);
         else deviceState.reason = wantState ? 'the source does not offer DEVICE_STATE' : 'disabled';
+        parts.saveStateMs = performance.now() - s0;
+        tStart = performance.now();
       },
       beforeStart: async (client) => {
         if (state === null) return;
@@ -136,11 +144,12 @@ export async function migrateWorkload(workload: MigrationWorkload, target: strin
         }
         await loadDeviceState(client, state);
         deviceState.transferred = true;
-        deviceState.bytes = (state as Uint8Array).length;
+        deviceState.bytes = state.length;
         delete deviceState.reason;
       },
     });
     old = hand.old;
+    parts.startDestinationMs = performance.now() - tStart;
     workload.resume();
     const guestPausedMs = performance.now() - tPause;
     const totalMs = at();
@@ -169,6 +178,7 @@ export async function migrateWorkload(workload: MigrationWorkload, target: strin
       memoryBytes: source.totalSize,
       unloggedPages: unlogged.map((f) => f.page),
       downtimeMs: round1(hand.ms),
+      downtimeParts: { stopRingsMs: round1(parts.stopRingsMs), lastCopyMs: round1(parts.lastCopyMs), saveStateMs: round1(parts.saveStateMs), startDestinationMs: round1(parts.startDestinationMs) },
       guestPausedMs: round1(guestPausedMs),
       totalMs: round1(totalMs),
       rounds: rounds.map((r) => ({ ...r, atMs: round1(r.atMs) })),

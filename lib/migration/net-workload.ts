@@ -9,12 +9,11 @@
  * At most half the RX ring is outstanding, so a forwarding back-end never finds
  * the RX ring full (testpmd drops such frames): a loss is then the migration's.
  */
-import type { VhostUserClient } from '../client/vhost-user-client.js';
 import { RxBurst, type VirtioNet } from '../devices/net/virtio-net.js';
 import { resumedCount } from '../devices/vring-setup.js';
 import { ETHERTYPE_RARP, parseMac } from '../net/frame-builder.js';
 import { ringAreas, type MemoryArea } from './memory-map.js';
-import type { ExactlyOnceReport, InFlightReport, MigrationWorkload, WorkloadHandOverSteps } from './workload.js';
+import type { ExactlyOnceReport, InFlightReport, MigrationWorkload, WorkloadHandOver, WorkloadHandOverSteps, WorkloadMarks } from './workload.js';
 
 /** Local experimental EtherType (IEEE 802 "local experimental 1"): these frames are ours. */
 const ETHERTYPE_TEST = 0x88b5;
@@ -44,7 +43,11 @@ export class NetWorkload implements MigrationWorkload {
   private lastProgress = 0;
   private credit = 0;
 
-  constructor(readonly net: VirtioNet) {
+  /** @param net the driver whose traffic this is (closed by close()). */
+  constructor(
+    /** The driver. */
+    readonly net: VirtioNet,
+  ) {
     this.window = net.queueSize >> 1;
     this.mac = net.config?.mac ? parseMac(net.config.mac) : Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56);
     const mac = this.mac;
@@ -121,7 +124,7 @@ export class NetWorkload implements MigrationWorkload {
     return { resumedOnDestination: [resumedCount(rx, bases[0]!), txResumed], takenNotDelivered: this.consumedBySource - delivered };
   }
 
-  async handOver(target: string, steps: WorkloadHandOverSteps): Promise<{ ms: number; rarp: boolean; old: VhostUserClient | null }> {
+  async handOver(target: string, steps: WorkloadHandOverSteps): Promise<WorkloadHandOver> {
     const r = await this.net.handOver(target, { afterStop: steps.afterStop, beforeStart: steps.beforeStart, keepOld: steps.keepOld, mac: this.mac });
     return { ms: r.ms, rarp: r.rarp, old: r.old };
   }
@@ -177,7 +180,7 @@ export class NetWorkload implements MigrationWorkload {
     return n;
   }
 
-  async finish(marks: { loggingOn: number; switchover: number }): Promise<ExactlyOnceReport> {
+  async finish(marks: WorkloadMarks): Promise<ExactlyOnceReport> {
     this.running = false;
     this.finishing = true;
     this.schedule();
@@ -208,7 +211,7 @@ export class NetWorkload implements MigrationWorkload {
    * arrive; a gap below the last delivered frame is a drop mid-stream; any frame
    * counted twice is a duplicate. All of those fail the check.
    */
-  private judge(marks: { loggingOn: number; switchover: number }): ExactlyOnceReport {
+  private judge(marks: WorkloadMarks): ExactlyOnceReport {
     const consumed = this.consumedBySource < 0 ? this.sent : this.consumedBySource;
     let lastDelivered = -1;
     for (let s = consumed - 1; s >= 0; s--) {

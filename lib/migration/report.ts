@@ -42,6 +42,17 @@ export interface MigrationReport {
   unloggedPages: number[];
   /** From the first GET_VRING_BASE to the destination running (after DRIVER_OK and SEND_RARP). */
   downtimeMs: number;
+  /** Where the downtime went: GET_VRING_BASE on every ring, the last sync and copy, saving the device state, starting the destination (connect, handshake, state load, memory, rings, DRIVER_OK, SEND_RARP). */
+  downtimeParts: {
+    /** Pausing the guest and GET_VRING_BASE on every ring. */
+    stopRingsMs: number;
+    /** The last log sync, comparison and copy, and the switch to the destination memory. */
+    lastCopyMs: number;
+    /** SET_DEVICE_STATE_FD (save) and CHECK_DEVICE_STATE on the source. */
+    saveStateMs: number;
+    /** Logging off on the source, then the destination: connect, handshake, state load, memory table, rings, DRIVER_OK, SEND_RARP. */
+    startDestinationMs: number;
+  };
   /** From the guest pausing to it running again on the destination. */
   guestPausedMs: number;
   /** From logging on to the destination running. */
@@ -108,7 +119,7 @@ export function summarize(r: MigrationReport): string[] {
   const v = r.verification;
   const pages = (f: { page: number; areas: string[] }[]) => f.slice(0, 8).map((x) => `${x.page} (${x.areas.join('; ')})`).join(', ') + (f.length > 8 ? `, ... ${f.length} in all` : '');
   return [
-    `migrated ${r.device} (${r.ring}${r.ring === 'packed' ? `, log at ${r.packedLogAddr}` : ''}): ${r.rounds.length} rounds, ${(r.bytesCopied / 1048576).toFixed(1)} MiB copied, downtime ${r.downtimeMs.toFixed(1)} ms, total ${r.totalMs.toFixed(0)} ms`,
+    `migrated ${r.device} (${r.ring}${r.ring === 'packed' ? `, log at ${r.packedLogAddr}` : ''}): ${r.rounds.length} rounds, ${(r.bytesCopied / 1048576).toFixed(1)} MiB copied, downtime ${r.downtimeMs.toFixed(1)} ms (GET_VRING_BASE ${r.downtimeParts.stopRingsMs}, last copy ${r.downtimeParts.lastCopyMs}, state ${r.downtimeParts.saveStateMs}, destination start ${r.downtimeParts.startDestinationMs}), total ${r.totalMs.toFixed(0)} ms`,
     `completeness: ${v.completeness.ok ? 'ok' : `FAILED, unlogged pages ${pages(v.completeness.unlogged)}`}`,
     `precision: ${v.precision.ok ? `ok (${v.precision.loggedPages} pages logged, ${v.precision.loggedUnchanged.length} never seen changed)` : `FAILED, logged where the device writes nothing: ${pages(v.precision.loggedForeign)}`}`,
     `quiet: ${v.quiet.ok ? `ok (${v.quiet.watchedMs} ms watched)` : `FAILED, written after GET_VRING_BASE: ${pages(v.quiet.changed)}`}`,

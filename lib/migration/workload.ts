@@ -5,6 +5,7 @@
  * on the destination, and in the end says whether every frame or request
  * completed exactly once.
  */
+import type { VhostUserClient } from '../client/vhost-user-client.js';
 import type { VhostDevice } from '../devices/vhost-device.js';
 import type { MemoryArea } from './memory-map.js';
 
@@ -27,9 +28,27 @@ export interface ExactlyOnceReport {
   /** Lost items as ranges [first, last] (at most 20), to set beside the marks. */
   lostRanges: [number, number][];
   /** Items submitted when dirty logging went on and when the guest paused for the switchover. */
-  marks: { loggingOn: number; switchover: number };
+  marks: WorkloadMarks;
   /** Why losses were allowed or not (the rule applied). */
   rule: string;
+}
+
+/** Items submitted by two moments of a migration (sequence numbers below were handed to the device). */
+export interface WorkloadMarks {
+  /** When dirty logging went on. */
+  loggingOn: number;
+  /** When the guest paused for the switchover. */
+  switchover: number;
+}
+
+/** What a workload's hand-over did. */
+export interface WorkloadHandOver {
+  /** From the first GET_VRING_BASE to the destination running. */
+  ms: number;
+  /** Whether SEND_RARP went to the destination. */
+  rarp: boolean;
+  /** The source's connection, still open (keepOld), for the caller to close. */
+  old: VhostUserClient | null;
 }
 
 /** What was in flight when the source stopped. */
@@ -59,9 +78,9 @@ export interface MigrationWorkload {
   /** After GET_VRING_BASE on every ring: records what was in flight, from the bases. */
   switchover(bases: readonly number[]): InFlightReport;
   /** Migrates the device to `target` (device-specific steps such as SEND_RARP); see VhostDevice.handOver. */
-  handOver(target: string, steps: WorkloadHandOverSteps): Promise<{ ms: number; rarp: boolean; old: import('../client/vhost-user-client.js').VhostUserClient | null }>;
+  handOver(target: string, steps: WorkloadHandOverSteps): Promise<WorkloadHandOver>;
   /** Stops submitting, waits for what is outstanding (bounded), and judges exactly-once; `marks` are put in the report. */
-  finish(marks: { loggingOn: number; switchover: number }): Promise<ExactlyOnceReport>;
+  finish(marks: WorkloadMarks): Promise<ExactlyOnceReport>;
   /** Items submitted so far (sequence numbers below this were handed to the device). */
   readonly submittedCount: number;
   /** Items completed so far (for progress lines). */
@@ -75,9 +94,9 @@ export interface MigrationWorkload {
 /** The steps migrate() runs inside the hand-over (see HandOverSteps). */
 export interface WorkloadHandOverSteps {
   /** After GET_VRING_BASE on the source, logging still on. */
-  afterStop(bases: readonly number[], old: import('../client/vhost-user-client.js').VhostUserClient): Promise<void>;
+  afterStop: (bases: readonly number[], old: VhostUserClient) => Promise<void>;
   /** On the destination before its memory and rings (device state load). */
-  beforeStart(client: import('../client/vhost-user-client.js').VhostUserClient): Promise<void>;
+  beforeStart: (client: VhostUserClient) => Promise<void>;
   /** Keep the source connection open (returned). */
   keepOld: boolean;
 }

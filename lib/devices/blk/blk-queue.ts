@@ -101,6 +101,26 @@ export interface BlkQueueOptions {
   strictUsedLen?: boolean;
 }
 
+/** A range of guest memory. */
+export interface BlkArea {
+  /** Guest physical address of the first byte. */
+  gpa: number;
+  /** Bytes. */
+  length: number;
+}
+
+/** Where a queue's request parts live (see {@link BlkQueue.areas}). */
+export interface BlkQueueAreas {
+  /** Request headers, one per slot (driver-written). */
+  headers: BlkArea;
+  /** Auxiliary slots, 32 bytes each. */
+  aux: BlkArea;
+  /** Status bytes, one per slot (device-written). */
+  status: BlkArea;
+  /** Bounce space (allocBuffer). */
+  heap: BlkArea;
+}
+
 /** A buffer in guest memory: what the zero-copy scatter-gather calls take. */
 export interface GuestBuffer {
   /** Guest physical address of the first byte. */
@@ -423,16 +443,7 @@ export class BlkQueue {
    * auxiliary slots (discard tables written by the driver; GET_ID answers by the
    * device), the status bytes (device), and the bounce space.
    */
-  areas(): {
-    /** Request headers, one per slot. */
-    headers: { gpa: number; length: number };
-    /** Auxiliary slots, 32 bytes each. */
-    aux: { gpa: number; length: number };
-    /** Status bytes, one per slot. */
-    status: { gpa: number; length: number };
-    /** Bounce space (allocBuffer). */
-    heap: { gpa: number; length: number };
-  } {
+  areas(): BlkQueueAreas {
     const n = this.status.length;
     return {
       headers: { gpa: this.headerGpa, length: n * BLK_REQ_HEADER_SIZE },
