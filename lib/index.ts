@@ -140,3 +140,4 @@ export {
   type SpawnedBackend,
 } from './conformance/index.js';
 export * from './migration/index.js';
+export * from './trace/index.js';
