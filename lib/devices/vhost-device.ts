@@ -77,6 +77,12 @@ export interface VhostDeviceOptions extends VhostUserClientOptions {
   inflight?: boolean;
   /** Protocol features to accept if offered (default SUPPORTED_PROTOCOL_FEATURES; INFLIGHT_SHMFD is added by `inflight`). */
   protocolFeatures?: bigint;
+  /**
+   * Guest memory of at least this many bytes (default: what the rings and the
+   * device's buffers need, rounded up to 2 MiB); the rest is guest RAM nobody
+   * touches, as in a real guest, for migration experiments of a realistic size.
+   */
+  memorySize?: number;
 }
 
 /** A feature bit the device cannot run without. */
@@ -395,7 +401,7 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
     // (log_translate) and stops serving the ring, and a packed ring's log address
     // is its descriptor ring.
     this.dataStart = RING_BASE + perRing * count;
-    this.mem = GuestMemory.create({ size: alignUp(this.dataStart + alignUp(plan.dataBytes, PAGE), HUGE_PAGE) });
+    this.mem = GuestMemory.create({ size: alignUp(Math.max(this.dataStart + alignUp(plan.dataBytes, PAGE), this.options.memorySize ?? 0), HUGE_PAGE) });
     const eventIdx = hasBit(features, VirtioFeature.VIRTIO_RING_F_EVENT_IDX);
     const inOrder = hasBit(features, VirtioFeature.VIRTIO_F_IN_ORDER);
     const create = this.options.createQueue ?? defaultCreateQueue;

@@ -41,6 +41,7 @@ export class NetWorkload implements MigrationWorkload {
   private readonly fill: (frame: Uint8Array, i: number) => number;
   private readonly mac: Uint8Array;
   private lastProgress = 0;
+  private lastTick = 0;
   private credit = 0;
 
   /** @param net the driver whose traffic this is (closed by close()). */
@@ -136,6 +137,10 @@ export class NetWorkload implements MigrationWorkload {
   private readonly tick = (): void => {
     this.timer = null;
     if (!this.running && !this.finishing) return;
+    // A long gap between ticks is this process busy (a copy round), not frames lost: no credit for it.
+    const now = Date.now();
+    if (now - this.lastTick > 20) this.lastProgress = now;
+    this.lastTick = now;
     this.receive();
     if (this.running) {
       // A frame lost for good leaves the window smaller; a quiet RX for 50 ms gives it back.

@@ -80,12 +80,14 @@ export class MigrationVerifier {
   /** Guest pages per region start: pages are numbered by GPA. */
   private readonly regions: Region[];
   private readonly deviceRanges = new Map<number, DeviceRange[]>();
+  /** Pages holding any area (rings, buffers): the only ones the driver or a correct device writes. */
+  private readonly areaPages = new Set<number>();
   private readonly loggedEver = new Set<number>();
   private readonly changedEver = new Set<number>();
   /** Back-end writes not logged: page to the round and areas it was seen in. */
   private suspects = new Map<number, PageFinding>();
   private readonly confirmed = new Map<number, PageFinding>();
-  private snapshot: Buffer[] | null = null;
+  private snapshot: Map<number, Buffer> | null = null;
   private roundNo = 0;
   /** Pages that differed at the last round before its copy. */
   differingAtSwitchover = 0;
@@ -107,6 +109,7 @@ export class MigrationVerifier {
       return { gpa: r.guestPhysAddr, pages: r.size / VIRTIO_PAGE, src: view(source), dst: view(destination) };
     });
     for (const a of areas) {
+      for (let p = Math.floor(a.gpa / VIRTIO_PAGE); p * VIRTIO_PAGE < a.gpa + a.length; p++) this.areaPages.add(p);
       if (a.writer === 'driver') continue;
       for (let gpa = a.gpa; gpa < a.gpa + a.length; ) {
         const page = Math.floor(gpa / VIRTIO_PAGE);
@@ -146,50 +149,91 @@ export class MigrationVerifier {
     // Suspects of the previous round: logged late (fine) or never (confirmed).
     for (const [page, f] of this.suspects) if (!loggedSet.has(page)) this.confirmed.set(page, f);
     this.suspects = new Map();
-    let driverPages = 0;
-    let copied = 0;
-    let differing = 0;
+    const n = { driverPages: 0, copied: 0, differing: 0 };
     for (const page of logged) this.loggedEver.add(page);
+    if (last) {
+      // In the downtime only the pages that can have changed: the log's and the areas'
+      // (rings and buffers: where the driver and the device write). Plain guest RAM is
+      // compared by sweepPlainPages() once the destination runs.
+      const pages = new Set([...this.areaPages, ...loggedSet]);
+      for (const page of pages) this.judge(page, loggedSet, true, round, n);
+      this.differingAtSwitchover = n.differing;
+      for (const [page, f] of this.suspects) this.confirmed.set(page, f);
+      this.suspects = new Map();
+    } else {
+      for (const r of this.regions) {
+        const first = r.gpa / VIRTIO_PAGE;
+        for (let i = 0; i < r.pages; i++) this.judge(first + i, loggedSet, false, round, n, r, i);
+      }
+    }
+    return { loggedPages: loggedSet.size, driverPages: n.driverPages, dirtyPages: loggedSet.size + n.driverPages, copiedPages: n.copied, bytes: n.copied * VIRTIO_PAGE, suspects: this.suspects.size };
+  }
+
+  /** Compares one page, classifies a change (see the file comment) and copies it. */
+  private judge(page: number, loggedSet: Set<number>, last: boolean, round: number, n: { driverPages: number; copied: number; differing: number }, region?: Region, index?: number): void {
+    const r = region ?? this.regionOfPage(page);
+    if (r === undefined) return;
+    const i = index ?? page - r.gpa / VIRTIO_PAGE;
+    const o = i * VIRTIO_PAGE;
+    const isLogged = loggedSet.has(page);
+    if (r.src.compare(r.dst, o, o + VIRTIO_PAGE, o, o + VIRTIO_PAGE) === 0) {
+      if (isLogged) n.copied++; // a hypervisor copies what the log names, changed or not (nothing to do here)
+      return;
+    }
+    n.differing++;
+    this.changedEver.add(page);
+    if (!isLogged) {
+      const device = this.deviceWrites(r, i);
+      if (device.length > 0) {
+        const finding = { page, areas: device, round };
+        if (last) this.confirmed.set(page, finding);
+        else this.suspects.set(page, finding);
+      } else {
+        n.driverPages++;
+      }
+    }
+    r.src.copy(r.dst, o, o, o + VIRTIO_PAGE);
+    n.copied++;
+  }
+
+  private regionOfPage(page: number): Region | undefined {
+    return this.regions.find((r) => page >= r.gpa / VIRTIO_PAGE && page < r.gpa / VIRTIO_PAGE + r.pages);
+  }
+
+  /**
+   * After the switchover, with the source stopped and `source`/`destination` of
+   * the constructor now showing the destination's and the source's memory
+   * (swapBacking): the pages outside every area (plain guest RAM, which neither
+   * the driver nor a correct device writes) are compared between the two. A page
+   * that differs was written by the source back-end after the last copy of the
+   * precopy rounds and never logged. Outside the downtime: it scans all of memory.
+   */
+  sweepPlainPages(): PageFinding[] {
+    const out: PageFinding[] = [];
     for (const r of this.regions) {
       const first = r.gpa / VIRTIO_PAGE;
       for (let i = 0; i < r.pages; i++) {
         const page = first + i;
+        if (this.areaPages.has(page)) continue;
         const o = i * VIRTIO_PAGE;
-        const changed = r.src.compare(r.dst, o, o + VIRTIO_PAGE, o, o + VIRTIO_PAGE) !== 0;
-        const isLogged = loggedSet.has(page);
-        if (!changed) {
-          if (isLogged) copied++; // a hypervisor copies what the log names, changed or not (nothing to do here)
-          continue;
+        if (r.src.compare(r.dst, o, o + VIRTIO_PAGE, o, o + VIRTIO_PAGE) !== 0 && !this.confirmed.has(page)) {
+          const f = { page, areas: describePage(this.areas, page), round: this.roundNo - 1 };
+          this.confirmed.set(page, f);
+          out.push(f);
         }
-        differing++;
-        this.changedEver.add(page);
-        if (!isLogged) {
-          const device = this.deviceWrites(r, i);
-          if (device.length > 0) {
-            const finding = { page, areas: device, round };
-            if (last) this.confirmed.set(page, finding);
-            else this.suspects.set(page, finding);
-          } else {
-            driverPages++;
-          }
-        }
-        r.src.copy(r.dst, o, o, o + VIRTIO_PAGE);
-        copied++;
       }
     }
-    if (last) {
-      this.differingAtSwitchover = differing;
-      for (const [page, f] of this.suspects) this.confirmed.set(page, f);
-      this.suspects = new Map();
-    }
-    return { loggedPages: loggedSet.size, driverPages, dirtyPages: loggedSet.size + driverPages, copiedPages: copied, bytes: copied * VIRTIO_PAGE, suspects: this.suspects.size };
+    return out;
   }
 
-  /** Pages still different between source and destination (0 after a round: the byte-for-byte check at switchover). */
+  /** Area pages still different between source and destination (0 after the last round: the byte-for-byte check at switchover; plain RAM is sweepPlainPages()'s). */
   differingPages(): number {
     let n = 0;
-    for (const r of this.regions) {
-      for (let o = 0; o < r.src.length; o += VIRTIO_PAGE) if (r.src.compare(r.dst, o, o + VIRTIO_PAGE, o, o + VIRTIO_PAGE) !== 0) n++;
+    for (const page of this.areaPages) {
+      const r = this.regionOfPage(page);
+      if (r === undefined) continue;
+      const o = (page - r.gpa / VIRTIO_PAGE) * VIRTIO_PAGE;
+      if (r.src.compare(r.dst, o, o + VIRTIO_PAGE, o, o + VIRTIO_PAGE) !== 0) n++;
     }
     return n;
   }
@@ -237,30 +281,41 @@ export class MigrationVerifier {
     return this.areas.some((a) => a.gpa < start + VIRTIO_PAGE && a.gpa + a.length > start);
   }
 
-  /** Keeps a copy of the destination as it is now (right after the last copy), for {@link quietCheck}. */
+  /**
+   * Keeps a copy of the area pages of the destination as they are now (right
+   * after the last copy), for {@link quietCheck}; plain guest RAM needs none: the
+   * destination keeps it unchanged, so it is its own snapshot.
+   */
   takeSnapshot(): void {
-    this.snapshot = this.regions.map((r) => Buffer.from(r.dst));
+    this.snapshot = new Map();
+    for (const page of this.areaPages) {
+      const r = this.regionOfPage(page);
+      if (r === undefined) continue;
+      const o = (page - r.gpa / VIRTIO_PAGE) * VIRTIO_PAGE;
+      this.snapshot.set(page, Buffer.from(r.dst.subarray(o, o + VIRTIO_PAGE)));
+    }
   }
 
   /**
-   * Pages of `sourceNow` (the source memory, still mapped by the old back-end)
-   * that differ from the snapshot: written after GET_VRING_BASE.
+   * Pages of the source memory (still mapped by the old back-end; after the swap
+   * it is what the constructor's `destination` shows) that changed since the
+   * switchover: area pages against the snapshot, plain RAM against the destination
+   * memory (which nothing writes there). Written after GET_VRING_BASE.
    */
-  quietCheck(sourceNow: GuestMemory): PageFinding[] {
+  quietCheck(): PageFinding[] {
     if (this.snapshot === null) throw new VhostUserError('VHOST_INVALID_STATE', 'no snapshot taken');
     const out: PageFinding[] = [];
-    this.regions.forEach((r, k) => {
-      const snap = this.snapshot![k]!;
-      const w = sourceNow.window(r.gpa, r.pages * VIRTIO_PAGE);
-      const now = Buffer.from(w.buffer, w.byteOffset, r.pages * VIRTIO_PAGE);
+    for (const r of this.regions) {
+      const first = r.gpa / VIRTIO_PAGE;
       for (let i = 0; i < r.pages; i++) {
+        const page = first + i;
         const o = i * VIRTIO_PAGE;
-        if (now.compare(snap, o, o + VIRTIO_PAGE, o, o + VIRTIO_PAGE) !== 0) {
-          const page = r.gpa / VIRTIO_PAGE + i;
-          out.push({ page, areas: describePage(this.areas, page), round: this.roundNo });
-        }
+        const snap = this.snapshot.get(page);
+        // After the swap `dst` shows the source, `src` the destination.
+        const changed = snap !== undefined ? r.dst.compare(snap, 0, VIRTIO_PAGE, o, o + VIRTIO_PAGE) !== 0 : !this.confirmed.has(page) && r.src.compare(r.dst, o, o + VIRTIO_PAGE, o, o + VIRTIO_PAGE) !== 0;
+        if (changed) out.push({ page, areas: describePage(this.areas, page), round: this.roundNo });
       }
-    });
+    }
     return out;
   }
 

@@ -60,6 +60,8 @@ export interface VirtioNetOptions extends VhostUserClientOptions {
   rxBufferSize?: number;
   /** Bytes per TX slot, header included (default 2048): the largest frame is this minus 12. */
   txSlotSize?: number;
+  /** Guest memory of at least this many bytes (see VhostDeviceOptions.memorySize). */
+  memorySize?: number;
   /** Send NET_SET_MTU when the back-end offers MTU. */
   mtu?: number;
   /** Replaces how virtqueues are built (fault injection); by default split or packed per `ring`. */
