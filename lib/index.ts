@@ -43,6 +43,8 @@ export {
   type RingStart,
   type DeviceReconnectReport,
   type DeviceHandOverReport,
+  type HandOverSteps,
+  type PackedLogAddr,
 } from './devices/vhost-device.js';
 export {
   VirtioNet,
@@ -55,6 +57,7 @@ export {
   type ReconnectOptions,
   type ReconnectReport,
   type HandOverReport,
+  type NetHandOverOptions,
   type GuestArea,
 } from './devices/net/virtio-net.js';
 export * from './devices/net/virtio-net-hdr.js';
@@ -81,6 +84,8 @@ export {
   type BlkQueueCounters,
   type BlkQueueOptions,
   type GuestBuffer,
+  type BlkArea,
+  type BlkQueueAreas,
 } from './devices/blk/blk-queue.js';
 export { BlkBatch, BlkBatchResults } from './devices/blk/blk-batch.js';
 export { VirtioBlk, type VirtioBlkOptions, type VirtioBlkEvents, type BlkReconnectReport } from './devices/blk/virtio-blk.js';
@@ -104,6 +109,7 @@ export {
   FAULT_NAMES,
   MESSAGE_FAULTS,
   RING_FAULTS,
+  LOG_FAULTS,
   parseFault,
   formatFault,
   FaultPlan,
@@ -111,6 +117,7 @@ export {
   type FaultName,
   type MessageFaultName,
   type RingFaultName,
+  type LogFaultName,
 } from './backend/faults.js';
 export {
   runConformance,
@@ -132,4 +139,5 @@ export {
   type RawHandshake,
   type SpawnedBackend,
 } from './conformance/index.js';
+export * from './migration/index.js';
 export * from './trace/index.js';

@@ -15,12 +15,14 @@ import {
   VHOST_USER_REPLY_MASK,
   VHOST_USER_VERSION,
   VHOST_USER_VERSION_MASK,
+  VHOST_USER_VRING_NOFD_MASK,
   VirtioFeature,
   bit,
   frontendRequestName,
   hasBit,
 } from '../protocol/constants.js';
-import { Config, Inflight, Log, MemoryTable, SingleMemoryRegion, U64, VringState, decodeVringFdIndex, VringAddr } from '../protocol/payloads.js';
+import { Config, DeviceStateTransfer as DeviceStateTransferPayload, Inflight, Log, MemoryTable, SingleMemoryRegion, U64, VringState, decodeVringFdIndex, VringAddr } from '../protocol/payloads.js';
+import { DeviceStateTransfer } from './device-state.js';
 import { frontendRequestSpec, type RequestSpec } from '../protocol/requests.js';
 import type { Connection, VhostUserMessage } from '../transport/connection.js';
 import { closeAll } from '../transport/msg-scratch.js';
@@ -68,6 +70,8 @@ export class BackendSession implements DeviceRings {
   closed = false;
   /** The dirty log from SET_LOG_BASE (LOG_SHMFD), or null. */
   private log: DirtyLog | null = null;
+  /** SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE (DEVICE_STATE). */
+  private readonly stateTransfer: DeviceStateTransfer;
   /** The inflight area (INFLIGHT_SHMFD): allocated by GET_INFLIGHT_FD, replaced by SET_INFLIGHT_FD. */
   private inflight: InflightArea | null = null;
   /** An fd to send with the next reply (GET_INFLIGHT_FD); closed once sent. */
@@ -82,11 +86,17 @@ export class BackendSession implements DeviceRings {
     private readonly host: SessionHost,
   ) {
     this.memory = new BackendMemory(host.maxMemSlots);
+    this.stateTransfer = new DeviceStateTransfer(host.device);
     this.rings = Array.from({ length: host.queueNum }, (_, index) => this.newRing(index));
   }
 
   private newRing(index: number): Vring {
-    const r = new Vring(index, this.host.faults.isEmpty ? null : (i) => this.host.faults.takeRingFault(this.id, i));
+    const faults = this.host.faults;
+    const r = new Vring(
+      index,
+      faults.isEmpty ? null : (i) => faults.takeRingFault(this.id, i),
+      faults.isEmpty ? null : (i, name) => faults.takeLogFault(this.id, i, name),
+    );
     r.log = this.loggingLog();
     return r;
   }
@@ -174,6 +184,27 @@ export class BackendSession implements DeviceRings {
       throw violation('VHOST_BAD_FLAGS', 'NEED_REPLY set but REPLY_ACK was not negotiated', frontendRequestName(m.request), "vhost-user.rst, 'REPLY_ACK'");
     }
     this.reply(m.request, U64.encode(value), fault);
+  }
+
+  /**
+   * The write-after-stop fault (faults.ts): 30 ms after GET_VRING_BASE stopped
+   * `r`, flip bit 0 of the device area's first word (split used.flags
+   * NO_NOTIFY, packed device event flags), a write the front-end no longer
+   * expects (vhost-user.rst, "Starting and stopping rings": a stopped ring is
+   * not processed).
+   */
+  private writeAfterStop(r: Vring): void {
+    const a = r.addr;
+    if (a === null) return;
+    const timer = setTimeout(() => {
+      try {
+        const b = this.memory.bytes(this.memory.userToGpa(a.usedUserAddr, 2), 2);
+        b[0] = b[0]! ^ 1;
+      } catch {
+        // The memory is gone with the connection: there is nothing left to write into.
+      }
+    }, 30);
+    timer.unref();
   }
 
   /** The fault planned for this request, if any (faults.ts). */
@@ -393,6 +424,7 @@ export class BackendSession implements DeviceRings {
         const r = this.ring(s.index, name);
         const base = r.stop();
         this.updatePolling();
+        if (!this.host.faults.isEmpty && this.host.faults.takeLogFault(this.id, r.index, 'write-after-stop')) this.writeAfterStop(r);
         return VringState.encode({ index: s.index, num: base });
       }
       case R.SET_VRING_KICK: {
@@ -490,6 +522,24 @@ export class BackendSession implements DeviceRings {
         this.setInflight(area, false);
         this.replyFds = [fd];
         return Inflight.encode({ mmapSize: BigInt(mmapSize), mmapOffset: 0n, numQueues: req.numQueues, queueSize: req.queueSize });
+      }
+      case R.SET_DEVICE_STATE_FD: {
+        const t = DeviceStateTransferPayload.decode(m.payload, name);
+        const fd = m.fds[0]!;
+        m.fds = [];
+        // vhost-user.rst, "Migrating back-end state": phase STOPPED, every ring stopped.
+        if (this.rings.some((r) => r.started)) {
+          closeAll([fd]);
+          return U64.encode(1n | BigInt(VHOST_USER_VRING_NOFD_MASK));
+        }
+        this.stateTransfer.begin(t.direction, fd);
+        // Bit 8: no fd of ours comes back; the front-end's pipe is used.
+        return U64.encode(BigInt(VHOST_USER_VRING_NOFD_MASK));
+      }
+      case R.CHECK_DEVICE_STATE: {
+        const failure = this.stateTransfer.check();
+        if (failure !== null) this.host.report('refused', violationInfo(this.id, new VhostUserError('VHOST_BACKEND_FAILED', failure, { request: name, rule: "vhost-user.rst, 'Migrating back-end state'" })));
+        return U64.encode(failure === null ? 0n : 1n);
       }
       case R.SET_INFLIGHT_FD: {
         const desc = Inflight.decode(m.payload, name);
@@ -642,6 +692,7 @@ export class BackendSession implements DeviceRings {
     this.log = null;
     this.inflight?.close();
     this.inflight = null;
+    this.stateTransfer.abort();
     this.conn.close(reason);
   }
 }

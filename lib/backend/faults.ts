@@ -49,15 +49,29 @@ export const RING_FAULTS = {
   'stop-ring': 'stop serving the ring: kicks are ignored and nothing completes',
 } as const;
 
+/**
+ * Faults on dirty logging (vhost-user.rst, "Migration"): the mistakes that make a
+ * live migration silently corrupt the guest. They act only while logging is on;
+ * a target is a vring index. Name to what the back-end then does.
+ * @enum
+ */
+export const LOG_FAULTS = {
+  'unlogged-write': 'leave the buffer bytes a completion wrote (RX frame, blk data and status) out of the dirty log',
+  'unlogged-used': 'leave the used entry and used.idx (packed: the descriptor written back) out of the dirty log',
+  'write-after-stop': 'write into the ring (split: used.flags; packed: the device event area) 30 ms after answering GET_VRING_BASE',
+} as const;
+
 /** A fault on the reply to a request: a key of {@link MESSAGE_FAULTS}. */
 export type MessageFaultName = keyof typeof MESSAGE_FAULTS;
 /** A fault on a used ring: a key of {@link RING_FAULTS}. */
 export type RingFaultName = keyof typeof RING_FAULTS;
+/** A fault on dirty logging: a key of {@link LOG_FAULTS}. */
+export type LogFaultName = keyof typeof LOG_FAULTS;
 /** Any fault the reference back-end can inject (`serve --fault NAME`). */
-export type FaultName = MessageFaultName | RingFaultName;
+export type FaultName = MessageFaultName | RingFaultName | LogFaultName;
 
 /** Every fault name, message faults first: what `serve --fault` accepts. */
-export const FAULT_NAMES: readonly FaultName[] = [...Object.keys(MESSAGE_FAULTS), ...Object.keys(RING_FAULTS)] as FaultName[];
+export const FAULT_NAMES: readonly FaultName[] = [...Object.keys(MESSAGE_FAULTS), ...Object.keys(RING_FAULTS), ...Object.keys(LOG_FAULTS)] as FaultName[];
 
 /** One fault to inject, and where: `{ name: 'nak', request: 'SET_VRING_ENABLE' }`. */
 export interface Fault {
@@ -77,6 +91,11 @@ export function isRingFault(name: FaultName): name is RingFaultName {
   return name in RING_FAULTS;
 }
 
+/** Whether `name` is a dirty-logging fault (its target is a ring index). */
+export function isLogFault(name: FaultName): name is LogFaultName {
+  return name in LOG_FAULTS;
+}
+
 /** Parses `NAME[@REQUEST|@RING]`, the command-line form. */
 export function parseFault(text: string): Fault {
   const at = text.indexOf('@');
@@ -86,7 +105,7 @@ export function parseFault(text: string): Fault {
     throw new VhostUserError('VHOST_INVALID_ARGUMENT', `unknown fault '${name}'; one of: ${FAULT_NAMES.join(', ')}`);
   }
   if (target === undefined) return { name };
-  if (isRingFault(name)) {
+  if (isRingFault(name) || isLogFault(name)) {
     const ring = Number(target);
     if (!/^\d+$/.test(target) || ring > 255) throw new VhostUserError('VHOST_INVALID_ARGUMENT', `fault ${name} targets a ring index, not '${target}'`);
     return { name, ring };
@@ -144,7 +163,7 @@ export class FaultPlan {
    */
   takeMessageFault(connection: number, request: string, replies: boolean, needReply: boolean): Fault | null {
     return this.take(connection, (f) => {
-      if (isRingFault(f.name)) return false;
+      if (isRingFault(f.name) || isLogFault(f.name)) return false;
       if (f.request !== undefined && f.request !== request) return false;
       switch (f.name) {
         case 'disconnect-before':
@@ -161,6 +180,26 @@ export class FaultPlan {
   /** The ring fault (other than stop-ring) to apply to the next completion on `ring`, if one matches. */
   takeRingFault(connection: number, ring: number): Fault | null {
     return this.take(connection, (f) => isRingFault(f.name) && f.name !== 'stop-ring' && (f.ring === undefined || f.ring === ring));
+  }
+
+  /**
+   * Whether the logging fault `name` applies now to `ring` (it is consulted only
+   * while logging is on). Fires once, or on every match with `repeat`; either
+   * way `fired` and onFire see its first firing only, as these are asked on the
+   * packet path.
+   */
+  takeLogFault(connection: number, ring: number, name: LogFaultName): boolean {
+    for (const f of this.faults) {
+      if (f.name !== name || (f.ring !== undefined && f.ring !== ring)) continue;
+      const before = this.hasFired(f);
+      if (before && !f.repeat) continue;
+      if (!before) {
+        this.fired.push({ fault: f, connection });
+        this.onFire(f, connection);
+      }
+      return true;
+    }
+    return false;
   }
 
   /** Whether `ring` is not to be served (stop-ring). Fires once per connection it applies to. */

@@ -71,6 +71,8 @@ export class Vring {
   packed: PackedDeviceQueue | null = null;
   /** net TX: a chain taken from the ring, waiting for an RX buffer. */
   pendingTx: Chain | null = null;
+  /** GPA of the device area (split used ring, packed device event suppression) of the built queue model. */
+  private usedGpa = 0;
   /** Set while VHOST_F_LOG_ALL is negotiated and a log is shared: every write is logged there. */
   log: DirtyLog | null = null;
   /** This ring's region of the inflight area (INFLIGHT_SHMFD), when one is set. */
@@ -87,6 +89,8 @@ export class Vring {
   constructor(
     readonly index: number,
     private readonly ringFault: RingFaultSource | null = null,
+    /** Dirty-logging faults (faults.ts, LOG_FAULTS): whether to leave this write out of the log. */
+    private readonly logFault: ((ring: number, name: 'unlogged-write' | 'unlogged-used') => boolean) | null = null,
   ) {}
 
   /** True when a device queue model (split or packed) is built. */
@@ -209,6 +213,7 @@ export class Vring {
     if (this.hasQueue) return;
     if (this.addr === null || this.num === 0) return;
     const gpa = this.translate(memory, this.addr, packed, 'SET_VRING_ADDR');
+    this.usedGpa = gpa.used;
     try {
       if (packed) {
         this.packed = new PackedDeviceQueue(memory, { size: this.num, desc: gpa.desc, driver: gpa.avail, device: gpa.used, end: gpa.used + 4 }, { eventIdx, base: this.base });
@@ -326,6 +331,13 @@ export class Vring {
 
   /** Pops the next available chain; the queue model must be built. */
   take(): Chain | null {
+    const c = this.takeChain();
+    // Popping may rewrite the event suppression words (avail_event, packed device event).
+    if (this.log !== null && !(this.logFault?.(this.index, 'unlogged-used') ?? false)) this.logDeviceWords();
+    return c;
+  }
+
+  private takeChain(): Chain | null {
     if (this.split) {
       const again = this.resubmit.shift();
       if (again !== undefined) return fromSplit(this.split.chainAt(again));
@@ -374,6 +386,26 @@ export class Vring {
   }
 
   /**
+   * Logs the device's notification words, which it writes outside completions
+   * (virtio 1.2 §2.7.10, §2.8.10): split used.flags and avail_event (the word
+   * after used.ring), packed device event suppression. Their place follows from
+   * the ring's own device area (SET_VRING_ADDR's used address), whatever
+   * log_guest_addr says.
+   */
+  private logDeviceWords(): void {
+    const a = this.addr;
+    const log = this.log;
+    if (a === null || log === null || (a.flags & VHOST_VRING_F_LOG) === 0 || !this.hasQueue) return;
+    const used = this.usedGpa;
+    if (this.split) {
+      log.mark(used, 2);
+      log.mark(used + 4 + 8 * this.num, 2);
+    } else if (this.packed) {
+      log.mark(used, 4);
+    }
+  }
+
+  /**
    * Logs what completing `c` wrote (vhost-user.rst, "Migration"): the first `len`
    * bytes of its writable segments, and, when the ring was set up with
    * VHOST_VRING_F_LOG, the used entry and used.idx at log_guest_addr (split) or
@@ -383,7 +415,7 @@ export class Vring {
    */
   private logPush(c: Chain, len: number, slot: number): void {
     const log = this.log!;
-    let left = len;
+    let left = this.logFault?.(this.index, 'unlogged-write') ? 0 : len;
     for (const seg of c.segments) {
       if (left <= 0) break;
       if (!seg.writable) continue;
@@ -393,6 +425,8 @@ export class Vring {
     }
     const a = this.addr;
     if (a === null || (a.flags & VHOST_VRING_F_LOG) === 0) return;
+    if (this.logFault?.(this.index, 'unlogged-used')) return;
+    this.logDeviceWords();
     if (this.split) {
       const used = Number(a.logGuestAddr);
       log.mark(used + 4 + 8 * (slot % this.num), 8); // vring_used_elem

@@ -27,7 +27,11 @@ import {
 } from '../protocol/constants.js';
 import {
   Config,
+  decodeDeviceStateFdReply,
   decodePackedVringBase,
+  DeviceStateTransfer,
+  TransferDirection,
+  TransferPhase,
   Inflight,
   encodePayload,
   encodeVringFdIndex,
@@ -71,6 +75,7 @@ export const SUPPORTED_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.RESET_DEVICE,
   ProtocolFeature.CONFIGURE_MEM_SLOTS,
   ProtocolFeature.STATUS,
+  ProtocolFeature.DEVICE_STATE,
 ].reduce((mask, b) => mask | bit(b), 0n);
 
 /** Options of {@link VhostUserClient.negotiate}. */
@@ -504,6 +509,46 @@ export class VhostUserClient extends EventEmitter<VhostUserClientEvents> {
       throw error;
     }
     return { fd, mmapSize: v.mmapSize, mmapOffset: v.mmapOffset, numQueues: v.numQueues || numQueues, queueSize: v.queueSize || queueSize };
+  }
+
+  /**
+   * SET_DEVICE_STATE_FD (protocol feature DEVICE_STATE; vhost-user.rst,
+   * "Migrating back-end state"): starts a transfer of the back-end's internal
+   * state in `direction` ('save': the back-end writes it into `fd`; 'load': it
+   * reads it from `fd`), in the only phase there is, STOPPED (every ring stopped).
+   * `fd` is one end of a pipe; it is sent and stays the caller's. The back-end may
+   * answer with an fd of its own to use instead: returned (the caller's to close),
+   * else -1. A non-zero status is VHOST_BACKEND_FAILED.
+   */
+  async setDeviceStateFd(direction: 'save' | 'load', fd: number): Promise<number> {
+    const name = 'SET_DEVICE_STATE_FD';
+    const payload = encodePayload(DeviceStateTransfer, { direction: direction === 'save' ? TransferDirection.SAVE : TransferDirection.LOAD, phase: TransferPhase.STOPPED }, name);
+    const reply = await this.request(R.SET_DEVICE_STATE_FD, { payload, fds: [fd], reply: U64 });
+    const theirs = reply!.fds[0] ?? -1;
+    let r;
+    try {
+      r = decodeDeviceStateFdReply(reply!.value as bigint, name);
+    } catch (e) {
+      if (theirs >= 0) closeFd(theirs);
+      throw e;
+    }
+    // vhost-user.rst: "the back-end ... may set the invalid FD flag ... if it does not return an FD".
+    if (r.status !== 0 || r.nofd !== (theirs < 0)) {
+      if (theirs >= 0) closeFd(theirs);
+      if (r.status !== 0) throw new VhostUserError('VHOST_BACKEND_FAILED', `${name}: the back-end refused the ${direction} transfer (status ${r.status})`, { request: name });
+      throw new VhostUserError('VHOST_INVALID_PAYLOAD', `${name}: the invalid-FD flag ${r.nofd ? 'set with' : 'clear without'} an fd`, { request: name, rule: "vhost-user.rst, 'VHOST_USER_SET_DEVICE_STATE_FD'" });
+    }
+    return theirs;
+  }
+
+  /**
+   * CHECK_DEVICE_STATE (DEVICE_STATE): after the pipe was closed, asks whether
+   * the transfer succeeded; for a load, whether the state read was complete and
+   * valid. A non-zero answer is VHOST_BACKEND_FAILED.
+   */
+  async checkDeviceState(): Promise<void> {
+    const result = await this.u64Reply(R.CHECK_DEVICE_STATE);
+    if (result !== 0n) throw new VhostUserError('VHOST_BACKEND_FAILED', `CHECK_DEVICE_STATE: the back-end reports the transfer failed (${result})`, { request: 'CHECK_DEVICE_STATE' });
   }
 
   /** SET_INFLIGHT_FD: hands an inflight area (from getInflightFd, maybe of an earlier connection) to the back-end. */

@@ -13,7 +13,7 @@ import { VhostUserError } from '../errors.js';
 import { DirtyLog } from '../memory/dirty-log.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { bit, VirtioFeature } from '../protocol/constants.js';
-import { ringAddr, type DeviceQueue } from './vring-setup.js';
+import { ringAddr, type DeviceQueue, type PackedLogAddr } from './vring-setup.js';
 
 /** What logging needs of the device: the rings, their memory, the features the device runs with. @internal */
 export interface LoggedDevice {
@@ -25,6 +25,8 @@ export interface LoggedDevice {
 /** @internal */
 export class DirtyLogging {
   private log: DirtyLog | null = null;
+  /** Where packed rings are told to log (see PackedLogAddr). */
+  packedLogAddr: PackedLogAddr = 'descriptor-ring';
 
   /** The log while logging is on, else null. */
   get active(): DirtyLog | null {
@@ -32,8 +34,9 @@ export class DirtyLogging {
   }
 
   /** Creates the log and turns logging on on `client`; on failure nothing is left behind. */
-  async start(client: VhostUserClient, device: LoggedDevice): Promise<void> {
+  async start(client: VhostUserClient, device: LoggedDevice, packedLogAddr: PackedLogAddr = 'descriptor-ring'): Promise<void> {
     if (this.log) return;
+    this.packedLogAddr = packedLogAddr;
     this.log = DirtyLog.create(Math.max(...device.memory.regions.map((r) => r.guestPhysAddr + r.size)));
     try {
       await this.apply(client, device, true);
@@ -69,6 +72,6 @@ export class DirtyLogging {
     const log = this.log!;
     if (on) await client.setLogBase(log.fd, BigInt(log.size));
     await client.setFeatures(on ? device.features | bit(VirtioFeature.VHOST_F_LOG_ALL) : device.features);
-    for (const q of device.queues) await client.setVringAddr(ringAddr(device.memory, q.vq, on));
+    for (const q of device.queues) await client.setVringAddr(ringAddr(device.memory, q.vq, on, this.packedLogAddr));
   }
 }

@@ -36,9 +36,9 @@ import type { Virtqueue, VirtqueueOptions } from '../virtqueue/virtqueue.js';
 import { DirtyLogging } from './dirty-logging.js';
 import { InflightKeeper } from './inflight.js';
 import { Backoff, type ReconnectOptions } from './reconnect.js';
-import { alignUp, defaultCreateQueue, PAGE, programRings, resumedCount, ringBytes, type DeviceQueue, type RingKind } from './vring-setup.js';
+import { alignUp, defaultCreateQueue, PAGE, programRings, resumedCount, ringBytes, type DeviceQueue, type PackedLogAddr, type RingKind } from './vring-setup.js';
 
-export type { DeviceQueue, RingKind } from './vring-setup.js';
+export type { DeviceQueue, PackedLogAddr, RingKind } from './vring-setup.js';
 export type { ReconnectOptions } from './reconnect.js';
 
 /** Options of a {@link VhostDevice}; devices pass theirs through. */
@@ -77,6 +77,12 @@ export interface VhostDeviceOptions extends VhostUserClientOptions {
   inflight?: boolean;
   /** Protocol features to accept if offered (default SUPPORTED_PROTOCOL_FEATURES; INFLIGHT_SHMFD is added by `inflight`). */
   protocolFeatures?: bigint;
+  /**
+   * Guest memory of at least this many bytes (default: what the rings and the
+   * device's buffers need, rounded up to 2 MiB); the rest is guest RAM nobody
+   * touches, as in a real guest, for migration experiments of a realistic size.
+   */
+  memorySize?: number;
 }
 
 /** A feature bit the device cannot run without. */
@@ -150,12 +156,42 @@ export interface DeviceReconnectReport {
   inflightShared: boolean;
 }
 
+/** Steps a caller runs inside {@link VhostDevice.handOver}. */
+export interface HandOverSteps {
+  /**
+   * After GET_VRING_BASE on every ring of the old back-end, before the new one is
+   * started: a live migration's last dirty-log sync and copy, with logging still
+   * on (QEMU syncs the log after vhost_dev_stop). When given, dirty logging is
+   * not stopped before GET_VRING_BASE; whatever is still on afterwards is
+   * stopped then. `old` is the stopped back-end's connection.
+   */
+  afterStop?: (bases: readonly number[], old: VhostUserClient) => Promise<void>;
+  /**
+   * On the new back-end after SET_FEATURES and the device's own steps, before the
+   * memory table and the rings: where a migration loads the back-end's state
+   * (SET_DEVICE_STATE_FD, vhost-user.rst "Migrating back-end state": the device
+   * is stopped while its state is transferred).
+   */
+  beforeStart?: (client: VhostUserClient) => Promise<void>;
+  /** After the new back-end runs (net: SEND_RARP). */
+  afterStart?: (client: VhostUserClient) => Promise<void>;
+  /**
+   * Leave the old connection open (default false: closed once the new back-end
+   * runs); it is then the caller's, returned in the report. A migration keeps
+   * the source until the end, as QEMU does until the source process quits, so
+   * a write after GET_VRING_BASE can still be seen.
+   */
+  keepOld?: boolean;
+}
+
 /** What {@link VhostDevice.handOver} did. */
 export interface DeviceHandOverReport {
   /** Per ring, in index order: the position the old back-end reported with GET_VRING_BASE and the new one was given. */
   bases: number[];
   /** From the first GET_VRING_BASE to the new back-end running (the `afterStart` step included). */
   ms: number;
+  /** The old back-end's connection with `keepOld` (the caller closes it), else null. */
+  old: VhostUserClient | null;
 }
 
 /** Events of a {@link VhostDevice}. */
@@ -176,6 +212,8 @@ const FEATURES_OK_STATUS = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | Devi
 /** The status a started device reports (virtio 1.2 §3.1.1, steps 1-8). */
 const DRIVER_OK_STATUS = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK;
 const HUGE_PAGE = 2 * 1024 * 1024;
+/** Where the first ring starts: page 0 is left unused (see allocate). */
+const RING_BASE = PAGE;
 /** Transport bits the layer decides on, whatever a device wishes. */
 const LAYER_BITS =
   bit(VirtioFeature.VIRTIO_RING_F_EVENT_IDX) | bit(VirtioFeature.VIRTIO_F_RING_PACKED) | bit(VirtioFeature.VIRTIO_F_IN_ORDER) | bit(VirtioFeature.VHOST_F_LOG_ALL);
@@ -360,13 +398,17 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
     if (max !== null && count > max) throw new VhostUserError('VHOST_INVALID_ARGUMENT', `${count} rings asked for; the back-end serves at most ${max}`);
     const indirectMax = hasBit(features, VirtioFeature.VIRTIO_RING_F_INDIRECT_DESC) ? (plan.indirectMax ?? 0) : 0;
     const perRing = ringBytes(this.ring, size, indirectMax);
-    this.dataStart = perRing * count;
-    this.mem = GuestMemory.create({ size: alignUp(this.dataStart + alignUp(plan.dataBytes, PAGE), HUGE_PAGE) });
+    // Page 0 stays unused (as in a PC guest, whose page 0 holds the real-mode
+    // interrupt table): DPDK takes a log_guest_addr of 0 for a failed translation
+    // (log_translate) and stops serving the ring, and a packed ring's log address
+    // is its descriptor ring.
+    this.dataStart = RING_BASE + perRing * count;
+    this.mem = GuestMemory.create({ size: alignUp(Math.max(this.dataStart + alignUp(plan.dataBytes, PAGE), this.options.memorySize ?? 0), HUGE_PAGE) });
     const eventIdx = hasBit(features, VirtioFeature.VIRTIO_RING_F_EVENT_IDX);
     const inOrder = hasBit(features, VirtioFeature.VIRTIO_F_IN_ORDER);
     const create = this.options.createQueue ?? defaultCreateQueue;
     for (let i = 0; i < count; i++) {
-      const vq = create(this.ring, { memory: this.mem, index: i, size, ringGpa: i * perRing, eventIdx, indirectMax, inOrder });
+      const vq = create(this.ring, { memory: this.mem, index: i, size, ringGpa: RING_BASE + i * perRing, eventIdx, indirectMax, inOrder });
       const kick = new EventFd();
       let call: EventFd;
       try {
@@ -436,7 +478,11 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
    * done first and the back-end must still offer every feature the device runs
    * with; `restart` is what the device's `ready` step is told.
    */
-  private async startOn(client: VhostUserClient, bases: readonly number[] | null, how: { handshake: boolean; restart: boolean }): Promise<RingStart[]> {
+  private async startOn(
+    client: VhostUserClient,
+    bases: readonly number[] | null,
+    how: { handshake: boolean; restart: boolean; beforeStart?: (client: VhostUserClient) => Promise<void> },
+  ): Promise<RingStart[]> {
     const features = this.features;
     if (how.handshake) {
       const n = await client.negotiate({ protocolFeatures: this.protocolMask });
@@ -464,6 +510,7 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
       }
     }
     await this.hooks.configure?.(client);
+    await how.beforeStart?.(client);
     // After SET_FEATURES: the area's layout depends on VIRTIO_F_RING_PACKED (vhost-user.rst, "Inflight I/O tracking").
     this.shared = this.options.inflight ? await this.keeper.share(client, this.list.length, this.list[0]!.vq.size) : false;
     // After the area: the resume hook can tell (inflightShared) whether this back-end resubmits by itself.
@@ -472,7 +519,7 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
       return { index: vq.index, base, resumed: resumedCount(vq, base) };
     });
     await this.shareMemory(client);
-    await programRings(client, this.list, this.memory, rings.map((r) => r.base), log !== null);
+    await programRings(client, this.list, this.memory, rings.map((r) => r.base), log !== null, this.logging.packedLogAddr);
     // As vhost_dev_start: the log before the rings are enabled, so no write goes unlogged.
     if (log) await client.setLogBase(log.fd, BigInt(log.size));
     if (hasBit(features, VirtioFeature.VHOST_USER_F_PROTOCOL_FEATURES)) {
@@ -566,21 +613,26 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
    * the old connection is closed once the new one runs. On failure a connection
    * opened here is closed and the error thrown.
    */
-  async handOver(target: string | VhostUserClient, afterStart?: (client: VhostUserClient) => Promise<void>): Promise<DeviceHandOverReport> {
+  async handOver(target: string | VhostUserClient, steps?: HandOverSteps | ((client: VhostUserClient) => Promise<void>)): Promise<DeviceHandOverReport> {
     this.checkOpen();
     if (!this.running) throw new VhostUserError('VHOST_INVALID_STATE', 'only a running device can be handed over');
+    const { afterStop, afterStart, beforeStart, keepOld } = typeof steps === 'function' ? { afterStart: steps, afterStop: undefined, beforeStart: undefined, keepOld: false } : (steps ?? {});
     const t0 = Date.now();
     const old = this.current;
-    if (this.logging.active) await this.stopDirtyLog();
+    if (this.logging.active && !afterStop) await this.stopDirtyLog();
     const bases = await this.stopRings(old);
+    if (afterStop) {
+      await afterStop(bases, old);
+      if (this.logging.active) await this.stopDirtyLog();
+    }
     const client = typeof target === 'string' ? await VhostUserClient.connect(target, this.options) : target;
     try {
-      await this.startOn(client, bases, { handshake: true, restart: true });
+      await this.startOn(client, bases, { handshake: true, restart: true, beforeStart });
       await afterStart?.(client);
       this.current = client;
       this.watch(client);
-      old.close();
-      return { bases, ms: Date.now() - t0 };
+      if (!keepOld) old.close();
+      return { bases, ms: Date.now() - t0, old: keepOld ? old : null };
     } catch (e) {
       if (typeof target === 'string') client.close();
       throw e;
@@ -607,14 +659,16 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
    * completions (SET_VRING_ADDR with VHOST_VRING_F_LOG). The rings keep running;
    * vhost-user.rst, "Migration", allows both changes on running rings. Read the
    * log with syncDirtyLog(). A reconnect replays the logging too.
+   * `packedLogAddr`: what packed rings are given as log_guest_addr (default the
+   * descriptor ring; 'qemu' the device event area, see PackedLogAddr).
    */
-  async startDirtyLog(): Promise<void> {
+  async startDirtyLog(options: { packedLogAddr?: PackedLogAddr } = {}): Promise<void> {
     this.checkOpen();
     if (this.logging.active) return;
     if (!this.canLogDirty) {
       throw new VhostUserError('VHOST_FEATURE_NOT_NEGOTIATED', 'dirty logging needs VHOST_F_LOG_ALL offered and LOG_SHMFD negotiated', { request: 'SET_LOG_BASE' });
     }
-    await this.logging.start(this.current, this);
+    await this.logging.start(this.current, this, options.packedLogAddr);
   }
 
   /**

@@ -43,19 +43,30 @@ export function defaultCreateQueue(kind: RingKind, options: VirtqueueOptions): V
 }
 
 /**
- * SET_VRING_ADDR for `vq`; `logged`: VHOST_VRING_F_LOG with log_guest_addr where
- * the device writes completions: the used ring (split, as QEMU sets it), the
- * descriptor ring (packed, whose used entries overwrite descriptors; DPDK logs
- * packed completions at log_guest_addr + slot * 16). @internal
+ * What a packed ring's log_guest_addr points at. vhost-user.rst only says
+ * "log_guest_addr is the guest address of the used ring" (written for split
+ * rings). 'descriptor-ring': the descriptor ring, where packed used entries are
+ * written back, and which matches how DPDK logs them (log_guest_addr + 16 *
+ * slot). 'qemu': the device event suppression area, what QEMU 7.2 passes
+ * (vhost_virtqueue_set_addr uses the "used" area, which for packed rings is the
+ * device area); DPDK's log offsets then land past it.
  */
-export function ringAddr(memory: GuestMemory, vq: Virtqueue, logged: boolean): VringAddrOptions {
+export type PackedLogAddr = 'descriptor-ring' | 'qemu';
+
+/**
+ * SET_VRING_ADDR for `vq`; `logged`: VHOST_VRING_F_LOG with log_guest_addr where
+ * the device writes completions: the used ring (split, as QEMU sets it); for
+ * packed rings per `packedLogAddr` (default the descriptor ring). @internal
+ */
+export function ringAddr(memory: GuestMemory, vq: Virtqueue, logged: boolean, packedLogAddr: PackedLogAddr = 'descriptor-ring'): VringAddrOptions {
   const a = vq.addresses;
+  const logGuestAddr = vq.packed && packedLogAddr === 'descriptor-ring' ? a.desc : a.device;
   return {
     index: vq.index,
     descUserAddr: memory.userAddr(a.desc),
     availUserAddr: memory.userAddr(a.driver),
     usedUserAddr: memory.userAddr(a.device),
-    ...(logged ? { flags: VHOST_VRING_F_LOG, logGuestAddr: vq.packed ? a.desc : a.device } : {}),
+    ...(logged ? { flags: VHOST_VRING_F_LOG, logGuestAddr } : {}),
   };
 }
 
@@ -64,11 +75,18 @@ export function ringAddr(memory: GuestMemory, vq: Virtqueue, logged: boolean): V
  * eventfds. The back-end starts a ring at SET_VRING_KICK; enabling is separate
  * (see enableRings). @internal
  */
-export async function programRings(client: VhostUserClient, queues: readonly DeviceQueue[], memory: GuestMemory, bases: readonly number[], logged: boolean): Promise<void> {
+export async function programRings(
+  client: VhostUserClient,
+  queues: readonly DeviceQueue[],
+  memory: GuestMemory,
+  bases: readonly number[],
+  logged: boolean,
+  packedLogAddr: PackedLogAddr = 'descriptor-ring',
+): Promise<void> {
   for (let i = 0; i < queues.length; i++) {
     const { vq, kick, call } = queues[i]!;
     await client.setVringNum(vq.index, vq.size);
-    await client.setVringAddr(ringAddr(memory, vq, logged));
+    await client.setVringAddr(ringAddr(memory, vq, logged, packedLogAddr));
     await client.setVringBase(vq.index, bases[i]!);
     await client.setVringCall(vq.index, call.fd);
     await client.setVringKick(vq.index, kick.fd);

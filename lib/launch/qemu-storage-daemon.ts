@@ -24,6 +24,11 @@ export interface QemuStorageDaemonOptions {
   aio?: 'threads' | 'native' | 'io_uring';
   /** file driver: `cache.direct=on` (O_DIRECT; needs a file system that has it, not tmpfs). Default off. */
   cacheDirect?: boolean;
+  /**
+   * file driver: `locking=off`, so that a second qemu-storage-daemon can open the
+   * same image (shared storage, as the two sides of a live migration). Default on.
+   */
+  locking?: boolean;
   /** Default `<tempDir>/vhost-blk.sock`. */
   socketPath?: string;
   /** Default 15 000 ms. */
@@ -90,6 +95,7 @@ export async function startQemuStorageDaemon(opts: QemuStorageDaemonOptions = {}
       ...(opts.discard !== undefined ? [`discard=${opts.discard}`] : []),
       ...(opts.aio ? [`aio=${opts.aio}`] : []),
       ...(opts.cacheDirect ? ['cache.direct=on'] : []),
+      ...(opts.locking === false ? ['locking=off'] : []),
     ].join(',');
   }
   const exportOpt = [

@@ -122,6 +122,26 @@ export class GuestMemory {
     this.bytes(gpa, data.length).set(data);
   }
 
+  /** A new memory with the same regions (addresses, sizes, backing kind memfd), its own fds, zero-filled: a migration destination. */
+  static createLike(memory: GuestMemory, name = 'guest-ram-destination'): GuestMemory {
+    return GuestMemory.create({ regions: memory.regions.map((r) => ({ guestPhysAddr: r.guestPhysAddr, size: r.size, name: `${name}@${r.guestPhysAddr.toString(16)}` })) });
+  }
+
+  /**
+   * Exchanges the memory behind every region of this and `other` (the same
+   * layout, see createLike): views handed out by either stay valid and now show
+   * the other's memory (GuestRegion.swapBacking).
+   */
+  swapBacking(other: GuestMemory): void {
+    this.checkOpen();
+    const mine = this.list;
+    const theirs = other.regions;
+    if (mine.length !== theirs.length || mine.some((r, i) => r.guestPhysAddr !== theirs[i]!.guestPhysAddr || r.size !== theirs[i]!.size)) {
+      throw new VhostUserError('VHOST_INVALID_ARGUMENT', 'guest memories of different layouts cannot exchange their backing');
+    }
+    for (let i = 0; i < mine.length; i++) mine[i]!.swapBacking(theirs[i]!);
+  }
+
   /** Unmaps every region and closes every fd. Views handed out become empty. Idempotent. */
   close(): void {
     if (this.closed) return;

@@ -140,6 +140,27 @@ export class GuestRegion {
     return this.mapping.window(offset, length);
   }
 
+  /**
+   * Exchanges the memory behind this region and `other` (same size): each
+   * region's mapping now shows the other's file, at its own unchanged address,
+   * and each owns the other's fd. Views handed out by either region stay valid
+   * and follow the exchange. Live migration uses it at switchover: the driver's
+   * region (its rings and buffers hold views into it) takes the destination's
+   * memfd, so the driver runs on the destination memory unchanged and with no
+   * per-packet cost, while `other` keeps the source's memfd for the checks that
+   * follow (see lib/migration).
+   */
+  swapBacking(other: GuestRegion): void {
+    if (other.size !== this.size || this.isClosed || other.isClosed) {
+      throw new VhostUserError('VHOST_INVALID_ARGUMENT', `cannot exchange the memory of regions of ${this.size} and ${other.size} bytes (or a closed one)`);
+    }
+    const mine = this.fdOwned;
+    this.mapping.replaceFile(other.fdOwned, other.mmapOffset);
+    other.mapping.replaceFile(mine, this.mmapOffset);
+    this.fdOwned = other.fdOwned;
+    other.fdOwned = mine;
+  }
+
   /** Unmaps (detaching every view handed out) and closes the fd. Idempotent. */
   close(): void {
     if (this.fdOwned < 0) return;

@@ -26,6 +26,7 @@ export interface Libc {
   accept4: Fn<[fd: number, addr: number, len: number, flags: number], number>;
   shutdown: Fn<[fd: number, how: number], number>;
   socketpair: Fn<[domain: number, type: number, protocol: number, sv: Int32Array], number>;
+  pipe2: Fn<[fds: Int32Array, flags: number], number>;
   sendmsg: Fn<[fd: number, msghdr: number, flags: number], number>;
   recvmsg: Fn<[fd: number, msghdr: number, flags: number], number>;
   close: Fn<[fd: number], number>;
@@ -56,6 +57,7 @@ export const libc: Libc = {
   accept4: lib.func('int accept4(int fd, uintptr_t addr, uintptr_t len, int flags)'),
   shutdown: lib.func('int shutdown(int fd, int how)'),
   socketpair: lib.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)'),
+  pipe2: lib.func('int pipe2(_Out_ int *fds, int flags)'),
   sendmsg: lib.func('intptr_t sendmsg(int fd, uintptr_t msg, int flags)'),
   recvmsg: lib.func('intptr_t recvmsg(int fd, uintptr_t msg, int flags)'),
   close: lib.func('int close(int fd)'),
@@ -98,6 +100,9 @@ export const C = {
   MFD_ALLOW_SEALING: 2,
   MFD_HUGETLB: 4,
   F_GETFL: 3,
+  F_SETFL: 4,
+  O_NONBLOCK: 0o4000,
+  O_CLOEXEC: 0o2000000,
   F_DUPFD_CLOEXEC: 1030,
   F_ADD_SEALS: 1033,
   F_GET_SEALS: 1034,
@@ -109,6 +114,7 @@ export const C = {
   PROT_WRITE: 2,
   MAP_SHARED: 0x01,
   MAP_PRIVATE: 0x02,
+  MAP_FIXED: 0x10,
   MAP_ANONYMOUS: 0x20,
   MAP_NORESERVE: 0x4000,
   MAP_POPULATE: 0x8000,

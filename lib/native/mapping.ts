@@ -64,6 +64,22 @@ export class Mapping {
     return new Mapping(address, length);
   }
 
+  /**
+   * Puts `length` bytes of another file (`fd` from `offset`) in place of this
+   * mapping's pages, at the same address (MAP_FIXED replaces the old pages in one
+   * step, with no unmapped gap). Every view already handed out stays valid and
+   * from now on reads and writes the new file: this is how a driver's rings and
+   * buffers move to another guest memory without touching the objects that hold
+   * views on them (live migration's switchover). The old file is no longer mapped
+   * here; its fd is the caller's. The mapping must be shared and writable.
+   */
+  replaceFile(fd: number, offset = 0): void {
+    if (this.closed) throw new VhostUserError('VHOST_MEMORY_CLOSED', 'mapping is closed');
+    const flags = C.MAP_SHARED | C.MAP_FIXED | C.MAP_NORESERVE;
+    const address = libc.mmap(this.address, this.length, C.PROT_READ | C.PROT_WRITE, flags, fd, offset);
+    if (address === -1) throw syscallError('mmap', 'VHOST_SYSCALL', undefined, `MAP_FIXED fd ${fd}, ${this.length} bytes`);
+  }
+
   /** Private anonymous memory, e.g. scratch space for msghdr and control messages. */
   static anonymous(length: number): Mapping {
     checkLength(length);

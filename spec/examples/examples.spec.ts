@@ -63,6 +63,18 @@ describe('examples/', function () {
     });
   }
 
+  it('migrate: a verified migration between two reference back-ends; a back-end that forgets to log is caught', async () => {
+    const ok = await runExample('migrate', ['packed']);
+    expect(ok.stderr).to.equal('');
+    expect(ok.status, ok.stdout).to.equal(0);
+    expect(ok.stdout).to.match(/^migrated net \(packed, log at descriptor-ring\): \d+ rounds/m);
+    expect(ok.stdout).to.match(/^exactly once: ok \((\d+) sent, \1 back, 0 duplicates/m);
+    expect(ok.stdout).to.match(/^verified$/m);
+    const bad = await runExample('migrate', ['split', 'unlogged-used']);
+    expect(bad.status).to.equal(1);
+    expect(bad.stdout).to.match(/^completeness: FAILED, unlogged pages \d+ \(ring 0 \(receiveq 0\) used ring\)/m);
+  });
+
   it('check-backend with a selection runs only the checks it names', async () => {
     const r = await runExample('check-backend', ['net', 'handshake.*']);
     expect(r.status, r.stdout + r.stderr).to.equal(0);

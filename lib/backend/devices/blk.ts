@@ -155,6 +155,8 @@ export class BlkImage {
 export class BlkDevice implements DeviceModel {
   readonly features: bigint;
   /** INFLIGHT_SHMFD: the blk device resubmits what a predecessor left in flight (inflight-area.ts). */
+  /** virtio 1.2 §5: device ID. */
+  readonly deviceId = 2;
   readonly protocolFeatures: bigint;
   private readonly readOnly: boolean;
   private readonly latencyMs: number;
@@ -167,7 +169,7 @@ export class BlkDevice implements DeviceModel {
   ) {
     this.readOnly = (options.readOnly ?? false) || image.readOnly;
     this.latencyMs = options.latencyMs ?? 0;
-    this.protocolFeatures = options.inflight === false ? 0n : bit(ProtocolFeature.INFLIGHT_SHMFD);
+    this.protocolFeatures = (options.inflight === false ? 0n : bit(ProtocolFeature.INFLIGHT_SHMFD)) | bit(ProtocolFeature.DEVICE_STATE);
     let f =
       bit(VirtioBlkFeature.VIRTIO_BLK_F_SEG_MAX) |
       bit(VirtioBlkFeature.VIRTIO_BLK_F_BLK_SIZE) |
@@ -177,6 +179,26 @@ export class BlkDevice implements DeviceModel {
     if (queueNum > 1) f |= bit(VirtioBlkFeature.VIRTIO_BLK_F_MQ);
     if (this.readOnly) f |= bit(VirtioBlkFeature.VIRTIO_BLK_F_RO);
     this.features = f;
+  }
+
+  /** DEVICE_STATE: the capacity (the destination must serve the same disk) and the counters, f64 each. */
+  saveState(): Uint8Array {
+    const s = this.stats;
+    const values = [this.image.capacity, s.reads, s.writes, s.flushes, s.discards, s.writeZeroes, s.errors];
+    const out = new Uint8Array(values.length * 8);
+    const dv = new DataView(out.buffer);
+    values.forEach((v, i) => dv.setFloat64(8 * i, v, true));
+    return out;
+  }
+
+  /** DEVICE_STATE: the counters go on from the source's; a disk of another size is refused. */
+  loadState(state: Uint8Array): void {
+    if (state.length !== 56) throw new Error(`a blk state is 56 bytes, not ${state.length}`);
+    const dv = new DataView(state.buffer, state.byteOffset, state.length);
+    const v = (i: number) => dv.getFloat64(8 * i, true);
+    if (v(0) !== this.image.capacity) throw new Error(`the source's disk has ${v(0)} bytes, this one ${this.image.capacity}`);
+    const s = this.stats;
+    [s.reads, s.writes, s.flushes, s.discards, s.writeZeroes, s.errors] = [v(1), v(2), v(3), v(4), v(5), v(6)];
   }
 
   configSpace(): Uint8Array {

@@ -28,4 +28,10 @@ export interface DeviceModel {
   sendRarp?(s: DeviceRings, mac: Uint8Array): void;
   /** NET_SET_MTU (net, protocol feature MTU): whether the MTU is acceptable. */
   acceptsMtu?(mtu: number): boolean;
+  /** The virtio device ID (virtio 1.2 §5: net 1, blk 2); tags the DEVICE_STATE stream. */
+  readonly deviceId?: number;
+  /** DEVICE_STATE: the device's internal state, to move to another back-end (with loadState). */
+  saveState?(): Uint8Array;
+  /** DEVICE_STATE: takes over a state saveState() made elsewhere; throws when it does not fit this device. */
+  loadState?(state: Uint8Array): void;
 }

@@ -26,7 +26,9 @@ export interface NetStats {
 export class NetLoopback implements DeviceModel {
   readonly features: bigint;
   /** SEND_RARP and NET_SET_MTU are served. */
-  readonly protocolFeatures = bit(ProtocolFeature.RARP) | bit(ProtocolFeature.MTU);
+  /** virtio 1.2 §5: device ID. */
+  readonly deviceId = 1;
+  readonly protocolFeatures = bit(ProtocolFeature.RARP) | bit(ProtocolFeature.MTU) | bit(ProtocolFeature.DEVICE_STATE);
   /** A RARP announcement waiting for an RX buffer on queue pair 0. */
   private pendingRarp: Uint8Array | null = null;
   private readonly scratch = new Uint8Array(VIRTIO_NET_HDR_SIZE);
@@ -44,6 +46,26 @@ export class NetLoopback implements DeviceModel {
     let f = bit(VirtioNetFeature.VIRTIO_NET_F_MRG_RXBUF) | bit(VirtioNetFeature.VIRTIO_NET_F_MAC) | bit(VirtioNetFeature.VIRTIO_NET_F_STATUS) | bit(VirtioNetFeature.VIRTIO_NET_F_MTU);
     if (queueNum > 2) f |= bit(VirtioNetFeature.VIRTIO_NET_F_MQ);
     this.features = f;
+  }
+
+  /** DEVICE_STATE: the MAC and the loopback counters (8-byte MAC slot, then four f64). */
+  saveState(): Uint8Array {
+    const out = new Uint8Array(8 + 4 * 8);
+    const dv = new DataView(out.buffer);
+    out.set(this.mac, 0);
+    [this.stats.frames, this.stats.bytes, this.stats.txErrors, this.stats.rxTooSmall].forEach((v, i) => dv.setFloat64(8 + 8 * i, v, true));
+    return out;
+  }
+
+  /** DEVICE_STATE: the counters go on from the source's; a state of another MAC is refused (the guest's address cannot change in a migration). */
+  loadState(state: Uint8Array): void {
+    if (state.length !== 40) throw new Error(`a net state is 40 bytes, not ${state.length}`);
+    if (state.subarray(0, 6).some((b, i) => b !== this.mac[i])) throw new Error('the state is of a device with another MAC');
+    const dv = new DataView(state.buffer, state.byteOffset, state.length);
+    this.stats.frames = dv.getFloat64(8, true);
+    this.stats.bytes = dv.getFloat64(16, true);
+    this.stats.txErrors = dv.getFloat64(24, true);
+    this.stats.rxTooSmall = dv.getFloat64(32, true);
   }
 
   configSpace(): Uint8Array {

@@ -11,6 +11,7 @@ import blkInfo from './blk-info.js';
 import blkRead from './blk-read.js';
 import blkWrite from './blk-write.js';
 import blkVerify from './blk-verify.js';
+import migrate from './migrate.js';
 
 // Each command's options type differs; dispatch only needs the common shape.
-export const commands: readonly AnyCommand[] = [probe, netSend, netRecv, blkInfo, blkRead, blkWrite, blkVerify, serve, demo, conformance, trace];
+export const commands: readonly AnyCommand[] = [probe, netSend, netRecv, blkInfo, blkRead, blkWrite, blkVerify, serve, demo, conformance, trace, migrate];

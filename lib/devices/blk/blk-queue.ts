@@ -101,6 +101,26 @@ export interface BlkQueueOptions {
   strictUsedLen?: boolean;
 }
 
+/** A range of guest memory. */
+export interface BlkArea {
+  /** Guest physical address of the first byte. */
+  gpa: number;
+  /** Bytes. */
+  length: number;
+}
+
+/** Where a queue's request parts live (see {@link BlkQueue.areas}). */
+export interface BlkQueueAreas {
+  /** Request headers, one per slot (driver-written). */
+  headers: BlkArea;
+  /** Auxiliary slots, 32 bytes each. */
+  aux: BlkArea;
+  /** Status bytes, one per slot (device-written). */
+  status: BlkArea;
+  /** Bounce space (allocBuffer). */
+  heap: BlkArea;
+}
+
 /** A buffer in guest memory: what the zero-copy scatter-gather calls take. */
 export interface GuestBuffer {
   /** Guest physical address of the first byte. */
@@ -415,6 +435,22 @@ export class BlkQueue {
         return new TextDecoder('latin1').decode(end < 0 ? raw : raw.subarray(0, end));
       }),
     );
+  }
+
+  /**
+   * Where this queue's request parts live in guest memory (for migration tools
+   * that must know who writes what): the 16-byte request headers (driver), the
+   * auxiliary slots (discard tables written by the driver; GET_ID answers by the
+   * device), the status bytes (device), and the bounce space.
+   */
+  areas(): BlkQueueAreas {
+    const n = this.status.length;
+    return {
+      headers: { gpa: this.headerGpa, length: n * BLK_REQ_HEADER_SIZE },
+      aux: { gpa: this.auxGpa, length: n * AUX_SIZE },
+      status: { gpa: this.statusGpa, length: n },
+      heap: { gpa: this.heap.base, length: this.heap.size },
+    };
   }
 
   /** A buffer in this queue's bounce space for readInto/writeFrom; throws VHOST_BUSY when the space is exhausted. */

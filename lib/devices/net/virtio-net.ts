@@ -30,7 +30,7 @@ import type { UnixListener } from '../../transport/unix-listener.js';
 import type { ConnectOptions } from '../../transport/unix-stream.js';
 import type { Virtqueue, VirtqueueOptions } from '../../virtqueue/virtqueue.js';
 import { parseMac } from '../../net/frame-builder.js';
-import { VhostDevice, type DeviceReconnectReport, type ReconnectOptions, type RingKind, type VhostDeviceOptions } from '../vhost-device.js';
+import { VhostDevice, type DeviceReconnectReport, type HandOverSteps, type ReconnectOptions, type RingKind, type VhostDeviceOptions } from '../vhost-device.js';
 import { alignUp, PAGE } from '../vring-setup.js';
 import { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig } from './net-config.js';
 import { HDR_NUM_BUFFERS, VIRTIO_NET_HDR_SIZE } from './virtio-net-hdr.js';
@@ -60,6 +60,8 @@ export interface VirtioNetOptions extends VhostUserClientOptions {
   rxBufferSize?: number;
   /** Bytes per TX slot, header included (default 2048): the largest frame is this minus 12. */
   txSlotSize?: number;
+  /** Guest memory of at least this many bytes (see VhostDeviceOptions.memorySize). */
+  memorySize?: number;
   /** Send NET_SET_MTU when the back-end offers MTU. */
   mtu?: number;
   /** Replaces how virtqueues are built (fault injection); by default split or packed per `ring`. */
@@ -87,6 +89,20 @@ export interface HandOverReport {
   rarp: boolean;
   /** From the first GET_VRING_BASE to the new back-end running. */
   ms: number;
+  /** The old back-end's connection when `keepOld` was asked for (the caller closes it), else null. */
+  old: VhostUserClient | null;
+}
+
+/** Options of {@link VirtioNet.handOver}. */
+export interface NetHandOverOptions {
+  /** The MAC to announce with SEND_RARP (default: the config space's). */
+  mac?: Uint8Array;
+  /** Runs after GET_VRING_BASE on the old back-end, logging still on (see HandOverSteps.afterStop). */
+  afterStop?: HandOverSteps['afterStop'];
+  /** Runs on the new back-end before its memory and rings (see HandOverSteps.beforeStart). */
+  beforeStart?: HandOverSteps['beforeStart'];
+  /** Leave the old connection open and return it (see HandOverSteps.keepOld). */
+  keepOld?: boolean;
 }
 
 /** What a reconnect found and did, per queue pair. */
@@ -414,14 +430,22 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
    * crash, nothing is processed twice or lost. The old connection is closed;
    * dirty logging, if on, is stopped first.
    */
-  async handOver(target: string | VhostUserClient, options: { mac?: Uint8Array } = {}): Promise<HandOverReport> {
+  async handOver(target: string | VhostUserClient, options: NetHandOverOptions = {}): Promise<HandOverReport> {
     let rarp = false;
-    const report = await this.device.handOver(target, async (client) => {
-      const mac = options.mac ?? (this.config?.mac ? parseMac(this.config.mac) : null);
-      rarp = mac !== null && client.hasProtocolFeature(ProtocolFeature.RARP);
-      if (rarp) await client.sendRarp(mac!);
+    const report = await this.device.handOver(target, {
+      afterStop: options.afterStop,
+      beforeStart: options.beforeStart,
+      keepOld: options.keepOld,
+      afterStart: async (client) => {
+        const mac = options.mac ?? (this.config?.mac ? parseMac(this.config.mac) : null);
+        // QEMU (vhost_user_migration_done) announces only when the guest cannot do it
+        // itself: SEND_RARP needs protocol feature RARP, and not with GUEST_ANNOUNCE
+        // negotiated (virtio 1.2 §5.1.6.5.4: the driver then sends the gratuitous packets).
+        rarp = mac !== null && client.hasProtocolFeature(ProtocolFeature.RARP) && !hasBit(this.features, VirtioNetFeature.VIRTIO_NET_F_GUEST_ANNOUNCE);
+        if (rarp) await client.sendRarp(mac!);
+      },
     });
-    return { queues: this.pairs.map((_, p) => ({ rxBase: report.bases[2 * p]!, txBase: report.bases[2 * p + 1]! })), rarp, ms: report.ms };
+    return { queues: this.pairs.map((_, p) => ({ rxBase: report.bases[2 * p]!, txBase: report.bases[2 * p + 1]! })), rarp, ms: report.ms, old: report.old };
   }
 
   /** The largest frame sendBurst() accepts. */
@@ -671,11 +695,20 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   bufferAreas(queue = 0): {
     /** The TX slots. */
     tx: GuestArea;
-    /** The RX buffers. */
+    /** The RX buffers and, at their end, the merge area. */
     rx: GuestArea;
+    /** Bytes per RX buffer: buffer s is at rx.gpa + s * rxBufferSize. */
+    rxBufferSize: number;
+    /** Where the driver joins merged frames (its own writes), the tail of `rx`. */
+    merge: GuestArea;
   } {
     const p = this.pair(queue);
-    return { tx: { gpa: p.txPoolGpa, length: p.txBytes.length }, rx: { gpa: p.rxPoolGpa, length: p.rxBytes.length } };
+    return {
+      tx: { gpa: p.txPoolGpa, length: p.txBytes.length },
+      rx: { gpa: p.rxPoolGpa, length: p.rxBytes.length },
+      rxBufferSize: this.rxBufferSize,
+      merge: { gpa: p.rxPoolGpa + p.mergeOffset, length: p.rxBytes.length - p.mergeOffset },
+    };
   }
 
   /** The virtqueues of a pair, for inspection and fault-injection tests. */
