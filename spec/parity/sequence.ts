@@ -16,7 +16,17 @@ import type { TraceMessage, TraceRecord } from '../../lib/trace/trace-record.js'
 import { ProtocolFeature } from '../../lib/protocol/constants.js';
 
 /** The steps compared. */
-export type Phase = 'init' | 'start' | 'migration-source' | 'migration-destination-init' | 'migration-destination' | 'stop';
+export type Phase =
+  | 'init'
+  | 'start'
+  | 'migration-source'
+  | 'migration-destination-init'
+  | 'migration-destination'
+  | 'stop'
+  // The precopy comparison (precopy.ts): QEMU's migration beside migrate()'s, not in PHASES.
+  | 'precopy-source'
+  | 'precopy-destination-init'
+  | 'precopy-destination';
 /** Every phase, in the order of a device's life. */
 export const PHASES: readonly Phase[] = ['init', 'start', 'migration-source', 'migration-destination-init', 'migration-destination', 'stop'];
 
@@ -136,8 +146,11 @@ export interface Difference {
   key: string;
 }
 
-/** The differences between QEMU's and the library's items of one phase (a longest-common-subsequence diff on the keys). */
-export function diff(phase: Phase, qemu: readonly Item[], library: readonly Item[]): Difference[] {
+/**
+ * QEMU's and the library's items aligned row by row (a longest-common-subsequence
+ * on the keys): equal keys share a row, the others stand alone on their side.
+ */
+export function align(qemu: readonly Item[], library: readonly Item[]): [Item | null, Item | null][] {
   const n = qemu.length;
   const m = library.length;
   const lcs: number[][] = Array.from({ length: n + 1 }, () => new Array<number>(m + 1).fill(0));
@@ -146,21 +159,27 @@ export function diff(phase: Phase, qemu: readonly Item[], library: readonly Item
       lcs[i]![j] = qemu[i]!.key === library[j]!.key ? lcs[i + 1]![j + 1]! + 1 : Math.max(lcs[i + 1]![j]!, lcs[i]![j + 1]!);
     }
   }
-  const out: Difference[] = [];
-  const onlyQ: string[] = [];
-  const onlyL: string[] = [];
+  const rows: [Item | null, Item | null][] = [];
   let i = 0;
   let j = 0;
   while (i < n || j < m) {
-    if (i < n && j < m && qemu[i]!.key === library[j]!.key) {
-      if (qemu[i]!.needReply !== library[j]!.needReply) out.push({ phase, kind: 'need-reply', side: qemu[i]!.needReply ? 'qemu' : 'library', key: qemu[i]!.key });
-      i++;
-      j++;
-    } else if (j < m && (i === n || lcs[i]![j + 1]! >= lcs[i + 1]![j]!)) {
-      onlyL.push(library[j++]!.key);
-    } else {
-      onlyQ.push(qemu[i++]!.key);
-    }
+    if (i < n && j < m && qemu[i]!.key === library[j]!.key) rows.push([qemu[i++]!, library[j++]!]);
+    else if (j < m && (i === n || lcs[i]![j + 1]! >= lcs[i + 1]![j]!)) rows.push([null, library[j++]!]);
+    else rows.push([qemu[i++]!, null]);
+  }
+  return rows;
+}
+
+/** The differences between QEMU's and the library's items of one phase (from {@link align}). */
+export function diff(phase: Phase, qemu: readonly Item[], library: readonly Item[]): Difference[] {
+  const out: Difference[] = [];
+  const onlyQ: string[] = [];
+  const onlyL: string[] = [];
+  for (const [q, l] of align(qemu, library)) {
+    if (q && l) {
+      if (q.needReply !== l.needReply) out.push({ phase, kind: 'need-reply', side: q.needReply ? 'qemu' : 'library', key: q.key });
+    } else if (l) onlyL.push(l.key);
+    else if (q) onlyQ.push(q.key);
   }
   // A key left over on both sides was sent by both, in another place.
   for (const k of onlyQ) {
