@@ -13,7 +13,9 @@ import {
   VHOST_USER_VRING_NOFD_MASK,
   featureNames,
   protocolFeatureNames,
+  type DeviceKind,
 } from '../protocol/constants.js';
+import { frontendRequestSpec } from '../protocol/requests.js';
 
 const HEX_BYTES = 32;
 
@@ -35,6 +37,12 @@ export function showValue(v: unknown): string {
   return String(v);
 }
 
+/** A REPLY_ACK u64: 0 is success; anything else a failure, shown signed (back-ends send -errno). */
+function ackText(v: bigint): string {
+  if (v === 0n) return 'ack 0';
+  return `ack ${v >= 1n << 63n ? v - (1n << 64n) : v} (failure)`;
+}
+
 function u64Of(e: TraceEvent): bigint | undefined {
   if (typeof e.decoded === 'bigint') return e.decoded;
   return e.payload.length === 8 ? Buffer.from(e.payload.buffer, e.payload.byteOffset, 8).readBigUInt64LE(0) : undefined;
@@ -45,8 +53,11 @@ function isRequest(e: TraceEvent): boolean {
   return (e.direction === 'send') === (e.channel === 'frontend');
 }
 
-/** The decoded part of the line (after the request name); '' for an empty payload. */
-export function decodedText(e: TraceEvent): string {
+/**
+ * The decoded part of the line (after the request name); '' for an empty payload.
+ * `device` names the device-specific feature bits (otherwise `BIT_n`).
+ */
+export function decodedText(e: TraceEvent, device?: DeviceKind): string {
   if (e.size === 0) return '';
   const request = isRequest(e);
   const code = e.code;
@@ -54,7 +65,7 @@ export function decodedText(e: TraceEvent): string {
     const v = u64Of(e);
     if (v !== undefined) {
       if ((code === R.SET_FEATURES && request) || (code === R.GET_FEATURES && !request)) {
-        return `0x${v.toString(16).padStart(16, '0')} (${featureNames(v).join(' ') || 'none'})`;
+        return `0x${v.toString(16).padStart(16, '0')} (${featureNames(v, device).join(' ') || 'none'})`;
       }
       if ((code === R.SET_PROTOCOL_FEATURES && request) || (code === R.GET_PROTOCOL_FEATURES && !request)) {
         return `0x${v.toString(16).padStart(16, '0')} (${protocolFeatureNames(v).join(' ') || 'none'})`;
@@ -65,13 +76,14 @@ export function decodedText(e: TraceEvent): string {
       }
       if (request && code === R.SET_STATUS) return `{status: 0x${v.toString(16)}}`;
       if (!request && code === R.GET_STATUS) return `{status: 0x${v.toString(16)}}`;
-      // A reply with no body of its own: the REPLY_ACK u64 (vhost-user.rst, 'REPLY_ACK').
-      if (!request && e.decoded === undefined) return `ack ${v}`;
-      if (!request && typeof e.decoded === 'bigint' && code !== R.GET_FEATURES) return `${v}`;
+      // A reply to a request that has no reply body of its own: the REPLY_ACK u64
+      // (vhost-user.rst, 'REPLY_ACK'), 0 for success.
+      if (!request && (!frontendRequestSpec(code)?.reply || e.decoded === undefined)) return ackText(v);
+      if (!request && typeof e.decoded === 'bigint') return `${v}`;
     }
   } else if (!request) {
     const v = u64Of(e);
-    if (v !== undefined) return `ack ${v}`;
+    if (v !== undefined) return ackText(v);
   } else if (code === BackendRequest.CONFIG_CHANGE_MSG) {
     return showValue(e.decoded ?? e.payload);
   }
@@ -80,7 +92,7 @@ export function decodedText(e: TraceEvent): string {
 }
 
 /** `SET_VRING_NUM {index: 0, num: 256}`. */
-export function messageText(e: TraceEvent): string {
-  const body = decodedText(e);
+export function messageText(e: TraceEvent, device?: DeviceKind): string {
+  const body = decodedText(e, device);
   return body ? `${e.request} ${body}` : e.request;
 }

@@ -12,6 +12,7 @@
 import { EventEmitter } from 'eventemitter3';
 import { performance } from 'node:perf_hooks';
 import { VhostUserError } from '../errors.js';
+import type { DeviceKind } from '../protocol/constants.js';
 import { UnixListener } from '../transport/unix-listener.js';
 import { UnixStream } from '../transport/unix-stream.js';
 import type { TraceMessage, TraceRecord } from './trace-record.js';
@@ -27,6 +28,8 @@ export interface TraceProxyOptions {
   connectTimeoutMs?: number;
   /** Called with every record as it is made (also emitted as `record`). */
   onRecord?: (record: TraceRecord) => void;
+  /** Names the device's feature bits in the text (`net`, `blk`); otherwise they show as `BIT_n`. */
+  device?: DeviceKind;
   /** Keep records in {@link TraceProxy.records} (default true; a long-running CLI turns it off). */
   keepRecords?: boolean;
 }
@@ -54,6 +57,8 @@ export class TraceProxy extends EventEmitter<TraceProxyEvents> {
   private readonly pendingConnects = new Set<Promise<unknown>>();
   private readonly abort = new AbortController();
   private readonly t0 = performance.now();
+  /** The wall-clock time (ms since the Unix epoch) that record time 0 stands for. */
+  readonly startEpochMs = Date.now();
   private connectionCount = 0;
   private closed = false;
   private acceptLoop: Promise<void> = Promise.resolve();
@@ -174,7 +179,7 @@ export class TraceProxy extends EventEmitter<TraceProxyEvents> {
       backend.close();
       return;
     }
-    const session = new TraceSession(connection, frontend, backend, () => this.now(), (r) => this.record(r));
+    const session = new TraceSession(connection, frontend, backend, () => this.now(), (r) => this.record(r), this.options.device);
     this.sessions.add(session);
     void session.done.then(() => {
       this.sessions.delete(session);

@@ -11,6 +11,7 @@ export type TraceSide = 'frontend' | 'backend';
 
 /** One relayed message, decoded with the protocol layer's codecs (lib/client/trace.ts `traceEvent`). */
 export interface TraceMessage {
+  /** A relayed message. */
   readonly kind: 'message';
   /** Milliseconds since the proxy started (fractional). */
   readonly time: number;
@@ -44,6 +45,7 @@ export interface TraceMessage {
 
 /** A connection (or back-end channel) that ended. */
 export interface TraceClose {
+  /** A connection end. */
   readonly kind: 'close';
   /** Milliseconds since the proxy started. */
   readonly time: number;
@@ -60,10 +62,24 @@ export interface TraceClose {
   readonly afterRequest: string | null;
   /** Who sent that last message. */
   readonly afterFrom: TraceSide | null;
-  /** Why the proxy closed it: the error code, its message and the side whose bytes caused it. */
-  readonly error?: { readonly code: string; readonly message: string; readonly from: TraceSide };
+  /**
+   * Set when the end was not an orderly close: a malformed message or a back-end
+   * the proxy could not reach (closedBy `proxy`), or a socket error such as a reset
+   * (closedBy the side whose socket failed).
+   */
+  readonly error?: TraceCloseError;
   /** One line, e.g. `backend closed the connection after GET_VRING_BASE (reply)`. */
   readonly text: string;
+}
+
+/** What ended a connection abnormally. */
+export interface TraceCloseError {
+  /** The VhostUserError code, e.g. VHOST_PAYLOAD_TOO_LARGE. */
+  readonly code: string;
+  /** What went wrong, for people. */
+  readonly message: string;
+  /** The side whose bytes (or absence) caused it. */
+  readonly from: TraceSide;
 }
 
 /** Everything the proxy records. */

@@ -16,7 +16,7 @@
 import { traceEvent } from '../client/trace.js';
 import { VhostUserError } from '../errors.js';
 import { C, closeFd, libc, syscallError } from '../native/libc.js';
-import { FrontendRequest, VHOST_USER_HDR_SIZE, VHOST_USER_NEED_REPLY_MASK, VHOST_USER_REPLY_MASK } from '../protocol/constants.js';
+import { FrontendRequest, type DeviceKind, VHOST_USER_HDR_SIZE, VHOST_USER_NEED_REPLY_MASK, VHOST_USER_REPLY_MASK } from '../protocol/constants.js';
 import { encodeHeader } from '../protocol/header.js';
 import { Connection, type VhostUserMessage } from '../transport/connection.js';
 import { closeAll } from '../transport/msg-scratch.js';
@@ -39,6 +39,7 @@ export class TraceSession {
   private backendChannel: Pair | null = null;
   private readonly emitRecord: (r: TraceRecord) => void;
   private readonly now: () => number;
+  private readonly device: DeviceKind | undefined;
   private doneResolve!: () => void;
   /** Resolves once both sockets (and the back-end channel) are closed. */
   readonly done = new Promise<void>((resolve) => (this.doneResolve = resolve));
@@ -54,8 +55,10 @@ export class TraceSession {
     backend: UnixStream,
     now: () => number,
     emitRecord: (r: TraceRecord) => void,
+    device?: DeviceKind,
   ) {
     this.now = now;
+    this.device = device;
     this.emitRecord = emitRecord;
     this.main = this.relay('frontend', new Connection(frontend), new Connection(backend));
   }
@@ -136,7 +139,7 @@ export class TraceSession {
       size: m.payload.length,
       fds: m.fds.length,
       decoded: e.decoded,
-      text: messageText(e),
+      text: messageText(e, this.device),
       bytes,
     };
   }
@@ -145,6 +148,8 @@ export class TraceSession {
     if (pair.ended) return;
     // undefined: the proxy closed it itself (end() marks the pair first, so this is not reached).
     if (error === undefined || error.code === 'VHOST_DISCONNECTED') this.end(pair, side);
+    // A poll error is how a reset shows (libuv reports POLLERR as EBADF): the peer went away.
+    else if (error.code === 'VHOST_SOCKET_ERROR') this.end(pair, side, { code: error.code, message: error.message, from: side });
     else this.fail(pair, side, error);
   }
 

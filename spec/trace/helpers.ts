@@ -1,4 +1,8 @@
-/** Shared by the trace specs: record filters, a frame loop through VirtioNet, a polling wait. */
+/** Shared by the trace specs: record filters, a frame loop through VirtioNet, a polling wait, tshark. */
+import { expect } from 'chai';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { RxBurst, type VirtioNet } from '../../lib/devices/net/virtio-net.js';
 import { buildUdpFrameOfSize, framePayloadIntact, frameSequence } from '../../lib/net/frame-builder.js';
 import type { TraceClose, TraceMessage, TraceRecord } from '../../lib/trace/trace-record.js';
@@ -34,4 +38,18 @@ export async function loopFrames(net: VirtioNet, count: number, ms = 5000): Prom
 export async function until(cond: () => boolean, ms = 2000): Promise<void> {
   const deadline = Date.now() + ms;
   while (!cond() && Date.now() < deadline) await settle(2);
+}
+
+const run = promisify(execFile);
+/** The shipped dissector. */
+export const DISSECTOR = fileURLToPath(new URL('../../../wireshark/vhost-user.lua', import.meta.url));
+
+/**
+ * tshark with the dissector. As root it still runs Lua scripts: Debian's
+ * /usr/share/wireshark/init.lua sets run_user_scripts_when_superuser = true.
+ */
+export async function tshark(capture: string, ...args: string[]): Promise<string> {
+  const { stdout, stderr } = await run('tshark', ['-X', `lua_script:${DISSECTOR}`, '-r', capture, ...args], { maxBuffer: 64 << 20 });
+  expect(stderr).not.to.match(/Lua: Error|error/i);
+  return stdout;
 }

@@ -15,6 +15,7 @@ import { BackendRequest, FrontendRequest as R, ProtocolFeature, VHOST_USER_NEED_
 import { U64, VringArea } from '../../lib/protocol/payloads.js';
 import { TraceProxy } from '../../lib/trace/trace-proxy.js';
 import { EventFd } from '../../lib/transport/eventfd.js';
+import { closeAll } from '../../lib/transport/msg-scratch.js';
 import { UnixStream } from '../../lib/transport/unix-stream.js';
 import { RawPeer, REPLY, type Handler } from '../helpers/raw-peer.js';
 import { leakedAfter, rawHeader, resourceSnapshot, settle } from '../helpers/resources.js';
@@ -26,7 +27,7 @@ async function peerCloses(s: UnixStream, ms = 2000): Promise<boolean> {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
     const r = s.recv(0, 4096);
-    for (const fd of r.fds) EventFd.prototype.close.call({ fd } as EventFd);
+    closeAll(r.fds);
     if (r.n === 0) return true;
     if (r.n < 0) await settle(2);
   }
@@ -125,6 +126,8 @@ describe('TraceProxy edges', function () {
     client.close();
     await until(() => closesOf(proxy!.records).length === 1);
     expect(closesOf(proxy!.records)[0]).to.include({ connection: 1, closedBy: 'frontend', afterRequest: 'GET_FEATURES', afterFrom: 'backend' });
+    await until(() => peer!.connection?.isClosed === true);
+    expect(peer!.connection!.isClosed, 'the proxy closed the back-end side too').to.equal(true);
 
     // The RawPeer serves one connection: a new one for the reconnect, on the same path.
     peer!.close();
@@ -172,6 +175,20 @@ describe('TraceProxy edges', function () {
       expect(proxy!.openConnections).to.equal(0);
     });
   }
+
+  it('nine fds on one message (one more than any message may carry): recorded with VHOST_TOO_MANY_FDS, both sides closed, no fd kept', async () => {
+    await start();
+    const raw = await UnixStream.connect(tmpP.path);
+    toClose.push(raw);
+    const efds = Array.from({ length: 9 }, () => new EventFd());
+    raw.send(rawHeader(R.GET_FEATURES, 0x1, 0), efds.map((e) => e.fd));
+    for (const e of efds) e.close();
+    expect(await peerCloses(raw)).to.equal(true);
+    const [end] = closesOf(proxy!.records);
+    expect(end!.error).to.include({ code: 'VHOST_TOO_MANY_FDS', from: 'frontend' });
+    expect(proxy!.messages[0]).to.include({ request: 'GET_FEATURES', fds: 9 });
+    expect(peer!.log).to.have.length(0);
+  });
 
   it('passes an unknown request code through (UNKNOWN(99)) and a version-0 header ends the connection with VHOST_BAD_VERSION', async () => {
     await start((m) => (m.request === 99 ? undefined : 'default'));

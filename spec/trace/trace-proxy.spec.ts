@@ -42,7 +42,7 @@ describe('TraceProxy with VirtioNet and the reference back-end', function () {
   it('relays the whole conversation with its fds: frames loop intact, and the trace shows each request decoded', async () => {
     backend = ReferenceBackend.listen(tmpB.path, { device: 'net' });
     const seen: TraceRecord[] = [];
-    proxy = await TraceProxy.start({ listen: tmpP.path, connect: tmpB.path, onRecord: (r) => seen.push(r) });
+    proxy = await TraceProxy.start({ listen: tmpP.path, connect: tmpB.path, device: 'net', onRecord: (r) => seen.push(r) });
     const emitted: TraceRecord[] = [];
     proxy.on('record', (r) => emitted.push(r));
     net = await VirtioNet.open(tmpP.path, { queueSize: 64, timeoutMs: 2000 });
@@ -72,6 +72,7 @@ describe('TraceProxy with VirtioNet and the reference back-end', function () {
     expect(features.reply).to.equal(true);
     expect(features.decoded).to.equal(backend.features);
     expect(features.text).to.match(/^GET_FEATURES 0x[0-9a-f]{16} \(.*VIRTIO_F_VERSION_1/);
+    expect(features.text, 'device bits named (device: net)').to.include('VIRTIO_NET_F_MRG_RXBUF').and.not.include('BIT_');
     expect(replies.every((r) => r.channel === 'frontend' && r.reply && r.connection === 1)).to.equal(true);
     // Every record went to onRecord and to the event, in the same order.
     expect(seen).to.deep.equal(proxy.records);
