@@ -13,25 +13,27 @@ import os from 'node:os';
 import { stopAll } from '../lib/launch/backend-process.js';
 import { findExecutable, qemuAvailable } from '../lib/launch/index.js';
 import { ALLOWED, explain } from '../spec/parity/allow-list.js';
-import { PRECOPY_PHASES, precopyDiff, recordLibraryMigration, recordQemuMigration, sideBySide, type Cleanup, type LibraryMigration, type QemuMigration } from '../spec/parity/precopy.js';
+import { PRECOPY_PHASES, QEMU_MEMORY_MIB, precopyDiff, recordLibraryMigration, recordQemuMigration, sideBySide, type Cleanup, type LibraryMigration, type QemuMigration } from '../spec/parity/precopy.js';
 
 interface Options {
   runs: number;
   json: boolean;
   sequences: boolean;
   cold: boolean;
+  guestMb: number;
 }
 
-const HELP = `Usage: npm run bench:migrate -- [--runs N] [--json] [--sequences]
+const HELP = `Usage: npm run bench:migrate -- [--runs N] [--json] [--sequences] [--guest-mb N] [--cold]
 
 QEMU 7.2 (TCG, iPXE guest, 256 MiB) migrated between two dpdk-testpmd (io forwarding),
-beside this library's migrate() (net, split rings) between two fresh dpdk-testpmd;
-each front-end's conversation recorded through a TraceProxy.
+beside this library's migrate() (net, split rings, 256 MiB guest memory) between two
+fresh dpdk-testpmd; each front-end's conversation recorded through a TraceProxy.
 
   --runs N       runs (each: one QEMU migration, one library migration); default 1
   --json         one JSON object on stdout (runs, summary, sequences, differences)
   --sequences    print the migration's messages side by side (source from logging on;
                  destination init and start)
+  --guest-mb N   the library's guest memory, MiB; default 256, QEMU's guest RAM
   --cold         do not connect to the library's destination testpmd once before
                  migrating: its first connection (0.4-0.9 s late in dpdk-testpmd) then
                  falls in the downtime; QEMU's destination connects at start-up, before
@@ -53,13 +55,18 @@ function progress(msg: string): void {
 }
 
 function parse(argv: readonly string[]): Options | null {
-  const o: Options = { runs: 1, json: false, sequences: false, cold: false };
+  const o: Options = { runs: 1, json: false, sequences: false, cold: false, guestMb: QEMU_MEMORY_MIB };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--help' || a === '-h') return null;
     else if (a === '--json') o.json = true;
     else if (a === '--sequences') o.sequences = true;
     else if (a === '--cold') o.cold = true;
+    else if (a === '--guest-mb') {
+      const n = Number(argv[++i]);
+      if (!Number.isInteger(n) || n < 2 || n > 4096) throw new UsageError(`--guest-mb takes an integer 2..4096, got ${String(argv[i])}`);
+      o.guestMb = n;
+    }
     else if (a === '--runs') {
       const n = Number(argv[++i]);
       if (!Number.isInteger(n) || n < 1 || n > 50) throw new UsageError(`--runs takes an integer 1..50, got ${String(argv[i])}`);
@@ -96,7 +103,7 @@ async function oneRun(n: number, opts: Options): Promise<Run> {
       progress(`run ${n}: ${side === 'qemu' ? 'QEMU 7.2 migrates an iPXE guest' : 'migrate() moves a net device'} between two dpdk-testpmd`);
       if (side === 'qemu') run.qemu = await recordQemuMigration(cleanups, { log: (l) => progress(`  ${l}`) });
       else {
-        run.library = await recordLibraryMigration(cleanups, { warmDestination: !opts.cold, log: (l) => progress(`  ${l}`) });
+        run.library = await recordLibraryMigration(cleanups, { warmDestination: !opts.cold, library: { memorySize: opts.guestMb * 2 ** 20 }, log: (l) => progress(`  ${l}`) });
         if (!run.library.report.verified) throw new Error('migrate() did not verify (see its report in --json)');
       }
     } catch (e) {
