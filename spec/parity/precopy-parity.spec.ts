@@ -3,7 +3,7 @@
  * (precopy.ts): both migrations complete, each destination back-end is started from
  * exactly the ring positions its source back-end reported, and the messages of the
  * migration differ only as allow-list.ts explains. One small round of what
- * `npm run bench:migrate` measures; about 25 s on two loaded cores.
+ * `npm run bench:migrate` measures; 20-33 s on two loaded cores.
  */
 import { expect } from 'chai';
 import { qemuAvailable, stopAll } from '../../lib/launch/index.js';
