@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import os from 'node:os';
 import { expect } from 'chai';
@@ -96,7 +96,40 @@ export async function expectGroupsGone(pgids: Iterable<number>, ms = 3000): Prom
   const left = () => groups.flatMap((g) => processGroupMembers(g).map((pid) => `${pid} (group ${g}): ${commandLineOf(pid)}`));
   const deadline = Date.now() + ms;
   while (left().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  expect(left(), 'processes left in the back-end groups').to.deep.equal([]);
+  const still = left();
+  expect(still, `processes left in the back-end groups; watchdogs: ${still.length > 0 ? describeWatchdogs() : '-'}`).to.deep.equal([]);
+}
+
+/**
+ * Every process-group watchdog (launch/process-group.ts) alive, with its state, its stdin
+ * pipe and every other process holding that pipe: what a failure to kill a group after the
+ * front-end died needs to be understood (no watchdog, a watchdog that never saw end-of-file
+ * because another process holds the pipe, ...).
+ */
+function describeWatchdogs(): string {
+  const holders = new Map<string, string[]>();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      for (const fd of readdirSync(`/proc/${name}/fd`)) {
+        const link = readlinkSync(`/proc/${name}/fd/${fd}`);
+        if (link.startsWith('pipe:')) holders.set(link, [...(holders.get(link) ?? []), `${name}/${fd}`]);
+      }
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return JSON.stringify(
+    processesMentioning('while read -r op id').map((p) => {
+      let stdin = '?';
+      try {
+        stdin = readlinkSync(`/proc/${p.pid}/fd/0`);
+      } catch {
+        // gone
+      }
+      return { pid: p.pid, state: statFields(String(p.pid))?.state, stdin, holders: holders.get(stdin) ?? [] };
+    }),
+  );
 }
 
 function commandLineOf(pid: number): string {
