@@ -50,3 +50,17 @@ export {
   type BuildVhostBlkOptions,
   type VhostBlkOptions,
 } from './dpdk-vhost-blk.js';
+export {
+  OVS_SCHEMA,
+  OVS_VSWITCHD_DPDK,
+  OvsBackend,
+  ovsDpdkInstalled,
+  parseOfctlPortStats,
+  parseOvsMap,
+  startOvs,
+  type OvsOptions,
+  type OvsPort,
+  type OvsPortKind,
+  type OvsPortOptions,
+  type OvsPortStats,
+} from './ovs.js';

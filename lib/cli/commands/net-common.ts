@@ -1,9 +1,42 @@
 /** What `net send` and `net recv` share: the options that open a VirtioNet, and rate arithmetic. */
 import { VirtioNet, type RingKind } from '../../devices/net/virtio-net.js';
-import type { OptionSpecs } from '../args.js';
+import { UnixListener } from '../../transport/unix-listener.js';
+import { UsageError, type OptionSpecs } from '../args.js';
+
+/**
+ * `--listen PATH`, server mode: this side listens and the back-end connects, as OVS
+ * `dpdkvhostuserclient` ports and DPDK `client=1` do (vhost-user.rst: "the back-end can act as
+ * client"). Shared by net send/recv, probe and conformance.
+ */
+export const listenOption = {
+  listen: { type: 'string', valueName: 'PATH', description: 'listen on PATH and wait for the back-end to connect (OVS dpdkvhostuserclient, DPDK client=1)' },
+} as const satisfies OptionSpecs;
+
+/** Exactly one of --socket and --listen: which side listens. */
+export function endpoint(command: string, args: { socket?: string | undefined; listen?: string | undefined }): { socket: string } | { listen: string } {
+  if ((args.socket === undefined) === (args.listen === undefined)) {
+    throw new UsageError(`${command}: give either --socket PATH (the back-end listens) or --listen PATH (the back-end connects) (see 'vhost-user ${command} --help')`);
+  }
+  return args.socket !== undefined ? { socket: args.socket } : { listen: args.listen! };
+}
+
+/**
+ * Server mode: listens on `path`, waits up to `timeoutMs` for one back-end to connect, and
+ * closes the listener again (removing the socket file) whatever happened; the accepted
+ * connection stays open. A back-end that reconnects by itself (OVS) finds no socket afterwards.
+ */
+export async function acceptOnce<T>(path: string, accept: (listener: UnixListener) => Promise<T>): Promise<T> {
+  const listener = UnixListener.listen(path);
+  try {
+    return await accept(listener);
+  } finally {
+    listener.close();
+  }
+}
 
 export const netOptions = {
-  socket: { type: 'string', required: true, valueName: 'PATH', description: 'the back-end socket' },
+  socket: { type: 'string', valueName: 'PATH', description: 'the back-end socket (the back-end listens); or give --listen' },
+  ...listenOption,
   queues: { type: 'number', integer: true, min: 1, default: 1, valueName: 'Q', description: 'queue pairs to use (needs VIRTIO_NET_F_MQ above 1)' },
   ring: { type: 'enum', choices: ['split', 'packed'], default: 'split', description: 'virtqueue layout' },
   queueSize: { type: 'number', integer: true, min: 2, max: 32768, default: 256, valueName: 'N', description: 'entries per ring' },
@@ -11,14 +44,15 @@ export const netOptions = {
   json: { type: 'boolean', description: 'print one JSON object instead of a line' },
 } as const satisfies OptionSpecs;
 
-export async function openNet(args: { socket: string; queues: number; ring: string; queueSize: number; timeout: number }): Promise<VirtioNet> {
-  return VirtioNet.open(args.socket, {
-    queuePairs: args.queues,
-    queueSize: args.queueSize,
-    ring: args.ring as RingKind,
-    timeoutMs: args.timeout,
-    connect: { timeoutMs: args.timeout },
-  });
+/** Opens the device on --socket, or accepts the back-end on --listen (waiting up to --timeout for it). */
+export async function openNet(
+  command: string,
+  args: { socket?: string | undefined; listen?: string | undefined; queues: number; ring: string; queueSize: number; timeout: number },
+): Promise<VirtioNet> {
+  const where = endpoint(command, args);
+  const options = { queuePairs: args.queues, queueSize: args.queueSize, ring: args.ring as RingKind, timeoutMs: args.timeout };
+  if ('socket' in where) return VirtioNet.open(where.socket, { ...options, connect: { timeoutMs: args.timeout } });
+  return acceptOnce(where.listen, (listener) => VirtioNet.accept(listener, { ...options, acceptTimeoutMs: args.timeout }));
 }
 
 export interface RateSummary {
