@@ -57,6 +57,7 @@ export {
   ovsDpdkInstalled,
   parseOfctlPortStats,
   parseOvsMap,
+  readOvsPortStats,
   startOvs,
   type OvsOptions,
   type OvsPort,

@@ -150,6 +150,22 @@ function toPortStats(raw: Record<string, number>): OvsPortStats {
   };
 }
 
+/**
+ * The counters of port `port` of any running OVS (the system's, or one started by
+ * {@link startOvs}), found through its run directory as OVS's own tools find it:
+ * `RUNDIR/db.sock` for ovs-vsctl (which bridge, which OpenFlow port) and
+ * `RUNDIR/BRIDGE.mgmt` for ovs-ofctl (OpenFlow 1.4 port stats, with OVS-DPDK's drop counters).
+ */
+export async function readOvsPortStats(port: string, rundir = process.env['OVS_RUNDIR'] ?? '/var/run/openvswitch', timeoutMs = 5000): Promise<OvsPortStats> {
+  const env = { OVS_RUNDIR: rundir };
+  const vsctl = (...args: string[]) => runOvsTool('ovs-vsctl', [`--db=unix:${path.join(rundir, 'db.sock')}`, `--timeout=${Math.ceil(timeoutMs / 1000)}`, ...args], env, timeoutMs);
+  const bridge = await vsctl('port-to-br', port);
+  const ofport = await vsctl('get', 'Interface', port, 'ofport');
+  const text = await runOvsTool('ovs-ofctl', ['-O', 'OpenFlow14', 'dump-ports', `unix:${path.join(rundir, `${bridge}.mgmt`)}`, ofport], env, timeoutMs);
+  if (!text.includes('tx pkts=')) throw new VhostUserError('VHOST_BACKEND_FAILED', `unexpected dump-ports output for ${port}:\n${text}`);
+  return toPortStats(parseOfctlPortStats(text));
+}
+
 /** Whether the DPDK build of OVS and its tools are installed (`openvswitch-switch-dpdk`). */
 export function ovsDpdkInstalled(): boolean {
   return (
@@ -303,11 +319,7 @@ export class OvsBackend {
    * column has the same names but is refreshed only every 5 s (`stats-update-interval`).
    */
   async portStats(name: string): Promise<OvsPortStats> {
-    const ofport = this.port(name).ofport;
-    const text = await this.ofctl('-O', 'OpenFlow14', 'dump-ports', this.bridge, String(ofport));
-    const raw = parseOfctlPortStats(text);
-    if (!text.includes('tx pkts=')) throw new VhostUserError('VHOST_BACKEND_FAILED', `unexpected dump-ports output:\n${text}`);
-    return toPortStats(raw);
+    return readOvsPortStats(this.port(name).name, this.tempDir, this.#timeoutMs);
   }
 
   /**

@@ -12,6 +12,7 @@
  */
 import type { RxBurst, VirtioNet } from '../../devices/net/virtio-net.js';
 import { VhostUserError } from '../../errors.js';
+import { readOvsPortStats } from '../../launch/ovs.js';
 import { PcapWriter } from '../../pcap/pcap-writer.js';
 import { defineCommand } from '../command.js';
 import { toJson } from '../format.js';
@@ -28,17 +29,29 @@ export default defineCommand({
     'Opens a virtio-net device on the back-end, receives --count frames on all queue pairs and\n' +
     'writes them to --pcap (readable by tshark/tcpdump). Fails with VHOST_TIMEOUT when no frame\n' +
     'arrives for --timeout ms. Prints one summary line (frames, bytes, Mpps). Sleeps on the call\n' +
-    'eventfd while the rings are empty, so a sender and a switch on the same cores keep theirs.',
+    'eventfd while the rings are empty, so a sender and a switch on the same cores keep theirs.\n' +
+    'With --ovs-port the summary adds the frames OVS reported dropped on that port (its RX ring\n' +
+    'was full: this receiver did not keep up), and received + dropped = --count ends the run.',
   options: {
     ...netOptions,
     count: { type: 'number', integer: true, min: 1, default: 1000, valueName: 'N', description: 'frames to receive' },
     pcap: { type: 'string', valueName: 'OUT', description: 'write received frames to this pcap file' },
+    ovsPort: { type: 'string', valueName: 'NAME', description: "the OVS port this device is plugged into: report the frames OVS dropped on it (ovs_tx_failure_drops, tx_dropped), and stop once received + dropped reach --count" },
+    ovsRundir: { type: 'string', valueName: 'DIR', description: 'that OVS\'s run directory (db.sock, BRIDGE.mgmt); default $OVS_RUNDIR or /var/run/openvswitch' },
   },
   async run(args, io) {
     const pcap = args.pcap ? await PcapWriter.open(args.pcap, io.fs ? { fs: io.fs } : {}) : null;
     let net: VirtioNet | undefined;
     let tick: NodeJS.Timeout | undefined;
     try {
+      const rundir = args.ovsRundir ?? process.env['OVS_RUNDIR'] ?? '/var/run/openvswitch';
+      // Frames OVS dropped towards this port since the start: failure drops (RX ring full), MTU, link down.
+      const ovsDrops = async () => {
+        const s = await readOvsPortStats(args.ovsPort!, rundir);
+        return s.txFailureDrops + s.txMtuExceededDrops;
+      };
+      const dropsAtStart = args.ovsPort !== undefined ? await ovsDrops() : 0;
+      let dropped = 0;
       net = await openNet('net recv', args);
       const dev = net;
       let frames = 0;
@@ -65,13 +78,31 @@ export default defineCommand({
           }
         });
         dev.on('disconnect', reject);
+        let asking = false;
         tick = setInterval(() => {
           const now = Date.now();
           if (frames !== seen) {
             seen = frames;
             lastFrame = now;
-          } else if (now - lastFrame > args.timeout) {
-            reject(new VhostUserError('VHOST_TIMEOUT', `no frame for ${args.timeout} ms (${frames} of ${args.count} received)`));
+          } else if (args.ovsPort !== undefined && !asking) {
+            // A quiet moment: ask OVS whether the missing frames were dropped on their way here.
+            asking = true;
+            ovsDrops().then(
+              (d) => {
+                asking = false;
+                dropped = d - dropsAtStart;
+                if (frames > 0 && frames + dropped >= args.count) {
+                  tEnd = process.hrtime.bigint();
+                  dev.stopInterrupts();
+                  resolve();
+                }
+              },
+              (e: unknown) => reject(e as Error),
+            );
+          }
+          if (frames === seen && now - lastFrame > args.timeout) {
+            const by = args.ovsPort !== undefined ? `; OVS dropped ${dropped} on ${args.ovsPort}` : '';
+            reject(new VhostUserError('VHOST_TIMEOUT', `no frame for ${args.timeout} ms (${frames} of ${args.count} received${by})`));
           }
           if (now - lastProgress >= 1000) {
             io.progress?.(`received ${frames}/${args.count}`);
@@ -82,7 +113,13 @@ export default defineCommand({
       });
       // From the first frame to the last: the time spent waiting for the sender to start is not the receiver's rate.
       const summary = rate(frames, bytes, Number(tEnd - t0) / 1e9);
-      io.stdout(args.json ? `${toJson({ ...summary, queues: dev.queuePairs, ring: dev.ring, pcap: args.pcap ?? null })}\n` : rateLine('received', summary));
+      if (args.ovsPort !== undefined) dropped = (await ovsDrops()) - dropsAtStart;
+      const backend = args.ovsPort !== undefined ? { backendDropped: dropped, backendPort: args.ovsPort } : {};
+      if (args.json) io.stdout(`${toJson({ ...summary, ...backend, queues: dev.queuePairs, ring: dev.ring, pcap: args.pcap ?? null })}\n`);
+      else {
+        io.stdout(rateLine('received', summary));
+        if (args.ovsPort !== undefined) io.stdout(`OVS dropped ${dropped} frames on ${args.ovsPort} (RX ring full or frame above the MTU): ${((100 * frames) / (frames + dropped || 1)).toFixed(2)}% delivered\n`);
+      }
     } finally {
       clearInterval(tick);
       net?.stopInterrupts();
