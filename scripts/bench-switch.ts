@@ -1,0 +1,289 @@
+/**
+ * `npm run bench:switch`: zero-loss throughput of a vhost-user switch, RFC 2544 style
+ * (section 26.1 throughput, 26.2 latency), port to port: Open vSwitch with DPDK
+ * (`in_port=1,actions=output:2`) and, as the baseline, dpdk-testpmd with two vhost-user
+ * ports in io forwarding. Two VirtioNet drivers in this process are the VMs: one sends
+ * into port 1, the other receives from port 2.
+ *
+ * Per frame size: one unpaced trial (loss at full rate, and the highest rate the sender
+ * can offer), then a binary search between 0 and that rate for the highest offered rate
+ * at which a trial loses no frame. Every frame carries the trial number, its sequence
+ * number and the time it was sent (performance.now(), in the payload), so frames of an
+ * earlier trial arriving late are not counted and latency is measured on the frames of the
+ * best zero-loss trial (min, mean, p99).
+ *
+ * The sender and receiver are one Node thread (they alternate: send what is due, then
+ * receive what arrived); the switch's PMD thread polls on core 1. On a 2-core machine that
+ * is the whole machine: these numbers are bounded by it, not by the switch.
+ */
+import os from 'node:os';
+import { isUsageError, parseArgs, type OptionSpecs } from '../lib/cli/args.js';
+import { RxBurst, VirtioNet } from '../lib/devices/net/virtio-net.js';
+import { stopAll } from '../lib/launch/backend-process.js';
+import { startTestpmd } from '../lib/launch/dpdk-testpmd.js';
+import { ovsDpdkInstalled, startOvs } from '../lib/launch/ovs.js';
+import { buildUdpFrameOfSize, UDP_FRAME_OVERHEAD } from '../lib/net/frame-builder.js';
+
+const options = {
+  sizes: { type: 'string', default: '64,1500', valueName: 'LIST', description: 'frame sizes in bytes, comma-separated' },
+  trialMs: { type: 'number', integer: true, min: 50, default: 300, valueName: 'MS', description: 'length of one trial (RFC 2544 asks for 60 s; short by default)' },
+  steps: { type: 'number', integer: true, min: 1, max: 20, default: 7, valueName: 'N', description: 'binary search steps' },
+  queueSize: { type: 'number', integer: true, min: 64, max: 4096, default: 256, valueName: 'N', description: 'ring entries of both drivers' },
+  switches: { type: 'string', default: 'ovs,testpmd', valueName: 'LIST', description: 'which switches: ovs, testpmd' },
+  json: { type: 'boolean', description: 'print one JSON document' },
+} as const satisfies OptionSpecs;
+
+/** Payload layout after the Ethernet/IPv4/UDP headers: trial u32, sequence u32, send time f64 (ms, performance.now()). */
+const TRIAL_OFF = UDP_FRAME_OVERHEAD;
+const SEQ_OFF = TRIAL_OFF + 4;
+const TS_OFF = TRIAL_OFF + 8;
+const BURST = 32;
+/** After a trial's last frame: how long frames may still arrive (the switch's rings drain). */
+const DRAIN_MS = 100;
+/** Latency samples kept per trial (frames beyond this are counted but not timed). */
+const MAX_SAMPLES = 1 << 21;
+
+interface TrialResult {
+  offeredMpps: number;
+  sent: number;
+  received: number;
+  /** Sorted latencies in µs of the received frames (up to MAX_SAMPLES). */
+  latencies: Float64Array;
+}
+
+interface SideResult {
+  zeroLossMpps: number;
+  fullRateLossPct: number;
+  /** The rate the sender reached unpaced (the search's upper bound). */
+  fullRateMpps: number;
+  latencyUs: { min: number; mean: number; p99: number };
+}
+
+function progress(msg: string): void {
+  process.stderr.write(`[bench:switch] ${msg}\n`);
+}
+
+/** Two drivers on a two-port switch: send into `tx`, receive from `rx`. */
+class Rig {
+  private trial = 0;
+  private readonly burst = new RxBurst(64);
+  private readonly samples = new Float64Array(MAX_SAMPLES);
+  private readonly f64 = new Float64Array(1);
+  private readonly f64Bytes = new Uint8Array(this.f64.buffer);
+  private readonly template: Uint8Array;
+
+  constructor(
+    private readonly tx: VirtioNet,
+    private readonly rx: VirtioNet,
+    readonly frameSize: number,
+  ) {
+    this.template = buildUdpFrameOfSize(frameSize, 0, { srcMac: '02:00:00:00:0b:01', dstMac: '02:00:00:00:0b:02' });
+  }
+
+  /** One trial at `mpps` (Infinity: unpaced) for `ms`, then a drain. */
+  async run(mpps: number, ms: number): Promise<TrialResult> {
+    const trial = ++this.trial;
+    const tx = this.tx;
+    const size = this.frameSize;
+    const template = this.template;
+    const perMs = mpps * 1000;
+    let sent = 0;
+    let received = 0;
+    let samples = 0;
+    const t0 = performance.now();
+    let now = t0;
+    const receive = () => {
+      const n = this.rx.receiveBurst(0, this.burst);
+      const b = this.burst;
+      const t = performance.now();
+      for (let i = 0; i < n; i++) {
+        const o = b.offsets[i]!;
+        const buf = b.buffer;
+        if (b.lengths[i] !== size || readU32(buf, o + TRIAL_OFF) !== trial) continue;
+        received++;
+        if (samples < MAX_SAMPLES) {
+          this.f64Bytes.set(buf.subarray(o + TS_OFF, o + TS_OFF + 8));
+          this.samples[samples++] = (t - this.f64[0]!) * 1000;
+        }
+      }
+    };
+    let spins = 0;
+    while ((now = performance.now()) - t0 < ms) {
+      const due = Math.min(BURST, Number.isFinite(perMs) ? Math.floor((now - t0) * perMs) - sent : BURST);
+      if (due > 0) {
+        this.f64[0] = now;
+        sent += tx.sendInPlace(due, (frame) => {
+          frame.set(template);
+          writeU32(frame, TRIAL_OFF, trial);
+          writeU32(frame, SEQ_OFF, sent);
+          frame.set(this.f64Bytes, TS_OFF);
+          return size;
+        });
+      }
+      receive();
+      if (++spins % 1024 === 0) await new Promise((r) => setImmediate(r));
+    }
+    const end = performance.now() + DRAIN_MS;
+    while (performance.now() < end) {
+      receive();
+      await new Promise((r) => setImmediate(r));
+    }
+    const latencies = this.samples.slice(0, samples).sort();
+    return { offeredMpps: sent / (ms * 1000), sent, received, latencies };
+  }
+}
+
+function readU32(b: Uint8Array, o: number): number {
+  return ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0;
+}
+
+function writeU32(b: Uint8Array, o: number, v: number): void {
+  b[o] = v >>> 24;
+  b[o + 1] = (v >>> 16) & 0xff;
+  b[o + 2] = (v >>> 8) & 0xff;
+  b[o + 3] = v & 0xff;
+}
+
+function latencyOf(l: Float64Array): SideResult['latencyUs'] {
+  if (l.length === 0) return { min: NaN, mean: NaN, p99: NaN };
+  let sum = 0;
+  for (const x of l) sum += x;
+  const r = (x: number) => Math.round(x * 10) / 10;
+  return { min: r(l[0]!), mean: r(sum / l.length), p99: r(l[Math.min(l.length - 1, Math.floor(l.length * 0.99))]!) };
+}
+
+/** RFC 2544 §26.1: full-rate trial, then the binary search for the highest zero-loss rate. */
+async function measure(rig: Rig, label: string, trialMs: number, steps: number): Promise<SideResult> {
+  // Warm-up: the switch learns, the rings fill once, the JIT compiles the loop.
+  await rig.run(Infinity, Math.min(trialMs, 200));
+  const full = await rig.run(Infinity, trialMs);
+  if (full.received === 0) throw new Error(`${label}: no frame came through at all (${full.sent} sent)`);
+  const fullLoss = (100 * (full.sent - full.received)) / full.sent;
+  progress(`${label} ${rig.frameSize} B: full rate ${full.offeredMpps.toFixed(3)} Mpps offered, ${fullLoss.toFixed(2)}% lost`);
+  let best: TrialResult | null = fullLoss === 0 ? full : null;
+  let lo = 0;
+  let hi = full.offeredMpps;
+  if (!best) {
+    for (let s = 0; s < steps; s++) {
+      const rate = (lo + hi) / 2;
+      const t = await rig.run(rate, trialMs);
+      const lost = t.sent - t.received;
+      progress(`${label} ${rig.frameSize} B: ${rate.toFixed(3)} Mpps: ${lost} of ${t.sent} lost`);
+      if (lost === 0) {
+        lo = rate;
+        best = t;
+      } else hi = rate;
+    }
+  }
+  return {
+    zeroLossMpps: best ? Math.round(best.offeredMpps * 1000) / 1000 : 0,
+    fullRateLossPct: Math.round(fullLoss * 100) / 100,
+    fullRateMpps: Math.round(full.offeredMpps * 1000) / 1000,
+    latencyUs: latencyOf(best?.latencies ?? full.latencies),
+  };
+}
+
+async function openPair(txSocket: string, rxSocket: string, queueSize: number): Promise<[VirtioNet, VirtioNet]> {
+  const tx = await VirtioNet.open(txSocket, { queueSize });
+  try {
+    return [tx, await VirtioNet.open(rxSocket, { queueSize })];
+  } catch (e) {
+    tx.close();
+    throw e;
+  }
+}
+
+async function benchOvs(sizes: number[], o: { trialMs: number; steps: number; queueSize: number }): Promise<Map<number, SideResult>> {
+  if (!ovsDpdkInstalled()) throw new Error('OVS-DPDK is not installed (apt-get install openvswitch-switch-dpdk)');
+  // pmd-maxsleep 0: the PMD busy-polls as testpmd does (an idle PMD that sleeps up to 10 ms
+  // would put its sleep into the latency of a paced trial).
+  const ovs = await startOvs({ ports: [{ name: 'p1', ofport: 1 }, { name: 'p2', ofport: 2 }], pmdMaxSleepUs: 0 });
+  const out = new Map<number, SideResult>();
+  try {
+    await ovs.replaceFlows(['in_port=1,actions=output:2', 'in_port=2,actions=output:1']);
+    const [tx, rx] = await openPair(ovs.socketPath('p1'), ovs.socketPath('p2'), o.queueSize);
+    try {
+      await ovs.waitLink('p1');
+      await ovs.waitLink('p2');
+      for (const size of sizes) out.set(size, await measure(new Rig(tx, rx, size), 'ovs', o.trialMs, o.steps));
+    } finally {
+      tx.close();
+      rx.close();
+    }
+  } catch (e) {
+    throw new Error(`OVS: ${(e as Error).message}\n${await ovs.logs(10)}`);
+  } finally {
+    await ovs.stop();
+  }
+  return out;
+}
+
+async function benchTestpmd(sizes: number[], o: { trialMs: number; steps: number; queueSize: number }): Promise<Map<number, SideResult>> {
+  const pmd = await startTestpmd({ forwardMode: 'io', ports: 2 });
+  const out = new Map<number, SideResult>();
+  try {
+    const [tx, rx] = await openPair(pmd.socketPaths[0]!, pmd.socketPaths[1]!, o.queueSize);
+    try {
+      for (const size of sizes) out.set(size, await measure(new Rig(tx, rx, size), 'testpmd', o.trialMs, o.steps));
+    } finally {
+      tx.close();
+      rx.close();
+    }
+  } catch (e) {
+    throw new Error(`testpmd: ${(e as Error).message}\n${pmd.process.outputTail(10)}`);
+  } finally {
+    await pmd.stop();
+  }
+  return out;
+}
+
+async function main(): Promise<number> {
+  const parsed = parseArgs(options, process.argv.slice(2), { where: 'bench:switch' });
+  const args = parsed.options;
+  if (parsed.help) {
+    process.stdout.write('npm run bench:switch -- [--sizes 64,1500] [--trial-ms 300] [--steps 7] [--switches ovs,testpmd] [--json]\n');
+    return 0;
+  }
+  const sizes = args.sizes.split(',').map(Number);
+  if (sizes.some((s) => !Number.isInteger(s) || s < 64 || s > 2000)) throw new Error(`--sizes: 64..2000 bytes each, got ${args.sizes}`);
+  const switches = args.switches.split(',');
+  if (switches.some((s) => s !== 'ovs' && s !== 'testpmd')) throw new Error(`--switches: ovs and/or testpmd, got ${args.switches}`);
+  const o = { trialMs: args.trialMs, steps: args.steps, queueSize: args.queueSize };
+  const loadBefore = os.loadavg()[0]!;
+  const results: Record<string, Map<number, SideResult>> = {};
+  if (switches.includes('ovs')) results['ovs'] = await benchOvs(sizes, o);
+  if (switches.includes('testpmd')) results['testpmd'] = await benchTestpmd(sizes, o);
+  const cases = sizes.map((frameSize) => ({ frameSize, ...Object.fromEntries(Object.entries(results).map(([k, m]) => [k, m.get(frameSize)])) }));
+  const machine = {
+    cpus: os.cpus().length,
+    cpu: os.cpus()[0]?.model ?? null,
+    loadavg1: Math.round(loadBefore * 100) / 100,
+    note: 'sender and receiver: one Node thread; switch PMD: core 1 (OVS pmd-cpu-mask=0x2, testpmd -l 0-1); on 2 cores they share the machine',
+  };
+  if (args.json) {
+    process.stdout.write(`${JSON.stringify({ trialMs: o.trialMs, machine, cases }, null, 2)}\n`);
+  } else {
+    process.stdout.write(`bench:switch, ${o.trialMs} ms trials, ${machine.cpus} CPUs, load ${machine.loadavg1}; ${machine.note}\n`);
+    process.stdout.write('size  switch   zero-loss Mpps  full-rate Mpps  loss at full rate  latency µs min/mean/p99\n');
+    for (const c of cases) {
+      for (const k of Object.keys(results)) {
+        const r = (c as unknown as Record<string, SideResult>)[k]!;
+        process.stdout.write(
+          `${String(c.frameSize).padStart(4)}  ${k.padEnd(8)} ${r.zeroLossMpps.toFixed(3).padStart(14)}  ${r.fullRateMpps.toFixed(3).padStart(14)}  ${`${r.fullRateLossPct.toFixed(2)}%`.padStart(17)}  ${r.latencyUs.min}/${r.latencyUs.mean}/${r.latencyUs.p99}\n`,
+        );
+      }
+    }
+  }
+  return 0;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  async (e: unknown) => {
+    await stopAll(1000);
+    process.stderr.write(`bench:switch: ${isUsageError(e) ? '' : 'failed: '}${(e as Error).message}\n`);
+    process.exitCode = 1;
+  },
+);
