@@ -324,18 +324,30 @@ export class OvsBackend {
 
   /**
    * Waits until OVS reports the port's link `up` (a front-end connected and its rings are
-   * running; `down` for the opposite), polling the Interface `link_state` column. Frames
-   * sent before that are flooded past the port or dropped.
+   * running; `down` for the opposite), polling {@link OvsBackend.link}. Frames sent to the
+   * port before that are flooded past it or dropped.
    */
   async waitLink(name: string, state: 'up' | 'down' = 'up', timeoutMs = this.#timeoutMs): Promise<void> {
     const iface = this.port(name).name;
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const now = (await this.vsctl('get', 'Interface', iface, 'link_state')).replaceAll('"', '');
+      const now = await this.link(iface);
       if (now === state) return;
       if (Date.now() > deadline) throw new VhostUserError('VHOST_TIMEOUT', `OVS port ${iface}: link ${now}, not ${state}, after ${timeoutMs} ms`);
       await new Promise((r) => setTimeout(r, POLL_MS));
     }
+  }
+
+  /**
+   * The port's link state as OpenFlow reports it (`ovs-ofctl show`: LINK_DOWN or not). The
+   * Interface `link_state` column can stay `down` after a restart of ovs-vswitchd although the
+   * port runs; OpenFlow port status follows the port itself.
+   */
+  async link(name: string): Promise<'up' | 'down'> {
+    const text = await this.ofctl('show', this.bridge);
+    const at = text.indexOf(`(${this.port(name).name}):`);
+    const state = at < 0 ? '' : (/state:\s*([^\n]*)/.exec(text.slice(at))?.[1] ?? '');
+    return at < 0 || state.includes('LINK_DOWN') ? 'down' : 'up';
   }
 
   /** The Interface `statistics` column (`ovs-vsctl get Interface NAME statistics`), as OVS last stored it. */
@@ -363,7 +375,7 @@ export class OvsBackend {
     await this.#vswitchd.stop();
     if (options.downMs) await new Promise((r) => setTimeout(r, options.downMs));
     this.#vswitchd = await startVswitchd(this.tempDir, this.#env, ++this.#generation, this.filePrefix, this.#timeoutMs);
-    await this.vsctl('--', 'wait-until', 'Open_vSwitch', '.', 'dpdk_initialized=true');
+    await untilExit(this.#vswitchd, this.vsctl('--', 'wait-until', 'Open_vSwitch', '.', 'dpdk_initialized=true'), 'initialising DPDK');
     // ovs-vsctl without --no-wait returns once ovs-vswitchd has applied the database (cur_cfg).
     await this.vsctl('set', 'Open_vSwitch', '.', 'external_ids:restarts=' + String(this.#generation));
     for (const p of this.#ports.values()) if (p.kind === 'dpdkvhostuser') await this.#until(() => isSocket(p.socketPath), `socket ${p.socketPath}`);
@@ -418,6 +430,21 @@ function runOvsTool(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeout
       } else resolve(stdout.trim());
     });
   });
+}
+
+/** `work`, unless ovs-vswitchd exits first (DPDK failed to initialise): then a VHOST_SPAWN_FAILED quoting its output. */
+async function untilExit<T>(vswitchd: BackendProcess, work: Promise<T>, what: string): Promise<T> {
+  let exited: ((s: ExitStatus) => void) | undefined;
+  const died = new Promise<ExitStatus>((r) => (exited = r));
+  void vswitchd.exited.then((s) => exited?.(s));
+  const r = await Promise.race([work.then((v) => ({ v })), died.then((s) => ({ s }))]);
+  if ('v' in r) {
+    exited = undefined;
+    return r.v;
+  }
+  work.catch(() => {});
+  const how = r.s.signal ? `was killed by ${r.s.signal}` : `exited with code ${r.s.code}`;
+  throw new VhostUserError('VHOST_SPAWN_FAILED', `ovs-vswitchd (pid ${vswitchd.pid}) ${how} while ${what}; last output:\n${vswitchd.outputTail()}`);
 }
 
 async function startVswitchd(dir: string, env: NodeJS.ProcessEnv, generation: number, filePrefix: string, timeoutMs: number): Promise<BackendProcess> {
@@ -490,7 +517,7 @@ export async function startOvs(opts: OvsOptions = {}): Promise<OvsBackend> {
     );
     vswitchd = await startVswitchd(tempDir, env, 0, filePrefix, timeoutMs);
     ovs = new OvsBackend({ tempDir, bridge, filePrefix, ovsdb, vswitchd, env, timeoutMs });
-    await vsctl('--', 'wait-until', 'Open_vSwitch', '.', 'dpdk_initialized=true');
+    await untilExit(vswitchd, vsctl('--', 'wait-until', 'Open_vSwitch', '.', 'dpdk_initialized=true'), 'initialising DPDK');
     await vsctl('add-br', bridge, '--', 'set', 'Bridge', bridge, 'datapath_type=netdev');
     for (const p of opts.ports ?? []) await ovs.addPort(p);
     return ovs;
