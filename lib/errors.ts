@@ -66,7 +66,10 @@ export type VhostErrorCode =
   | 'VHOST_NATIVE'
   // processes the library starts (back-ends)
   | 'VHOST_SPAWN_FAILED'
-  | 'VHOST_SPAWN_TIMEOUT';
+  | 'VHOST_SPAWN_TIMEOUT'
+  // QEMU driven over QMP (launch/qemu)
+  | 'VHOST_QMP_ERROR'
+  | 'VHOST_MIGRATION_FAILED';
 
 const RETRYABLE: ReadonlySet<VhostErrorCode> = new Set<VhostErrorCode>([
   'VHOST_CONNECT_FAILED',

@@ -476,7 +476,7 @@ export class BackendSession implements DeviceRings {
         const v = U64.decode(m.payload, name);
         if (v > 0xffn) throw violation('VHOST_INVALID_PAYLOAD', `device status 0x${v.toString(16)} does not fit 8 bits`, name);
         this.status = Number(v);
-        if (this.status === 0) this.reset(false);
+        if (this.status === 0) this.resetKeepingPositions();
         return undefined;
       }
       case R.GET_STATUS:
@@ -587,7 +587,29 @@ export class BackendSession implements DeviceRings {
     }
   }
 
-  /** RESET_OWNER (everything, memory too) or RESET_DEVICE / status 0 (the device). */
+  /**
+   * SET_STATUS 0: a device reset (virtio 1.2 §2.1: writing 0 to device status resets the
+   * device) that keeps each ring's position for the GET_VRING_BASE that follows.
+   *
+   * vhost-user.rst defines SET_STATUS only as "notify the back-end with updated device
+   * status as defined in the Virtio specification", while its 'Ring states' section says
+   * the back-end must "stop a ring upon receiving VHOST_USER_GET_VRING_BASE", whose reply
+   * is the ring's position. QEMU 7.2 stops a device with SET_STATUS 0 *before* asking
+   * GET_VRING_BASE of each ring (vhost_dev_stop), and on live migration sends the
+   * positions it gets to the destination, which checks them against the guest's used
+   * index: answering 0 there makes the destination refuse the ring ("VQ 0 size 0x100 <
+   * last_avail_idx 0x0 - used_idx 0xb"). DPDK and qemu-storage-daemon keep the positions.
+   * So every ring is stopped here as GET_VRING_BASE would stop it (held work completed,
+   * position recorded, kick and call released), the device is reset, and the positions
+   * are carried into the fresh rings until the front-end reads or overwrites them.
+   */
+  private resetKeepingPositions(): void {
+    const positions = this.rings.map((r) => r.stop());
+    this.reset(false);
+    positions.forEach((p, i) => (this.rings[i]!.base = p));
+  }
+
+  /** RESET_OWNER (everything, memory too) or RESET_DEVICE (the device). */
   private reset(owner: boolean): void {
     for (const r of this.rings) r.release();
     this.rings.forEach((_, i) => (this.rings[i] = this.newRing(i)));

@@ -171,6 +171,8 @@ export interface VhostDeviceEvents {
 /** Gets a fresh connection to a back-end, within `timeoutMs`, unless `signal` aborts first. */
 type Connector = (timeoutMs: number, signal: AbortSignal) => Promise<VhostUserClient>;
 
+/** The status once the features are set (virtio 1.2 §3.1.1, steps 1-5). */
+const FEATURES_OK_STATUS = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK;
 /** The status a started device reports (virtio 1.2 §3.1.1, steps 1-8). */
 const DRIVER_OK_STATUS = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK;
 const HUGE_PAGE = 2 * 1024 * 1024;
@@ -448,6 +450,19 @@ export class VhostDevice extends EventEmitter<VhostDeviceEvents> {
     }
     const log = this.logging.active;
     await client.setFeatures(log ? features | bit(VirtioFeature.VHOST_F_LOG_ALL) : features);
+    if (client.hasProtocolFeature(ProtocolFeature.STATUS)) {
+      // virtio 1.2 §3.1.1 steps 5-6: set FEATURES_OK, then re-read the status: a device that
+      // cannot run with these features clears the bit (DPDK does). QEMU 7.2 sets it here too
+      // (vhost_user_set_features).
+      await client.setStatus(FEATURES_OK_STATUS);
+      const status = await client.getStatus();
+      if (!(status & DeviceStatus.FEATURES_OK)) {
+        throw new VhostUserError('VHOST_FEATURE_NOT_NEGOTIATED', `the back-end cleared FEATURES_OK (status 0x${status.toString(16)}): it refuses features 0x${features.toString(16)}`, {
+          request: 'SET_STATUS',
+          rule: 'virtio 1.2 §3.1.1: "Re-read device status to ensure the FEATURES_OK bit is still set: otherwise, the device does not support our subset of features"',
+        });
+      }
+    }
     await this.hooks.configure?.(client);
     // After SET_FEATURES: the area's layout depends on VIRTIO_F_RING_PACKED (vhost-user.rst, "Inflight I/O tracking").
     this.shared = this.options.inflight ? await this.keeper.share(client, this.list.length, this.list[0]!.vq.size) : false;

@@ -65,3 +65,19 @@ export {
   type OvsPortOptions,
   type OvsPortStats,
 } from './ovs.js';
+export {
+  buildInitramfs,
+  findKernel,
+  parseGuestResults,
+  QEMU_BINARY,
+  qemuAvailable,
+  QemuProcess,
+  startQemu,
+  type MigrationResult,
+  type QemuBlkDevice,
+  type QemuNetDevice,
+  type QemuOptions,
+  type VirtioDeviceInfo,
+  type VirtqueueStatus,
+} from './qemu.js';
+export { QmpClient, QmpError, type QmpConnectOptions, type QmpEvent, type QmpTimestamp } from './qmp.js';

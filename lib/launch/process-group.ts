@@ -75,6 +75,16 @@ export function releaseGroup(pgid: number): void {
   send(`- ${pgid}\n`);
 }
 
+/**
+ * Starts the watchdog now if it is not running. It is otherwise started by the first
+ * back-end launch and then lives as long as this process (one pipe fd): leak checks call
+ * this before their first snapshot so that fd is not counted against the first test that
+ * launches a back-end.
+ */
+export function ensureWatchdog(): void {
+  if (watchdogPid() === undefined) startWatchdog();
+}
+
 /** The watchdog's pid, if it is running (for tests). */
 export function watchdogPid(): number | undefined {
   return watchdog && watchdog.exitCode === null && watchdog.signalCode === null ? watchdog.pid : undefined;

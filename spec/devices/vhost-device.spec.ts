@@ -250,6 +250,28 @@ describe('VhostDevice: the device layer under the drivers', function () {
   });
 
   describe('start, STATUS and stop', () => {
+    it('sets FEATURES_OK after SET_FEATURES and reads it back; a back-end that clears it fails the start with VHOST_FEATURE_NOT_NEGOTIATED', async () => {
+      const FEATURES_OK = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK;
+      let status = 0n;
+      const peer = RawPeer.start((m, p) => {
+        if (m.request === R.SET_STATUS) {
+          // A device that cannot run with the features clears FEATURES_OK (virtio 1.2 §3.1.1, as DPDK does).
+          status = U64.decode(m.payload) & ~BigInt(DeviceStatus.FEATURES_OK);
+          p.ack(m);
+        } else if (m.request === R.GET_STATUS) p.reply(m, U64.encode(status));
+        else return 'default';
+      });
+      peer.protocolFeatures |= bit(ProtocolFeature.STATUS);
+      cleanups.push(() => peer.close());
+      await expectRejectCode(OneRing.open(peer.path, { timeoutMs: 1000 }), 'VHOST_FEATURE_NOT_NEGOTIATED');
+      const sent = peer.log.map((m) => m.request);
+      const setFeatures = sent.indexOf(R.SET_FEATURES);
+      expect(sent.slice(setFeatures + 1, setFeatures + 3)).to.deep.equal([R.SET_STATUS, R.GET_STATUS]);
+      expect(U64.decode(peer.log[setFeatures + 1]!.payload)).to.equal(BigInt(FEATURES_OK));
+      // Nothing of the device was set up with features the back-end refused.
+      expect(sent).to.not.include(R.SET_VRING_KICK);
+    });
+
     for (const ring of ['split', 'packed'] as const) {
       it(`${ring}: DRIVER_OK after start; stop returns the bases the back-end reached and resets STATUS; start resumes from them`, async () => {
         const backend = reference();

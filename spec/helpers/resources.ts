@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import { ensureWatchdog } from '../../lib/launch/process-group.js';
 import { Mapping } from '../../lib/native/mapping.js';
 import { encodeHeader } from '../../lib/protocol/header.js';
 
@@ -11,6 +12,10 @@ await new Promise<void>((resolve) => {
     .on('close', () => resolve())
     .on('error', () => resolve());
 });
+
+// Likewise the process-group watchdog (launch/process-group.ts): started by the first back-end
+// launch, it then holds one pipe fd for the life of the process.
+ensureWatchdog();
 
 /** Open fds of this process. */
 export function fdCount(): number {
