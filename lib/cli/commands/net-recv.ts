@@ -51,6 +51,8 @@ export default defineCommand({
     const pcap = args.pcap ? await PcapWriter.open(args.pcap, io.fs ? { fs: io.fs } : {}) : null;
     let net: VirtioNet | undefined;
     let tick: NodeJS.Timeout | undefined;
+    // Wall-clock nanoseconds = this + hrtime (as PcapWriter computes them when given no timestamp).
+    const pcapEpoch = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
     try {
       const rundir = args.ovsRundir ?? process.env['OVS_RUNDIR'] ?? '/var/run/openvswitch';
       // Frames OVS dropped towards this port since the start: failure drops (RX ring full), MTU, link down.
@@ -73,9 +75,11 @@ export default defineCommand({
         dev.on('frames', (_queue: number, burst: RxBurst) => {
           if (frames === 0) t0 = process.hrtime.bigint();
           const n = Math.min(burst.count, args.count - frames);
+          // One timestamp per burst: the frames of a burst arrived together, and a BigInt clock read per frame costs more than the frame.
+          const ts = pcap ? pcapEpoch + process.hrtime.bigint() : 0n;
           for (let i = 0; i < n; i++) {
             const len = burst.lengths[i]!;
-            if (pcap) pcap.write(burst.buffer.subarray(burst.offsets[i], burst.offsets[i]! + len));
+            if (pcap) pcap.write(burst.buffer.subarray(burst.offsets[i], burst.offsets[i]! + len), ts);
             bytes += len;
           }
           frames += n;
