@@ -31,6 +31,7 @@ const options = {
   steps: { type: 'number', integer: true, min: 1, max: 20, default: 7, valueName: 'N', description: 'binary search steps' },
   queueSize: { type: 'number', integer: true, min: 64, max: 8192, default: 256, valueName: 'N', description: "ring entries of the sender; the receiver's rings have 4 times as many" },
   switches: { type: 'string', default: 'ovs,testpmd', valueName: 'LIST', description: 'which switches: ovs, testpmd' },
+  unpinned: { type: 'boolean', description: 'do not pin the drivers to core 0 (the scheduler may then put them beside the PMD)' },
   json: { type: 'boolean', description: 'print one JSON document' },
 } as const satisfies OptionSpecs;
 
@@ -275,7 +276,7 @@ async function main(): Promise<number> {
   const parsed = parseArgs(options, process.argv.slice(2), { where: 'bench:switch' });
   const args = parsed.options;
   if (parsed.help) {
-    process.stdout.write('npm run bench:switch -- [--sizes 64,1500] [--trial-ms 300] [--steps 7] [--switches ovs,testpmd] [--json]\n');
+    process.stdout.write('npm run bench:switch -- [--sizes 64,1500] [--trial-ms 300] [--steps 7] [--queue-size 256] [--switches ovs,testpmd] [--unpinned] [--json]\n');
     return 0;
   }
   const sizes = args.sizes.split(',').map(Number);
@@ -283,7 +284,7 @@ async function main(): Promise<number> {
   const switches = args.switches.split(',');
   if (switches.some((s) => s !== 'ovs' && s !== 'testpmd')) throw new Error(`--switches: ovs and/or testpmd, got ${args.switches}`);
   const o = { trialMs: args.trialMs, steps: args.steps, queueSize: args.queueSize };
-  pinToCore0();
+  if (!args.unpinned) pinToCore0();
   const loadBefore = os.loadavg()[0]!;
   const results: Record<string, Map<number, SideResult>> = {};
   if (switches.includes('ovs')) results['ovs'] = await benchOvs(sizes, o);
@@ -293,6 +294,7 @@ async function main(): Promise<number> {
     cpus: os.cpus().length,
     cpu: os.cpus()[0]?.model ?? null,
     loadavg1: Math.round(loadBefore * 100) / 100,
+    pinned: !args.unpinned,
     note: 'sender and receiver: one Node thread pinned to core 0; switch PMD: core 1 (OVS pmd-cpu-mask=0x2, testpmd -l 0-1); 2 cores are the whole machine, shared with whatever else runs',
   };
   if (args.json) {
