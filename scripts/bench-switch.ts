@@ -24,6 +24,7 @@ import { findExecutable, stopAll } from '../lib/launch/backend-process.js';
 import { startTestpmd } from '../lib/launch/dpdk-testpmd.js';
 import { ovsDpdkInstalled, startOvs } from '../lib/launch/ovs.js';
 import { buildUdpFrameOfSize, UDP_FRAME_OVERHEAD } from '../lib/net/frame-builder.js';
+import { waitForQuiet } from './bench/cpu.js';
 
 const options = {
   sizes: { type: 'string', default: '64,1500', valueName: 'LIST', description: 'frame sizes in bytes, comma-separated' },
@@ -31,6 +32,8 @@ const options = {
   steps: { type: 'number', integer: true, min: 1, max: 20, default: 7, valueName: 'N', description: 'binary search steps' },
   queueSize: { type: 'number', integer: true, min: 64, max: 8192, default: 256, valueName: 'N', description: "ring entries of the sender; the receiver's rings have 4 times as many" },
   switches: { type: 'string', default: 'ovs,testpmd', valueName: 'LIST', description: 'which switches: ovs, testpmd' },
+  maxForeignPct: { type: 'number', min: 0, default: 30, valueName: 'PCT', description: 'before each switch starts, wait (up to --quiet-wait-ms) until other programs use at most this much CPU' },
+  quietWaitMs: { type: 'number', integer: true, min: 0, default: 60_000, valueName: 'MS', description: 'how long to wait for that' },
   unpinned: { type: 'boolean', description: 'do not pin the drivers to core 0 (the scheduler may then put them beside the PMD)' },
   json: { type: 'boolean', description: 'print one JSON document' },
 } as const satisfies OptionSpecs;
@@ -287,20 +290,41 @@ async function main(): Promise<number> {
   if (!args.unpinned) pinToCore0();
   const loadBefore = os.loadavg()[0]!;
   const results: Record<string, Map<number, SideResult>> = {};
-  if (switches.includes('ovs')) results['ovs'] = await benchOvs(sizes, o);
-  if (switches.includes('testpmd')) results['testpmd'] = await benchTestpmd(sizes, o);
+  /** Other programs' CPU use (% of one CPU) measured just before each switch started. */
+  const foreignPct: Record<string, number | null> = {};
+  /** The 1-minute load average just before each switch started. */
+  const loadAtStart: Record<string, number> = {};
+  const quiet = async (name: string) => {
+    const pct = await waitForQuiet(args.maxForeignPct, {
+      timeoutMs: args.quietWaitMs,
+      onBusy: (p, top) => progress(`${name}: other programs use ${p.toFixed(0)}% CPU (${top.join(', ')}); waiting up to ${args.quietWaitMs / 1000} s`),
+    });
+    foreignPct[name] = pct === null ? null : Math.round(pct);
+    loadAtStart[name] = Math.round(os.loadavg()[0]! * 100) / 100;
+  };
+  if (switches.includes('ovs')) {
+    await quiet('ovs');
+    results['ovs'] = await benchOvs(sizes, o);
+  }
+  if (switches.includes('testpmd')) {
+    await quiet('testpmd');
+    results['testpmd'] = await benchTestpmd(sizes, o);
+  }
   const cases = sizes.map((frameSize) => ({ frameSize, ...Object.fromEntries(Object.entries(results).map(([k, m]) => [k, m.get(frameSize)])) }));
   const machine = {
     cpus: os.cpus().length,
     cpu: os.cpus()[0]?.model ?? null,
     loadavg1: Math.round(loadBefore * 100) / 100,
     pinned: !args.unpinned,
+    otherProgramsCpuPct: foreignPct,
+    loadavg1AtStart: loadAtStart,
     note: 'sender and receiver: one Node thread pinned to core 0; switch PMD: core 1 (OVS pmd-cpu-mask=0x2, testpmd -l 0-1); 2 cores are the whole machine, shared with whatever else runs',
   };
   if (args.json) {
     process.stdout.write(`${JSON.stringify({ trialMs: o.trialMs, machine, cases }, null, 2)}\n`);
   } else {
-    process.stdout.write(`bench:switch, ${o.trialMs} ms trials, ${machine.cpus} CPUs, load ${machine.loadavg1}; ${machine.note}\n`);
+    const others = Object.entries(foreignPct).map(([k, v]) => `${k} ${v ?? '?'}%`).join(', ');
+    process.stdout.write(`bench:switch, ${o.trialMs} ms trials, ${machine.cpus} CPUs, load ${machine.loadavg1}, other programs' CPU at start: ${others}; ${machine.note}\n`);
     process.stdout.write('size  switch   zero-loss Mpps  full-rate Mpps  loss at full rate  latency µs min/mean/p99\n');
     for (const c of cases) {
       for (const k of Object.keys(results)) {
