@@ -82,6 +82,12 @@ class Rig {
   private readonly f64 = new Float64Array(1);
   private readonly f64Bytes = new Uint8Array(this.f64.buffer);
   private readonly template: Uint8Array;
+  /**
+   * TX slots (their frame areas, one stable view per slot) that hold this rig's template: a
+   * slot keeps what was written to it, so only the trial, sequence and time are rewritten
+   * (as DPDK's txonly rewrites only the headers of its recycled mbufs).
+   */
+  private readonly primed = new WeakSet<Uint8Array>();
 
   constructor(
     private readonly tx: VirtioNet,
@@ -124,7 +130,10 @@ class Rig {
       if (due > 0) {
         this.f64[0] = now;
         sent += tx.sendInPlace(due, (frame) => {
-          frame.set(template);
+          if (!this.primed.has(frame)) {
+            frame.set(template);
+            this.primed.add(frame);
+          }
           writeU32(frame, TRIAL_OFF, trial);
           writeU32(frame, SEQ_OFF, sent);
           frame.set(this.f64Bytes, TS_OFF);
