@@ -8,7 +8,10 @@
 import { VhostUserClient, type Negotiated, type NegotiateOptions } from '../client/vhost-user-client.js';
 import { VhostUserError } from '../errors.js';
 import { GuestMemory, type GuestMemoryOptions } from '../memory/guest-memory.js';
+import { Connection } from '../transport/connection.js';
 import { EventFd } from '../transport/eventfd.js';
+import type { UnixListener } from '../transport/unix-listener.js';
+import type { UnixStream } from '../transport/unix-stream.js';
 import type { ConformanceDevice } from './check.js';
 import { Evidence, traceLine } from './evidence.js';
 import { RawSession } from './raw-session.js';
@@ -67,6 +70,13 @@ export interface BackendTarget {
   readonly pid: number | null;
   /** The runner's side of CheckContext.nextFrontEnd: throws a Finding when the back-end crashed. */
   nextFrontEnd(run: CheckRun): Promise<void>;
+  /**
+   * Server mode (`listen`): every connection is one the back-end opens to this listener
+   * (OVS dpdkvhostuserclient, DPDK client=1 reconnect by themselves about once a second).
+   */
+  readonly listener?: UnixListener | null;
+  /** How long to wait for the back-end to connect in server mode. */
+  readonly acceptTimeoutMs?: number;
 }
 
 /** @internal The runner's implementation; close() releases everything in reverse order. */
@@ -104,11 +114,11 @@ export class CheckRun implements CheckContext {
   async client(): Promise<VhostUserClient> {
     this.checkOpen();
     this.connections++;
-    const client = await VhostUserClient.connect(this.socketPath, {
-      timeoutMs: this.timeoutMs,
-      connect: { timeoutMs: this.timeoutMs },
-      trace: (e) => this.evidence.add(traceLine(e)),
-    });
+    const options = { timeoutMs: this.timeoutMs, trace: (e: Parameters<typeof traceLine>[0]) => this.evidence.add(traceLine(e)) };
+    const stream = await this.accepted();
+    const client = stream
+      ? new VhostUserClient(new Connection(stream), options)
+      : await VhostUserClient.connect(this.socketPath, { ...options, connect: { timeoutMs: this.timeoutMs } });
     // A broken client is a finding the check reports; the event itself needs no listener.
     client.on('disconnect', (e) => this.evidence.add(`x ${e.code}: ${e.message}`));
     return this.own(client);
@@ -122,7 +132,15 @@ export class CheckRun implements CheckContext {
   async raw(): Promise<RawSession> {
     this.checkOpen();
     this.connections++;
-    return this.own(await RawSession.open(this.socketPath, this.evidence, this.timeoutMs));
+    const stream = await this.accepted();
+    return this.own(await RawSession.open(this.socketPath, this.evidence, this.timeoutMs, stream ?? undefined));
+  }
+
+  /** Server mode: the back-end's next connection (null in client mode). */
+  private async accepted(): Promise<UnixStream | null> {
+    const l = this.target.listener;
+    if (!l) return null;
+    return l.accept(this.target.acceptTimeoutMs ?? 5000);
   }
 
   memory(options: GuestMemoryOptions): GuestMemory {

@@ -92,11 +92,11 @@ export class RawSession {
     });
   }
 
-  /** @internal Connects to `path`; checks get theirs from CheckContext.raw(). */
-  static async open(path: string, evidence: EvidenceSink, timeoutMs: number): Promise<RawSession> {
-    const stream = await UnixStream.connect(path, { timeoutMs });
-    evidence.add(`- connected to ${path}`);
-    return new RawSession(new Connection(stream), stream, evidence, timeoutMs);
+  /** @internal Connects to `path`, or with `stream` takes one a back-end opened (server mode); checks get theirs from CheckContext.raw(). */
+  static async open(path: string, evidence: EvidenceSink, timeoutMs: number, stream?: UnixStream): Promise<RawSession> {
+    const s = stream ?? (await UnixStream.connect(path, { timeoutMs }));
+    evidence.add(stream ? `- the back-end connected to ${path}` : `- connected to ${path}`);
+    return new RawSession(new Connection(s), s, evidence, timeoutMs);
   }
 
   /** The connection is closed, by the back-end or by {@link RawSession.close}. */

@@ -19,6 +19,7 @@ import { allChecks } from './checks/index.js';
 import { CheckRun, type BackendTarget } from './context.js';
 import { Evidence } from './evidence.js';
 import { RawSession } from './raw-session.js';
+import { UnixListener } from '../transport/unix-listener.js';
 
 /** What the runner needs of a back-end it started (BackendProcess and the typed handles of lib/launch fit). */
 export interface SpawnedBackend {
@@ -40,6 +41,15 @@ export interface SpawnedBackend {
 export interface ConformanceOptions {
   /** The back-end socket; with a spawn command, where the command makes the back-end listen. */
   socket?: string;
+  /**
+   * Server mode instead of `socket`: listen here, and take every connection a check needs from
+   * the back-end connecting to it (OVS `dpdkvhostuserclient`, DPDK `client=1`; both reconnect
+   * by themselves, about once a second, after a check closed the previous connection). Checks
+   * that need two connections at once wait for a second one such back-ends never open.
+   */
+  listen?: string;
+  /** Server mode: how long a check waits for the back-end to connect (default 5000 ms). */
+  acceptTimeoutMs?: number;
   /** Default 'generic': device-independent checks only. */
   device?: ConformanceDevice;
   /**
@@ -215,7 +225,8 @@ export async function runConformance(options: ConformanceOptions): Promise<Confo
   if (typeof spawn === 'string' && !options.socket) {
     throw new VhostUserError('VHOST_INVALID_ARGUMENT', 'a spawn command needs the socket path it makes the back-end listen on');
   }
-  if (!spawn && !options.socket) throw new VhostUserError('VHOST_INVALID_ARGUMENT', 'give a socket path or a back-end to spawn');
+  if (options.listen !== undefined && (spawn || options.socket)) throw new VhostUserError('VHOST_INVALID_ARGUMENT', 'listen is instead of a socket path or a back-end to spawn');
+  if (!spawn && !options.socket && options.listen === undefined) throw new VhostUserError('VHOST_INVALID_ARGUMENT', 'give a socket path, a path to listen on, or a back-end to spawn');
   const settleMs = options.spawnSettleMs ?? (typeof spawn === 'string' ? 300 : 0);
   const start = async (): Promise<SpawnedBackend> => {
     const b = typeof spawn === 'string' ? await spawnCommand(spawn, options.socket!) : await spawn!();
@@ -249,12 +260,15 @@ export async function runConformance(options: ConformanceOptions): Promise<Confo
     await backend?.stop();
     throw e;
   }
-  const name = options.backendName ?? (typeof spawn === 'string' ? spawn : (options.socket ?? backend?.socketPath ?? ''));
+  const name = options.backendName ?? (typeof spawn === 'string' ? spawn : (options.socket ?? (options.listen !== undefined ? `listen:${options.listen}` : undefined) ?? backend?.socketPath ?? ''));
+  const listener = options.listen !== undefined ? UnixListener.listen(options.listen) : null;
 
   /** The back-end for a check's next front-end (CheckContext.nextFrontEnd). */
   const target: BackendTarget = {
+    listener,
+    acceptTimeoutMs: options.acceptTimeoutMs ?? 5000,
     get socketPath() {
-      return backend?.socketPath ?? options.socket!;
+      return backend?.socketPath ?? options.socket ?? options.listen!;
     },
     get pid() {
       return backend?.pid ?? options.backendPid ?? null;
@@ -337,12 +351,13 @@ export async function runConformance(options: ConformanceOptions): Promise<Confo
       options.onResult?.(result, i, selected.length);
     }
   } finally {
+    listener?.close();
     await backend?.stop();
   }
   const summary: Record<CheckStatus, number> = { pass: 0, fail: 0, skip: 0 };
   for (const r of results) summary[r.status]++;
   return {
-    backend: { name, socket: options.socket ?? backend?.socketPath ?? '', device, spawned: spawn !== undefined, oneShot, crashes, restarts },
+    backend: { name, socket: options.socket ?? options.listen ?? backend?.socketPath ?? '', device, spawned: spawn !== undefined, oneShot, crashes, restarts },
     checks: results,
     summary,
     ms: Date.now() - t0,

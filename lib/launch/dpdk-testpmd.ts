@@ -26,6 +26,13 @@ export interface TestpmdOptions {
   client?: boolean;
   /** Default `<tempDir>/vhost-net.sock`. Must not contain a comma (DPDK kvargs). */
   socketPath?: string;
+  /**
+   * vhost-user ports (`net_vhost0` .. `net_vhostN-1`); default 1. Port k > 0 listens on
+   * `<tempDir>/vhost-netK.sock` (see {@link TestpmdBackend.socketPaths}); with two, io
+   * forwarding passes port 0's frames to port 1 and back, a switch with two ports.
+   * Not with `client`.
+   */
+  ports?: number;
   /** Default 'rxonly'. */
   forwardMode?: TestpmdForwardMode;
   /** EAL `-l`; default '0-1' (main lcore 0, forwarding on 1). */
@@ -189,6 +196,8 @@ export class TestpmdBackend extends BackendHandle {
     readonly filePrefix: string,
     /** The full command line testpmd was started with (after the executable), for messages and logs. */
     readonly args: readonly string[],
+    /** The socket of each port, port 0 first (see {@link TestpmdOptions.ports}). */
+    readonly socketPaths: readonly string[] = [proc.socketPath],
   ) {
     super(proc);
     this.#console = prompt;
@@ -256,9 +265,15 @@ export async function startTestpmd(opts: TestpmdOptions = {}): Promise<TestpmdBa
   const socketPath = opts.socketPath ?? path.join(tempDir, 'vhost-net.sock');
   const filePrefix = `vhu${process.pid}-${++prefixCounter}-${randomBytes(3).toString('hex')}`;
 
+  const ports = opts.ports ?? 1;
+  if (!Number.isInteger(ports) || ports < 1 || (ports > 1 && opts.client)) {
+    throw new VhostUserError('VHOST_INVALID_ARGUMENT', `ports must be a positive integer (1 with client), got ${ports}`);
+  }
+  const socketPaths = [socketPath, ...Array.from({ length: ports - 1 }, (_, k) => path.join(tempDir, `vhost-net${k + 1}.sock`))];
   const vdev = [`net_vhost0,iface=${socketPath},queues=${queues}`];
   if (opts.client) vdev.push('client=1');
   if (opts.extraVdevArgs) vdev.push(opts.extraVdevArgs);
+  const moreVdevs = socketPaths.slice(1).flatMap((p, k) => ['--vdev', [`net_vhost${k + 1},iface=${p},queues=${queues}`, ...(opts.extraVdevArgs ? [opts.extraVdevArgs] : [])].join(',')]);
   const args = [
     '--no-huge',
     '-m', String(opts.memoryMb ?? 1024),
@@ -267,6 +282,7 @@ export async function startTestpmd(opts: TestpmdOptions = {}): Promise<TestpmdBa
     '-l', opts.lcores ?? '0-1',
     ...(opts.mainLcore !== undefined ? ['--main-lcore', String(opts.mainLcore)] : []),
     '--vdev', vdev.join(','),
+    ...moreVdevs,
     '--',
     ...(interactive ? ['-i'] : []),
     ...(interactive && opts.autoStart ? ['--auto-start'] : []),
@@ -303,9 +319,9 @@ export async function startTestpmd(opts: TestpmdOptions = {}): Promise<TestpmdBa
       : // The socket appears while testpmd is still starting its port; a front-end that
         // completes its setup before "start packet forwarding" can leave a queue that
         // testpmd never polls (seen ~1 in 20 full-suite runs). Wait for both.
-        async (b) => (await isSocket(socketPath)) && initialised(b),
+        async (b) => (await Promise.all(socketPaths.map(isSocket))).every(Boolean) && initialised(b),
     readyLabel: opts.client ? 'EAL and port initialisation' : `socket ${socketPath} and testpmd's start-up`,
   });
   prompt?.consumePrompt();
-  return new TestpmdBackend(proc, prompt, filePrefix, args);
+  return new TestpmdBackend(proc, prompt, filePrefix, args, socketPaths);
 }

@@ -51,6 +51,21 @@ export {
   type VhostBlkOptions,
 } from './dpdk-vhost-blk.js';
 export {
+  OVS_SCHEMA,
+  OVS_VSWITCHD_DPDK,
+  OvsBackend,
+  ovsDpdkInstalled,
+  parseOfctlPortStats,
+  parseOvsMap,
+  readOvsPortStats,
+  startOvs,
+  type OvsOptions,
+  type OvsPort,
+  type OvsPortKind,
+  type OvsPortOptions,
+  type OvsPortStats,
+} from './ovs.js';
+export {
   buildInitramfs,
   findKernel,
   parseGuestResults,

@@ -12,6 +12,7 @@ import { runConformance } from '../../conformance/runner.js';
 import { UsageError } from '../args.js';
 import { nodeFileSystem } from '../../file-system.js';
 import { defineCommand } from '../command.js';
+import { endpoint, listenOption } from './endpoint.js';
 
 export default defineCommand({
   name: 'conformance',
@@ -28,9 +29,13 @@ export default defineCommand({
     'when a check makes it crash (a finding of that check) and starts it again. A back-end that exits\n' +
     'with code 0 once its front-end leaves (virtiofsd) is detected as one-shot and started again for\n' +
     'every check and wherever a check needs a new front-end; only a non-zero exit or a signal is a crash. CMD runs in a\n' +
-    'process group of its own, stopped as a whole: what a wrapper (npx, sh -c) started in it is stopped too.',
+    'process group of its own, stopped as a whole: what a wrapper (npx, sh -c) started in it is stopped too.\n' +
+    '\n' +
+    '--listen PATH runs the suite in server mode: every connection a check needs is one the back-end\n' +
+    'opens to PATH (OVS dpdkvhostuserclient, DPDK client=1; they reconnect about once a second).',
   options: {
-    socket: { type: 'string', required: true, valueName: 'PATH', description: 'the back-end socket' },
+    socket: { type: 'string', valueName: 'PATH', description: 'the back-end socket (the back-end listens); or give --listen' },
+    ...listenOption,
     device: { type: 'enum', choices: CONFORMANCE_DEVICES, default: 'generic', description: 'device the back-end serves (net and blk add data-plane and config checks)' },
     spawn: { type: 'string', valueName: 'CMD', description: 'start the back-end with this command, and restart it after a crash' },
     format: { type: 'enum', choices: ['text', 'json', 'junit'], default: 'text', description: 'output format' },
@@ -47,8 +52,10 @@ export default defineCommand({
     if (!allChecks.some((c) => appliesTo(c, args.device) && matchesOnly(c.id, args.only))) {
       throw new UsageError(`conformance: no check matches --only '${args.only ?? ''}' for device ${args.device} (see 'vhost-user conformance --help')`);
     }
+    const where = endpoint('conformance', args);
+    if ('listen' in where && args.spawn !== undefined) throw new UsageError("conformance: --spawn needs --socket, not --listen (see 'vhost-user conformance --help')");
     const report = await runConformance({
-      socket: args.socket,
+      ...where,
       device: args.device,
       timeoutMs: args.timeout,
       checkTimeoutMs: args.checkTimeout,

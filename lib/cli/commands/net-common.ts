@@ -1,9 +1,11 @@
 /** What `net send` and `net recv` share: the options that open a VirtioNet, and rate arithmetic. */
 import { VirtioNet, type RingKind } from '../../devices/net/virtio-net.js';
 import type { OptionSpecs } from '../args.js';
+import { acceptOnce, endpoint, listenOption } from './endpoint.js';
 
 export const netOptions = {
-  socket: { type: 'string', required: true, valueName: 'PATH', description: 'the back-end socket' },
+  socket: { type: 'string', valueName: 'PATH', description: 'the back-end socket (the back-end listens); or give --listen' },
+  ...listenOption,
   queues: { type: 'number', integer: true, min: 1, default: 1, valueName: 'Q', description: 'queue pairs to use (needs VIRTIO_NET_F_MQ above 1)' },
   ring: { type: 'enum', choices: ['split', 'packed'], default: 'split', description: 'virtqueue layout' },
   queueSize: { type: 'number', integer: true, min: 2, max: 32768, default: 256, valueName: 'N', description: 'entries per ring' },
@@ -11,14 +13,15 @@ export const netOptions = {
   json: { type: 'boolean', description: 'print one JSON object instead of a line' },
 } as const satisfies OptionSpecs;
 
-export async function openNet(args: { socket: string; queues: number; ring: string; queueSize: number; timeout: number }): Promise<VirtioNet> {
-  return VirtioNet.open(args.socket, {
-    queuePairs: args.queues,
-    queueSize: args.queueSize,
-    ring: args.ring as RingKind,
-    timeoutMs: args.timeout,
-    connect: { timeoutMs: args.timeout },
-  });
+/** Opens the device on --socket, or accepts the back-end on --listen (waiting up to --timeout for it). */
+export async function openNet(
+  command: string,
+  args: { socket?: string | undefined; listen?: string | undefined; queues: number; ring: string; queueSize: number; timeout: number },
+): Promise<VirtioNet> {
+  const where = endpoint(command, args);
+  const options = { queuePairs: args.queues, queueSize: args.queueSize, ring: args.ring as RingKind, timeoutMs: args.timeout };
+  if ('socket' in where) return VirtioNet.open(where.socket, { ...options, connect: { timeoutMs: args.timeout } });
+  return acceptOnce(where.listen, (listener) => VirtioNet.accept(listener, { ...options, acceptTimeoutMs: args.timeout }));
 }
 
 export interface RateSummary {

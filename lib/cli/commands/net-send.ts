@@ -31,7 +31,7 @@ export default defineCommand({
     if (args.pcap && pool.length === 0) throw new VhostUserError('VHOST_INVALID_ARGUMENT', `${args.pcap} holds no frames`);
     const count = args.count ?? (args.pcap ? pool.length : 1000);
     if (!args.pcap) for (let s = 0; s < Math.min(count, SYNTHETIC_POOL); s++) pool.push(buildUdpFrameOfSize(args.size, s));
-    const net = await openNet(args);
+    const net = await openNet('net send', args);
     try {
       const longest = pool.reduce((m, f) => Math.max(m, f.length), 0);
       if (longest > net.maxFrameSize) throw new VhostUserError('VHOST_INVALID_ARGUMENT', `a ${longest}-byte frame does not fit a ${net.maxFrameSize}-byte TX slot`);
@@ -52,6 +52,9 @@ export default defineCommand({
         if (took > 0) stalledSince = now;
         else if (now - stalledSince > args.timeout) {
           throw new VhostUserError('VHOST_TIMEOUT', `the back-end consumed nothing for ${args.timeout} ms (${sent} of ${count} frames sent)`);
+        } else {
+          // Ring full: sleep until half of it is free instead of spinning (see waitTxSpace).
+          await net.waitTxSpace(q, net.queueSize >> 1, Math.min(args.timeout, 100));
         }
         if (spins % 256 === 0) {
           await yieldToLoop();

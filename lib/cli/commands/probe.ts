@@ -10,6 +10,7 @@ import { featureNames, ProtocolFeature, protocolFeatureNames, type DeviceKind } 
 import { table } from '../args.js';
 import { defineCommand } from '../command.js';
 import { flatten, hex64, toJson } from '../format.js';
+import { acceptOnce, endpoint, listenOption } from './endpoint.js';
 
 /** The `--json` document. Masks are {@link hex64} strings; names are spec names. */
 export interface ProbeReport {
@@ -34,18 +35,23 @@ export default defineCommand({
   name: 'probe',
   summary: 'connect to a back-end, negotiate, and report its features and config',
   description:
-    'Connects to the back-end listening on --socket, runs the vhost-user handshake (features,\n' +
+    'Connects to the back-end listening on --socket (or, with --listen, waits for it to connect), runs the vhost-user handshake (features,\n' +
     'protocol features, queue count, memory slots, SET_OWNER), reads and decodes the device\n' +
     'config when --device is given and the back-end supports GET_CONFIG, then disconnects.',
   options: {
-    socket: { type: 'string', required: true, valueName: 'PATH', description: 'the back-end socket' },
+    socket: { type: 'string', valueName: 'PATH', description: 'the back-end socket (the back-end listens); or give --listen' },
+    ...listenOption,
     device: { type: 'enum', choices: ['net', 'blk'], description: 'device type: names device feature bits and decodes the config' },
     json: { type: 'boolean', description: 'print one JSON object instead of text' },
     timeout: { type: 'number', integer: true, min: 1, default: 5000, valueName: 'MS', description: 'deadline for the connect and for each reply' },
   },
   async run(args, io) {
     const device = args.device ?? null;
-    const client = await VhostUserClient.connect(args.socket, { timeoutMs: args.timeout, connect: { timeoutMs: args.timeout } });
+    const where = endpoint('probe', args);
+    const client =
+      'socket' in where
+        ? await VhostUserClient.connect(where.socket, { timeoutMs: args.timeout, connect: { timeoutMs: args.timeout } })
+        : await acceptOnce(where.listen, (l) => VhostUserClient.accept(l, { timeoutMs: args.timeout, acceptTimeoutMs: args.timeout }));
     let report: ProbeReport;
     try {
       const n = await client.negotiate();
@@ -57,7 +63,7 @@ export default defineCommand({
             : decodeBlkConfig(await client.getConfig(0, BLK_CONFIG_SIZE), n.features);
       }
       report = {
-        socket: args.socket,
+        socket: 'socket' in where ? where.socket : where.listen,
         device,
         features: hex64(n.features),
         featureNames: featureNames(n.features, device ?? undefined),

@@ -213,6 +213,10 @@ interface QueuePair {
   rxLent: Uint16Array;
   rxLentCount: number;
   counters: Float64Array;
+  /** Resolves the pending waitTxSpace(), if any (the TX call eventfd's one watcher calls it). */
+  txWaiter: ((ok: boolean) => void) | null;
+  /** Whether the TX call eventfd is being watched (a watcher is set up once and kept). */
+  txWatched: boolean;
 }
 
 /** Events of a {@link VirtioNet}. */
@@ -257,6 +261,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   private readonly reapTokens: Uint32Array;
   private readonly reapLengths: Uint32Array;
   private closed = false;
+  private interrupting = false;
 
   private constructor(init: { device: VhostDevice; pairs: QueuePair[]; rxBufferSize: number; txSlotSize: number; config: NetConfig | null }) {
     super();
@@ -362,6 +367,8 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
         rxLent: new Uint16Array(queueSize),
         rxLentCount: 0,
         counters: new Float64Array(COUNTERS),
+        txWaiter: null,
+        txWatched: false,
       });
     }
     // RX buffers go in before the start: the back-end sees them at its first kick.
@@ -536,6 +543,44 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     return sent;
   }
 
+  /**
+   * Sleeps until at least `free` TX slots of `queue` are free again (resolves true, at once if
+   * they are), or `timeoutMs` passes (false). An unpaced sender calls it when sendBurst() took
+   * nothing instead of spinning: where the sender, the back-end and a receiver share a few
+   * cores, a sender spinning on a full ring takes the CPU time the receiver needs to keep its
+   * RX ring refilled, and the switch drops what does not fit. The back-end is asked for one
+   * call once enough buffers are used (used_event with VIRTIO_RING_F_EVENT_IDX, §2.7.10.2).
+   */
+  waitTxSpace(queue: number, free: number, timeoutMs: number): Promise<boolean> {
+    const pair = this.pair(queue);
+    this.reclaimTx(pair);
+    const need = Math.min(free, this.queueSize) - pair.txFreeCount;
+    if (need <= 0 || this.closed) return Promise.resolve(true);
+    if (pair.txWaiter) return Promise.reject(new VhostUserError('VHOST_BUSY', `a waitTxSpace() is already pending on queue pair ${queue}`));
+    const tx = pair.tx;
+    if (tx.enableInterruptsAfter(Math.min(need, tx.outstanding))) {
+      tx.disableInterrupts();
+      return Promise.resolve(true);
+    }
+    if (!pair.txWatched) {
+      pair.txWatched = true;
+      pair.txCall.watch(() => {
+        pair.counters[NetCounter.interrupts]!++;
+        pair.txWaiter?.(true);
+      });
+    }
+    return new Promise((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        pair.txWaiter = null;
+        tx.disableInterrupts();
+        resolve(ok);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      pair.txWaiter = done;
+    });
+  }
+
   /** TX buffers still held by the back-end on `queue`. */
   txInFlight(queue = 0): number {
     const pair = this.pair(queue);
@@ -649,11 +694,14 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
    * available; stopInterrupts() returns to pure polling.
    */
   startInterrupts(burstCapacity = 64): void {
+    this.interrupting = true;
     this.pairs.forEach((pair, q) => {
       const burst = new RxBurst(burstCapacity);
       const drain = () => {
         for (;;) {
-          while (this.receiveBurst(q, burst) > 0) this.emit('frames', q, burst);
+          // A 'frames' listener may call stopInterrupts(): the loop ends there, with traffic still flowing.
+          while (this.interrupting && this.receiveBurst(q, burst) > 0) this.emit('frames', q, burst);
+          if (!this.interrupting) return;
           if (!pair.rx.enableInterrupts()) return;
         }
       };
@@ -667,6 +715,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
 
   /** Back to polling: calls are no longer watched and the device is asked not to send them. */
   stopInterrupts(): void {
+    this.interrupting = false;
     for (const pair of this.pairs) {
       pair.rxCall.unwatch();
       pair.rx.disableInterrupts();
@@ -726,6 +775,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    for (const pair of this.pairs) pair.txWaiter?.(false);
     this.device.close();
   }
 
