@@ -1,5 +1,5 @@
 /** What `net send` and `net recv` share: the options that open a VirtioNet, and rate arithmetic. */
-import { VirtioNet, type RingKind } from '../../devices/net/virtio-net.js';
+import { VirtioNet, type RingKind, type VirtioNetOptions } from '../../devices/net/virtio-net.js';
 import type { OptionSpecs } from '../args.js';
 
 export const netOptions = {
@@ -11,8 +11,10 @@ export const netOptions = {
   json: { type: 'boolean', description: 'print one JSON object instead of a line' },
 } as const satisfies OptionSpecs;
 
-export async function openNet(args: { socket: string; queues: number; ring: string; queueSize: number; timeout: number }): Promise<VirtioNet> {
+/** Opens the device; `extra` adds driver options (offloads) to those from the command line. */
+export async function openNet(args: { socket: string; queues: number; ring: string; queueSize: number; timeout: number }, extra: VirtioNetOptions = {}): Promise<VirtioNet> {
   return VirtioNet.open(args.socket, {
+    ...extra,
     queuePairs: args.queues,
     queueSize: args.queueSize,
     ring: args.ring as RingKind,

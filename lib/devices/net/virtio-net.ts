@@ -293,7 +293,8 @@ export interface VirtioNetEvents {
   reconnect: (report: ReconnectReport) => void;
 }
 
-const MERGE_AREA = 65536;
+/** Room for two of the largest frames a device may merge (64 KiB of IPv6 payload and headers) per burst. */
+const MERGE_AREA = 2 * 65664;
 /** With GUEST_TSO: room for four 64 KiB frames joined from mergeable buffers per burst. */
 const MERGE_AREA_GSO = 4 * 65664;
 /** The largest frame a GSO transmit may be: IPv6 header + 64 KiB payload, Ethernet with one VLAN tag. */
@@ -545,6 +546,36 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
       if (rarp) await client.sendRarp(mac!);
     });
     return { queues: this.pairs.map((_, p) => ({ rxBase: report.bases[2 * p]!, txBase: report.bases[2 * p + 1]! })), rarp, ms: report.ms };
+  }
+
+  /** The offloads negotiated (virtio 1.2 §5.1.3), by what they let each side do. */
+  get offloads(): {
+    /** CSUM: TX frames may carry NEEDS_CSUM. */
+    csum: boolean;
+    /** GUEST_CSUM: RX frames may carry NEEDS_CSUM or DATA_VALID. */
+    guestCsum: boolean;
+    /** HOST_TSO4: TX gso_type TCPV4. */
+    tso4: boolean;
+    /** HOST_TSO6: TX gso_type TCPV6. */
+    tso6: boolean;
+    /** HOST_USO: TX gso_type UDP_L4. */
+    uso: boolean;
+    /** GUEST_TSO4: RX TCPV4 frames up to 64 KiB. */
+    guestTso4: boolean;
+    /** GUEST_TSO6: RX TCPV6 frames up to 64 KiB. */
+    guestTso6: boolean;
+  } {
+    const f = this.features;
+    const F = VirtioNetFeature;
+    return {
+      csum: hasBit(f, F.VIRTIO_NET_F_CSUM),
+      guestCsum: hasBit(f, F.VIRTIO_NET_F_GUEST_CSUM),
+      tso4: hasBit(f, F.VIRTIO_NET_F_HOST_TSO4),
+      tso6: hasBit(f, F.VIRTIO_NET_F_HOST_TSO6),
+      uso: hasBit(f, F.VIRTIO_NET_F_HOST_USO),
+      guestTso4: hasBit(f, F.VIRTIO_NET_F_GUEST_TSO4),
+      guestTso6: hasBit(f, F.VIRTIO_NET_F_GUEST_TSO6),
+    };
   }
 
   /** The largest frame sendBurst() accepts. */
@@ -932,6 +963,6 @@ export function txSlotStride(txSlotSize: number): number {
 
 /** The layer's options from the net ones: everything but the net fields; SET_MEM_TABLE as before the layer existed. */
 function deviceOptions(o: VirtioNetOptions): VhostDeviceOptions {
-  const { queuePairs: _qp, queueSize: _qs, mrgRxbuf: _m, csum: _c, rxBufferSize: _r, txSlotSize: _t, mtu: _mtu, ...rest } = o;
+  const { queuePairs: _qp, queueSize: _qs, mrgRxbuf: _m, csum: _c, tso: _tso, uso: _uso, guestTso: _gt, rxBufferSize: _r, txSlotSize: _t, mtu: _mtu, ...rest } = o;
   return { ...rest, memoryTable: 'table', inOrder: o.inOrder ?? true };
 }
