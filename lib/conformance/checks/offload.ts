@@ -16,6 +16,7 @@
  * a back-end may not hand a partial checksum on to RX either.
  */
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4 } from '../../devices/net/virtio-net-hdr.js';
+import { checksumsValid, FrameLayout } from '../../net/checksum.js';
 import { buildL4Frame } from '../../net/l4-frame.js';
 import { bit, VirtioNetFeature } from '../../protocol/constants.js';
 import { fail, type Check } from '../check.js';
@@ -26,6 +27,7 @@ import { openDataPlane, WORK_MS } from '../dataplane.js';
 const TX_RULE =
   "virtio 1.2, 'Packet Transmission': with NEEDS_CSUM the device stores the checksum of [csum_start, end) at csum_start + csum_offset, inside the packet; 5.1.6.2.1 says which headers a driver may send (no gso_type without its HOST_ feature, NEEDS_CSUM and a gso_size with one)";
 const MARKER = 0x0ff10ad0;
+const layout = new FrameLayout();
 
 interface Hostile {
   id: string;
@@ -120,7 +122,9 @@ function describeDelivery(sent: Uint8Array, got: Uint8Array): string {
   const changed: number[] = [];
   for (let i = 0; i < sent.length; i++) if (sent[i] !== got[i]) changed.push(i);
   if (changed.length === 0) return 'the frame unchanged (its checksum never computed)';
-  return `the frame with ${changed.length} byte(s) changed (at ${changed.slice(0, 6).join(', ')}${changed.length > 6 ? ', ...' : ''})`;
+  const at = `${changed.slice(0, 6).join(', ')}${changed.length > 6 ? ', ...' : ''}`;
+  const verdict = layout.parse(got) && checksumsValid(got, layout) ? 'its checksums now valid' : 'corrupted (its checksums do not verify)';
+  return `the frame with ${changed.length} byte(s) changed at ${at}, ${verdict},`;
 }
 
 async function runHostile(ctx: CheckContext, h: Hostile): Promise<string> {
