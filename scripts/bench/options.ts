@@ -178,7 +178,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
     fail(`--cores: the two pollers must be on different CPUs (on one CPU throughput collapses), got ${o.cores}`);
   }
   if ((o.queueSize & (o.queueSize - 1)) !== 0) fail(`--queue-size must be a power of two, got ${o.queueSize}`);
-  const offload = (o.offload as Offload | undefined) ?? null;
+  const offload = (o.offload) ?? null;
   if (offload && directions.includes('rx')) {
     if (argv.some((a) => a.startsWith('--directions'))) fail('--offload measures tx cells only: give --directions tx');
     directions.splice(directions.indexOf('rx'), 1);

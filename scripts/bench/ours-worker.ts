@@ -178,7 +178,7 @@ async function main(): Promise<number> {
   });
 
   const counting = o.ringStats ? countingQueues() : null;
-  const offload = o.offload as 'csum' | 'tso' | undefined;
+  const offload = o.offload;
   const net = await mod.VirtioNet.open(o.socket, {
     queuePairs: 1,
     queueSize: o.queueSize,
