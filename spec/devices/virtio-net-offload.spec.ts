@@ -153,6 +153,19 @@ describe('VirtioNet offloads against the reference back-end', function () {
     });
   }
 
+  it('uso (HOST_USO): a UDP GSO frame over IPv6 comes back as valid datagrams of gso_size', async () => {
+    net = await VirtioNet.open(tmp.path, { uso: true });
+    expect(net.offloads).to.include({ csum: true, uso: true, tso4: false, guestCsum: false });
+    const off = new TxOffloads(1);
+    const f = buildL4Frame({ ipVersion: 6, protocol: 'udp', payloadLength: 20000, seq: 77, checksum: 'partial' });
+    expect(off.prepare(0, f, f.length, 1200)).to.equal(true);
+    expect(net.sendBurst([f], 1, 0, off)).to.equal(1);
+    const got = await receive(net, Math.ceil(20000 / 1200));
+    expect(got).to.have.length(Math.ceil(20000 / 1200));
+    expect(got.every((g) => valid(g.frame) && g.frame.length <= 62 + 1200)).to.equal(true);
+    expect(Buffer.compare(Buffer.concat(got.map((g) => g.frame.subarray(62))), f.subarray(62))).to.equal(0);
+  });
+
   it('completeChecksum: DATA_VALID after completion; a frame without NEEDS_CSUM is left alone', async () => {
     net = await VirtioNet.open(tmp.path, { csum: true });
     const off = new TxOffloads(2);
