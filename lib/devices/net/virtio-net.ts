@@ -276,6 +276,8 @@ interface QueuePair {
   rxPendTokens: Uint32Array;
   rxPendLengths: Uint32Array;
   rxPendCount: number;
+  /** Buffers the first pending frame spans (0: none waiting): the next reap takes at least that many. */
+  rxPendNeed: number;
   /** A TX slot header may hold offload fields from an earlier frame: headers are then always written. */
   txHdrDirty: boolean;
   counters: Float64Array;
@@ -468,6 +470,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
         rxPendTokens: new Uint32Array(queueSize),
         rxPendLengths: new Uint32Array(queueSize),
         rxPendCount: 0,
+        rxPendNeed: 0,
         txHdrDirty: false,
         counters: new Float64Array(COUNTERS),
       });
@@ -772,11 +775,15 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     burst.buffer = bytes;
     let out = 0;
     let mergeUsed = 0;
-    // Top up the pending window behind what earlier calls left there.
+    // Top up the pending window behind what earlier calls left there: a burst's worth, or
+    // as many as the frame waiting at its head spans. (Reaping no more keeps the window,
+    // and what is moved to its front after the burst, a burst long.)
     let n = pair.rxPendCount;
-    if (n === 0) n = rx.reap(tokens, lengths, tokens.length);
-    else if (n < tokens.length) {
-      const got = rx.reap(this.reapTokens, this.reapLengths, tokens.length - n);
+    const want = Math.min(tokens.length, Math.max(burst.capacity, pair.rxPendNeed));
+    pair.rxPendNeed = 0;
+    if (n === 0) n = rx.reap(tokens, lengths, want);
+    else if (n < want) {
+      const got = rx.reap(this.reapTokens, this.reapLengths, want - n);
       for (let k = 0; k < got; k++) {
         tokens[n + k] = this.reapTokens[k]!;
         lengths[n + k] = this.reapLengths[k]!;
@@ -807,8 +814,8 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
             // More buffers than the ring holds, or the whole ring reaped and still short: never completes.
             for (; i < n; i++) pair.rxLent[pair.rxLentCount++] = tokens[i]!;
             c[NetCounter.rxErrors]!++;
-          }
-          break; // the rest is still being written; it is handed out by a later call
+          } else pair.rxPendNeed = buffers; // the rest is reaped and handed out by a later call
+          break;
         }
         let total = len - VIRTIO_NET_HDR_SIZE;
         for (let k = 1; k < buffers; k++) total += lengths[i + k]!;
@@ -819,7 +826,10 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
           c[NetCounter.rxDrops]!++;
           continue;
         }
-        if (mergeUsed + total > mergeArea) break; // next call, with an empty merge area
+        if (mergeUsed + total > mergeArea) {
+          pair.rxPendNeed = buffers; // next call, with an empty merge area
+          break;
+        }
         const start = pair.mergeOffset + mergeUsed;
         bytes.copyWithin(start, offset + VIRTIO_NET_HDR_SIZE, offset + len);
         let at = start + len - VIRTIO_NET_HDR_SIZE;
