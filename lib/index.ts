@@ -136,3 +136,4 @@ export {
   type RawHandshake,
   type SpawnedBackend,
 } from './conformance/index.js';
+export * from './trace/index.js';
