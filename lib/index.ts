@@ -61,6 +61,7 @@ export {
   type GuestArea,
 } from './devices/net/virtio-net.js';
 export * from './devices/net/virtio-net-hdr.js';
+export { TxOffloads } from './devices/net/tx-offloads.js';
 export { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig, type NetStatus } from './devices/net/net-config.js';
 export {
   decodeBlkConfig,
@@ -92,6 +93,9 @@ export { VirtioBlk, type VirtioBlkOptions, type VirtioBlkEvents, type BlkReconne
 export { GuestHeap } from './memory/guest-heap.js';
 export * from './pcap/index.js';
 export * from './net/frame-builder.js';
+export * from './net/checksum.js';
+export * from './net/l4-frame.js';
+export { Segmenter } from './net/segment.js';
 export { PackedVirtqueue } from './virtqueue/packed-queue.js';
 export * from './virtqueue/packed-layout.js';
 export { PackedDeviceQueue, type PackedDeviceChain, type PackedDescSegment } from './virtqueue/device/packed-device.js';

@@ -118,6 +118,7 @@ async function run(opts: BenchOptions, signal: AbortSignal): Promise<number> {
             durationMs: opts.durationMs, warmupMs: opts.warmupMs,
             queueSize: opts.queueSize, burst: opts.burst, txMode: opts.txMode, ringStats: opts.ringStats,
             frontendCore: opts.frontendCore, backendCore: opts.backendCore,
+            offload: opts.offload,
           };
           const label = `${direction} ${frameSize} B ${frontend}${opts.repeat > 1 ? ` run ${r}/${opts.repeat}` : ''}`;
           try {
@@ -145,6 +146,7 @@ async function run(opts: BenchOptions, signal: AbortSignal): Promise<number> {
     queueSize: opts.queueSize,
     burst: opts.burst,
     txMode: opts.txMode,
+    offload: opts.offload,
     cores: { frontend: opts.frontendCore, backend: opts.backendCore },
     maxForeignPct: opts.maxForeignPct,
     retries: opts.retries,

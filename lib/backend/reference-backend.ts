@@ -67,6 +67,11 @@ export interface ReferenceBackendOptions {
   mac?: Uint8Array;
   /** net: MTU in config space (default 1500). */
   mtu?: number;
+  /**
+   * net: false makes a faulty device for conformance tests, which acts on TX offload
+   * headers without checking them (see NetLoopbackOptions.checkOffloads). Default true.
+   */
+  netCheckOffloads?: boolean;
   /** Faults to inject (faults.ts): each fires once, on its first match, unless `repeat`. */
   faults?: readonly Fault[];
   /** Pending accept wait before re-arming (ms); only for tests. */
@@ -114,7 +119,7 @@ export class ReferenceBackend extends EventEmitter<ReferenceBackendEvents> {
   /** Virtio feature bits offered with GET_FEATURES. */
   readonly features: bigint;
   /** Net loopback counters (device 'net'). */
-  readonly net: NetStats = { frames: 0, bytes: 0, txErrors: 0, rxTooSmall: 0 };
+  readonly net: NetStats = { frames: 0, bytes: 0, txErrors: 0, rxTooSmall: 0, offloadDrops: 0, checksummed: 0, segmented: 0 };
   /** Disk counters (device 'blk'). */
   readonly blk: BlkStats = { reads: 0, writes: 0, flushes: 0, discards: 0, writeZeroes: 0, errors: 0 };
   /** Connections served so far (including the current one). */
@@ -140,7 +145,7 @@ export class ReferenceBackend extends EventEmitter<ReferenceBackendEvents> {
     this.image = image;
     this.model =
       this.device === 'net'
-        ? new NetLoopback(this.queueNum, options.mac ?? Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56), options.mtu ?? 1500, this.net)
+        ? new NetLoopback(this.queueNum, options.mac ?? Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56), options.mtu ?? 1500, this.net, { checkOffloads: options.netCheckOffloads ?? true })
         : new BlkDevice(image!, this.queueNum, this.blk, { latencyMs: options.blkLatencyMs ?? 0, inflight: options.blkInflight ?? true });
     this.features = COMMON_FEATURES | this.model.features;
     this.acceptTimeoutMs = options.acceptTimeoutMs ?? 2 ** 31 - 1;

@@ -174,6 +174,24 @@ export class NetPath {
     return true;
   }
 
+  /**
+   * Sends `frame` behind `header` (the first 10 bytes of a virtio_net_hdr, as a
+   * driver fills them; num_buffers 0) with token `seq`, header and frame in one
+   * descriptor; returns false when the TX ring is full or the frame does not fit a slot.
+   */
+  sendRaw(header: Uint8Array, frame: Uint8Array, seq: number): boolean {
+    this.reapTx();
+    const tx = this.rings.queues[1]!;
+    if (tx.freeCount === 0 || NET_HDR_SIZE + frame.length > SLOT) return false;
+    const gpa = this.txBase + (this.txNext++ % QUEUE_SIZE) * SLOT;
+    this.memory.bytes(gpa, NET_HDR_SIZE).fill(0);
+    this.memory.write(gpa, header.subarray(0, Math.min(header.length, NET_HDR_SIZE - 2)));
+    this.memory.write(gpa + NET_HDR_SIZE, frame);
+    tx.addBuffer(gpa, NET_HDR_SIZE + frame.length, false, seq);
+    this.rings.kick(1);
+    return true;
+  }
+
   /** Completed TX buffers taken back. */
   reapTx(): number {
     const tx = this.rings.queues[1]!;

@@ -14,9 +14,10 @@ import {
 /**
  * testpmd's `--forward-mode`: `rxonly` receives and drops (a sink for the front-end's TX),
  * `txonly` generates packets (a source for its RX), `io` sends back what it receives
- * unchanged, `macswap` sends it back with source and destination MAC swapped.
+ * unchanged, `macswap` sends it back with source and destination MAC swapped, `csum` sends it back with
+ * checksums computed as `csum set` says (and counts the bad ones the port reports).
  */
-export type TestpmdForwardMode = 'rxonly' | 'txonly' | 'io' | 'macswap';
+export type TestpmdForwardMode = 'rxonly' | 'txonly' | 'io' | 'macswap' | 'csum';
 
 /** How {@link startTestpmd} starts dpdk-testpmd with a vhost-user port (`net_vhost0`). */
 export interface TestpmdOptions {
@@ -47,6 +48,8 @@ export interface TestpmdOptions {
   nbCores?: number;
   /** Appended to the vdev string, e.g. 'iommu-support=1'. */
   extraVdevArgs?: string;
+  /** More `--vdev` devices (ports 1, 2, ...), e.g. a second `net_vhost1,iface=...` for io forwarding between two front-ends. */
+  extraVdevs?: readonly string[];
   /** Further testpmd application arguments (after `--`), e.g. ['--txpkts=64']. */
   extraArgs?: readonly string[];
   /**
@@ -283,6 +286,7 @@ export async function startTestpmd(opts: TestpmdOptions = {}): Promise<TestpmdBa
     ...(opts.mainLcore !== undefined ? ['--main-lcore', String(opts.mainLcore)] : []),
     '--vdev', vdev.join(','),
     ...moreVdevs,
+    ...(opts.extraVdevs ?? []).flatMap((v) => ['--vdev', v]),
     '--',
     ...(interactive ? ['-i'] : []),
     ...(interactive && opts.autoStart ? ['--auto-start'] : []),

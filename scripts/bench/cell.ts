@@ -7,7 +7,7 @@ import os from 'node:os';
 import { startTestpmd, type TestpmdBackend } from '../../lib/launch/dpdk-testpmd.js';
 import { startVirtioUserTestpmd } from './dpdk-frontend.js';
 import { renderCommand, type BenchFrontend, type SenderTotals } from './frontend.js';
-import type { Direction, FrontendKind, TxMode } from './options.js';
+import type { Direction, FrontendKind, Offload, TxMode } from './options.js';
 import { OursWorker } from './ours.js';
 import { foreignCpuPercent, snapshot, stealPercent, topForeign } from './cpu.js';
 import { midpoint, rateBetween, type CounterSample } from './rate.js';
@@ -27,6 +27,8 @@ export interface CellSpec {
   ringStats?: boolean;
   frontendCore: number;
   backendCore: number;
+  /** Offloaded tx (options.ts --offload); the back-end then offers TSO and takes checksum offload. */
+  offload?: Offload | null;
 }
 
 export interface CellRun {
@@ -62,15 +64,20 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /** The back-end's testpmd options for a cell (exported for the spec). */
-export function backendOptions(spec: Pick<CellSpec, 'direction' | 'frameSize' | 'burst' | 'frontendCore' | 'backendCore'>) {
+export function backendOptions(spec: Pick<CellSpec, 'direction' | 'frameSize' | 'burst' | 'frontendCore' | 'backendCore' | 'offload'>) {
+  // Offload cells: HOST_TSO4/6 offered (tso=1), and TCP/UDP checksum offload on the port's RX
+  // (--rx-offloads=0xc), so that DPDK leaves a NEEDS_CSUM frame's checksum to the
+  // application, as a NIC with checksum offload would, instead of summing it in software.
+  const ol = spec.offload ? { extraVdevArgs: 'tso=1' } : {};
   return {
+    ...ol,
     interactive: true,
     // The frontend transmits into rxonly, or receives what txonly sends.
     forwardMode: spec.direction === 'tx' ? ('rxonly' as const) : ('txonly' as const),
     // Main lcore (idle at its prompt) on the frontend's CPU, forwarding lcore on the other.
     lcores: `${spec.frontendCore},${spec.backendCore}`,
     mainLcore: spec.frontendCore,
-    extraArgs: [`--burst=${spec.burst}`, ...(spec.direction === 'rx' ? [`--txpkts=${spec.frameSize}`] : [])],
+    extraArgs: [`--burst=${spec.burst}`, ...(spec.direction === 'rx' ? [`--txpkts=${spec.frameSize}`] : []), ...(spec.offload ? ['--rx-offloads=0xc'] : [])],
   };
 }
 
@@ -186,6 +193,7 @@ async function startFrontend(spec: CellSpec, socketPath: string): Promise<BenchF
       queueSize: spec.queueSize,
       burst: spec.burst,
       ...(spec.direction === 'tx' ? { txFrameSize: spec.frameSize } : {}),
+      ...(spec.offload ? { offload: spec.offload } : {}),
     });
     return new DpdkFrontend(testpmd, spec.direction);
   }
@@ -197,6 +205,7 @@ async function startFrontend(spec: CellSpec, socketPath: string): Promise<BenchF
     queueSize: spec.queueSize,
     txMode: spec.txMode ?? 'copy',
     ringStats: spec.ringStats ?? false,
+    offload: spec.offload ?? null,
     core: spec.frontendCore,
     // Generous: the parent says stop long before; this only bounds an orphan.
     maxMs: spec.warmupMs + spec.durationMs + 60_000,

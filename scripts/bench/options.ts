@@ -8,6 +8,15 @@ export type Direction = 'tx' | 'rx';
 export type FrontendKind = 'dpdk' | 'ours';
 /** How our TX cells fill frames: copied from prepared frames (sendBurst), or written in the slots (sendInPlace). */
 export type TxMode = 'copy' | 'in-place';
+/** --offload: UDP frames with NEEDS_CSUM (csum), or TCP GSO frames of {@link TSO_FRAME_SIZE} bytes cut into 1448-byte segments (tso). */
+export type Offload = 'csum' | 'tso';
+/**
+ * The frame size of --offload tso cells: the largest one mbuf of DPDK's frontend holds
+ * (testpmd's --mbuf-size is below 65536, less 128 bytes of headroom); a 64 KiB TSO segment.
+ */
+export const TSO_FRAME_SIZE = 65400;
+/** gso_size of --offload tso cells: a 1500-byte MTU's TCP payload with timestamps. */
+export const TSO_MSS = 1448;
 
 export const DIRECTIONS: readonly Direction[] = ['tx', 'rx'];
 export const FRONTENDS: readonly FrontendKind[] = ['dpdk', 'ours'];
@@ -68,6 +77,12 @@ export const BENCH_SPECS = {
     type: 'boolean',
     description: 'our tx cells count used.idx reads that found nothing, reap and publish sizes and kicks of the TX ring (printed per run; costs some speed)',
   },
+  offload: {
+    type: 'enum', choices: ['csum', 'tso'],
+    description: `tx cells with offloads, back-end offering TSO (tso=1): 'csum' sends UDP frames with NEEDS_CSUM (the device computes the checksum); ` +
+      `'tso' sends ${TSO_FRAME_SIZE}-byte TCP GSO frames cut into ${TSO_MSS}-byte segments (--sizes is then ${TSO_FRAME_SIZE}). ` +
+      `DPDK's frontend gets them from a pcap vdev through testpmd's csum engine with 'csum set ... hw' / 'tso set'`,
+  },
   json: { type: 'boolean', description: 'print one JSON document on stdout (progress stays on stderr)' },
 } as const satisfies OptionSpecs;
 
@@ -89,6 +104,8 @@ export interface BenchOptions {
   retries: number;
   txMode: TxMode;
   ringStats: boolean;
+  /** Offloaded tx cells, or null. */
+  offload: Offload | null;
   json: boolean;
 }
 
@@ -161,6 +178,12 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
     fail(`--cores: the two pollers must be on different CPUs (on one CPU throughput collapses), got ${o.cores}`);
   }
   if ((o.queueSize & (o.queueSize - 1)) !== 0) fail(`--queue-size must be a power of two, got ${o.queueSize}`);
+  const offload = (o.offload) ?? null;
+  if (offload && directions.includes('rx')) {
+    if (argv.some((a) => a.startsWith('--directions'))) fail('--offload measures tx cells only: give --directions tx');
+    directions.splice(directions.indexOf('rx'), 1);
+  }
+  if (offload === 'tso') sizes.splice(0, sizes.length, TSO_FRAME_SIZE);
 
   return {
     durationMs: o.duration,
@@ -177,6 +200,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
     retries: o.retries,
     txMode: o.txMode,
     ringStats: o.ringStats,
+    offload,
     json: o.json,
   };
 }

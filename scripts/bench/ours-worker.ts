@@ -18,7 +18,10 @@ import { existsSync } from 'node:fs';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, type OptionSpecs } from '../../lib/cli/args.js';
+import { TxOffloads } from '../../lib/devices/net/tx-offloads.js';
 import { buildUdpFrameOfSize } from '../../lib/net/frame-builder.js';
+import { offloadFrame } from './dpdk-frontend.js';
+import { TSO_MSS } from './options.js';
 import type { VirtqueueOptions, Virtqueue } from '../../lib/virtqueue/virtqueue.js';
 import { countingQueues } from './ring-stats.js';
 import { encodeMessage, EXIT_UNAVAILABLE, type WorkerMessage } from './worker-protocol.js';
@@ -31,8 +34,8 @@ export interface RxBurstLike {
 }
 
 export interface VirtioNetLike {
-  sendBurst(frames: readonly Uint8Array[], count: number, queue?: number): number;
-  sendInPlace?(count: number, fill: (frame: Uint8Array, index: number) => number, queue?: number): number;
+  sendBurst(frames: readonly Uint8Array[], count: number, queue?: number, offloads?: TxOffloads): number;
+  sendInPlace?(count: number, fill: (frame: Uint8Array, index: number) => number, queue?: number, offloads?: TxOffloads): number;
   receiveBurst(queue: number, burst: RxBurstLike): number;
   readonly stats?: unknown;
   /** Optional helper for making a burst object, if the module exports no RxBurst class. */
@@ -44,7 +47,7 @@ interface DriverModule {
   VirtioNet: {
     open(
       socketPath: string,
-      opts: { queuePairs: number; queueSize: number; createQueue?: (kind: 'split' | 'packed', o: VirtqueueOptions) => Virtqueue },
+      opts: { queuePairs: number; queueSize: number; csum?: boolean; tso?: boolean; createQueue?: (kind: 'split' | 'packed', o: VirtqueueOptions) => Virtqueue },
     ): Promise<VirtioNetLike>;
   };
   RxBurst?: new (maxFrames: number) => RxBurstLike;
@@ -84,11 +87,11 @@ function makeRxBurst(mod: DriverModule, net: VirtioNetLike, n: number): RxBurstL
 }
 
 /** Adds [sent, offered] to `out`. */
-function txSlice(net: VirtioNetLike, frames: readonly Uint8Array[], burst: number, until: bigint, out: [number, number]): void {
+function txSlice(net: VirtioNetLike, frames: readonly Uint8Array[], burst: number, until: bigint, out: [number, number], offloads?: TxOffloads): void {
   let sent = 0;
   let offered = 0;
   do {
-    for (let i = 0; i < BURSTS_PER_CHECK; i++) sent += net.sendBurst(frames, burst, 0);
+    for (let i = 0; i < BURSTS_PER_CHECK; i++) sent += net.sendBurst(frames, burst, 0, offloads);
     offered += BURSTS_PER_CHECK * burst;
   } while (process.hrtime.bigint() < until);
   out[0] += sent;
@@ -101,7 +104,7 @@ function txSlice(net: VirtioNetLike, frames: readonly Uint8Array[], burst: numbe
  * work DPDK's txonly does per packet (it copies its header template into
  * recycled mbufs). Adds [sent, offered] to `out`.
  */
-function txSliceInPlace(net: VirtioNetLike, headers: Uint8Array, size: number, burst: number, until: bigint, out: [number, number]): void {
+function txSliceInPlace(net: VirtioNetLike, headers: Uint8Array, size: number, burst: number, until: bigint, out: [number, number], offloads?: TxOffloads): void {
   const fill = (frame: Uint8Array): number => {
     frame.set(headers);
     return size;
@@ -109,7 +112,7 @@ function txSliceInPlace(net: VirtioNetLike, headers: Uint8Array, size: number, b
   let sent = 0;
   let offered = 0;
   do {
-    for (let i = 0; i < BURSTS_PER_CHECK; i++) sent += net.sendInPlace!(burst, fill, 0);
+    for (let i = 0; i < BURSTS_PER_CHECK; i++) sent += net.sendInPlace!(burst, fill, 0, offloads);
     offered += BURSTS_PER_CHECK * burst;
   } while (process.hrtime.bigint() < until);
   out[0] += sent;
@@ -135,7 +138,8 @@ function rxSlice(net: VirtioNetLike, rx: RxBurstLike, until: bigint, out: [numbe
 const SPECS = {
   socket: { type: 'string', valueName: 'PATH', description: 'vhost-user socket of the back-end' },
   direction: { type: 'enum', choices: ['tx', 'rx'], description: 'tx: send; rx: receive' },
-  size: { type: 'number', integer: true, min: 60, max: 9000, default: 64, description: 'frame size (tx)' },
+  size: { type: 'number', integer: true, min: 60, max: 65535, default: 64, description: 'frame size (tx; above 9000 with --offload tso only)' },
+  offload: { type: 'enum', choices: ['csum', 'tso'], description: 'tx: UDP frames with NEEDS_CSUM, or TCP GSO frames cut into 1448-byte segments' },
   burst: { type: 'number', integer: true, min: 1, max: 512, default: 32, description: 'frames per burst' },
   queueSize: { type: 'number', integer: true, min: 64, max: 32768, default: 1024, description: 'virtqueue size' },
   maxMs: { type: 'number', integer: true, min: 1, default: 120_000, description: 'hard stop if the parent never says stop' },
@@ -174,16 +178,25 @@ async function main(): Promise<number> {
   });
 
   const counting = o.ringStats ? countingQueues() : null;
-  const net = await mod.VirtioNet.open(o.socket, { queuePairs: 1, queueSize: o.queueSize, ...(counting ? { createQueue: counting.createQueue } : {}) });
+  const offload = o.offload;
+  const net = await mod.VirtioNet.open(o.socket, {
+    queuePairs: 1,
+    queueSize: o.queueSize,
+    ...(offload === 'tso' ? { tso: true } : offload === 'csum' ? { csum: true } : {}),
+    ...(counting ? { createQueue: counting.createQueue } : {}),
+  });
   try {
     // RFC 2544 benchmark addresses and the discard port, as DPDK's txonly sends.
     const endpoints = { srcIp: '198.18.0.1', dstIp: '198.18.0.2', srcPort: 9, dstPort: 9 };
-    const frames = Array.from({ length: o.burst }, (_, i) => buildUdpFrameOfSize(o.size, i, endpoints));
+    // Offloaded: the frame DPDK's frontend replays, with the pseudo-header sum only; one offload entry per burst slot.
+    const frames = offload ? Array.from({ length: o.burst }, () => offloadFrame(offload, o.size, 'partial')) : Array.from({ length: o.burst }, (_, i) => buildUdpFrameOfSize(o.size, i, endpoints));
+    const offloads = offload ? new TxOffloads(o.burst) : undefined;
+    if (offloads) frames.forEach((f, i) => offloads.prepare(i, f, f.length, offload === 'tso' ? TSO_MSS : 0));
     const rx = o.direction === 'rx' ? makeRxBurst(mod, net, o.burst) : undefined;
     const inPlace = o.direction === 'tx' && o.txMode === 'in-place';
     if (inPlace && typeof net.sendInPlace !== 'function') throw new Unavailable('driver not available: VirtioNet has no sendInPlace() for --tx-mode in-place');
     // The Ethernet/IPv4/UDP headers, as txonly's template; payload bytes stay what the slot holds (zero at first).
-    const headers = frames[0]!.subarray(0, 42);
+    const headers = frames[0]!.subarray(0, offload === 'tso' ? 54 : 42);
     emit({ type: 'ready', info: { pid: process.pid, direction: o.direction, size: o.size, burst: o.burst, queueSize: o.queueSize } });
     await started;
 
@@ -196,8 +209,8 @@ async function main(): Promise<number> {
       const before = count[0];
       if (rx) rxSlice(net, rx, until, count);
       else {
-        if (inPlace) txSliceInPlace(net, headers, o.size, o.burst, until, tx);
-        else txSlice(net, frames, o.burst, until, tx);
+        if (inPlace) txSliceInPlace(net, headers, o.size, o.burst, until, tx, offloads);
+        else txSlice(net, frames, o.burst, until, tx, offloads);
         count[0] = tx[0];
         count[1] = tx[0] * o.size;
       }

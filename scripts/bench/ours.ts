@@ -9,7 +9,7 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { findExecutable } from '../../lib/launch/backend-process.js';
 import { renderCommand, type BenchFrontend, type SenderTotals } from './frontend.js';
-import type { Direction, TxMode } from './options.js';
+import type { Direction, Offload, TxMode } from './options.js';
 import type { CounterSample } from './rate.js';
 import { decodeMessage, type WorkerMessage } from './worker-protocol.js';
 
@@ -27,6 +27,8 @@ export interface OursWorkerOptions {
   core: number;
   /** Count what the TX ring does (ring-stats.ts). */
   ringStats?: boolean;
+  /** Offloaded TX frames (options.ts --offload). */
+  offload?: Offload | null;
   /** Hard stop for the worker's loop (it also stops on `stop` or when its stdin closes). */
   maxMs: number;
   readyTimeoutMs?: number;
@@ -52,6 +54,7 @@ export function workerArgs(o: Omit<OursWorkerOptions, 'socketPath' | 'core' | 'r
     '--max-ms', String(o.maxMs),
     ...(o.txMode && o.txMode !== 'copy' ? ['--tx-mode', o.txMode] : []),
     ...(o.ringStats ? ['--ring-stats'] : []),
+    ...(o.offload ? ['--offload', o.offload] : []),
   ];
 }
 

@@ -213,6 +213,8 @@ export interface BenchMeta {
   burst: number;
   /** How our TX cells filled frames (absent: 'copy'). */
   txMode?: 'copy' | 'in-place';
+  /** --offload: 'csum' or 'tso' cells (absent or null: none). */
+  offload?: 'csum' | 'tso' | null;
   cores: { frontend: number; backend: number };
   /** How Gbit/s is computed. */
   gbpsBasis: string;
@@ -258,6 +260,7 @@ export function toJson(cases: readonly CaseSummary[], meta: BenchMeta): Record<s
     cases: cases.map((c) => ({
       direction: c.direction,
       frameSize: c.frameSize,
+      offload: meta.offload ?? null,
       ours: sideJson(c.ours, c.direction),
       dpdk: sideJson(c.dpdk, c.direction),
       ratio: c.ratio === null ? null : round(c.ratio, 4),
@@ -321,6 +324,13 @@ export function formatTable(cases: readonly CaseSummary[], meta: BenchMeta): str
       ? 'Our tx: sendInPlace, headers rewritten in the TX slots (zero copy), as DPDK txonly rewrites headers in its mbufs.'
       : 'Our tx: sendBurst, every frame byte copied into the TX slot (DPDK txonly writes only headers): see --tx-mode in-place.',
   );
+  if (meta.offload) {
+    lines.push(
+      meta.offload === 'tso'
+        ? 'Offload tso: every frame is one TCP GSO frame (NEEDS_CSUM, gso_type TCPV4, gso_size 1448) the back-end takes whole; DPDK\'s frontend replays it from a pcap vdev through the csum engine (a copy per frame, as our sendBurst).'
+        : 'Offload csum: UDP frames with NEEDS_CSUM (the pseudo-header sum only); DPDK\'s frontend replays one from a pcap vdev through the csum engine (csum set udp hw).',
+    );
+  }
   const bottlenecks: string[][] = [];
   for (const c of cases) {
     const row = [`${c.direction}`, `${c.frameSize} B`];

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { isUsageError } from '../../lib/cli/args.js';
 import { backendCounters, backendOptions, parseForwardStats, ringFullPercent } from '../../scripts/bench/cell.js';
 import { foreignCpuPercent, parseProcStat, parsePidStat, stealPercent, type CpuSnapshot } from '../../scripts/bench/cpu.js';
-import { virtioUserTestpmdArgs } from '../../scripts/bench/dpdk-frontend.js';
+import { offloadCommands, offloadFrame, virtioUserTestpmdArgs } from '../../scripts/bench/dpdk-frontend.js';
 import { renderCommand } from '../../scripts/bench/frontend.js';
 import { benchHelp, parseBenchArgs } from '../../scripts/bench/options.js';
 import { WORKER_PATH, workerArgs } from '../../scripts/bench/ours.js';
@@ -76,8 +76,16 @@ describe('scripts/bench options', () => {
       retries: 2,
       txMode: 'copy',
       ringStats: false,
+      offload: null,
       json: false,
     });
+  });
+
+  it('--offload: tx cells only; tso measures 65 400-byte frames whatever --sizes says', () => {
+    expect(parseBenchArgs(['--offload', 'tso'])).to.deep.include({ offload: 'tso', sizes: [65400], directions: ['tx'] });
+    expect(parseBenchArgs(['--offload', 'csum', '--sizes', '64'])).to.deep.include({ offload: 'csum', sizes: [64], directions: ['tx'] });
+    expect(() => parseBenchArgs(['--offload', 'tso', '--directions', 'rx'])).to.throw(/tx cells only/);
+    expect(() => parseBenchArgs(['--offload', 'gro'])).to.throw();
   });
 
   it('parses lists, --only, --json and both option forms', () => {
@@ -186,7 +194,9 @@ describe('scripts/bench report', () => {
       gbpsBasis: string;
     };
     expect(doc.cases).to.have.length(4);
-    expect(doc.cases[0]).to.deep.include({ direction: 'tx', frameSize: 64, ratio: 0.25 });
+    expect(doc.cases[0]).to.deep.include({ direction: 'tx', frameSize: 64, ratio: 0.25, offload: null });
+    const tso = JSON.parse(JSON.stringify(toJson(cases, { ...META, offload: 'tso' }))) as { cases: { offload: string }[] };
+    expect(tso.cases.map((c) => c.offload)).to.deep.equal(['tso', 'tso', 'tso', 'tso']);
     expect(doc.cases[0]!.dpdk).to.deep.include({ mpps: 20, gbps: 10.24 });
     expect(doc.cases[0]!.ours).to.deep.include({ mpps: 5, gbps: 2.56 });
     expect(doc.cases[1]!.ours).to.equal(null);
@@ -303,6 +313,28 @@ describe('scripts/bench command lines', () => {
     const rx = backendOptions({ direction: 'rx', frameSize: 1500, burst: 64, frontendCore: 0, backendCore: 1 });
     expect(rx).to.deep.include({ forwardMode: 'txonly' });
     expect(rx.extraArgs).to.deep.equal(['--burst=64', '--txpkts=1500']);
+  });
+
+  it('back-end for offload cells: TSO offered (tso=1), RX checksum offload on the port', () => {
+    const o = backendOptions({ direction: 'tx', frameSize: 65400, burst: 32, frontendCore: 0, backendCore: 1, offload: 'tso' });
+    expect(o).to.deep.include({ extraVdevArgs: 'tso=1', forwardMode: 'rxonly' });
+    expect(o.extraArgs).to.deep.equal(['--burst=32', '--rx-offloads=0xc']);
+  });
+
+  it('DPDK frontend for offload cells: a pcap vdev replayed through the csum engine, large mbufs for tso', () => {
+    const args = virtioUserTestpmdArgs(
+      { socketPath: '/s', forwardMode: 'txonly', forwardCore: 0, mainCore: 1, queueSize: 1024, burst: 32, txFrameSize: 65400, offload: 'tso', pcapPath: '/p.pcap' },
+      'pfx',
+    ).join(' ');
+    expect(args).to.contain('--vdev net_virtio_user0,path=/s,queues=1,queue_size=1024 --vdev net_pcap0,rx_pcap=/p.pcap,infinite_rx=1 --');
+    expect(args).to.contain('--total-num-mbufs=6144 --mbuf-size=65535');
+    expect(args).to.contain('--forward-mode=csum').and.not.to.contain('--txpkts');
+    expect(offloadCommands('tso')).to.deep.equal(['port stop all', 'csum set ip sw 0', 'csum set tcp hw 0', 'tso set 1448 0', 'port start all']);
+    expect(offloadCommands('csum')).to.deep.equal(['port stop all', 'csum set ip sw 0', 'csum set udp hw 0', 'port start all']);
+    const f = offloadFrame('tso', 65400);
+    expect(f.length).to.equal(65400);
+    const w = workerArgs({ socketPath: '/s', direction: 'tx', frameSize: 65400, burst: 32, queueSize: 1024, maxMs: 9000, offload: 'tso' });
+    expect(w.slice(-2)).to.deep.equal(['--offload', 'tso']);
   });
 
   it('back-end counters: rx-packets for tx, tx-packets for rx', () => {

@@ -9,6 +9,8 @@ import type { Chain, Vring } from '../vring-state.js';
 export interface DeviceRings {
   readonly memory: BackendMemory;
   readonly rings: readonly Vring[];
+  /** The features of the last SET_FEATURES, null before it (what the device may act on). */
+  readonly ackedFeatures: bigint | null;
   /** Started, enabled and with a queue model (built now if it can be). */
   isReady(r: Vring): boolean;
   /** The next available chain, or null when the ring is not ready or empty. */

@@ -1,11 +1,35 @@
 /**
  * The reference back-end's 'net' device: a loopback. A frame sent on TX ring
  * 2i+1 comes back on RX ring 2i with a fresh virtio_net_hdr.
+ *
+ * Offloads (virtio 1.2 §5.1.6.2, §5.1.6.4), strictly: a TX frame with NEEDS_CSUM
+ * goes to RX with NEEDS_CSUM and the same csum_start/offset when the driver
+ * negotiated GUEST_CSUM, else with its checksum completed; a GSO frame (TSO4/6,
+ * USO) goes whole to RX (with MRG_RXBUF across buffers) when the driver
+ * negotiated the matching GUEST_TSO4/6, else as segments. A TX header the
+ * driver may not send (§5.1.6.2.1), or whose fields point outside the frame
+ * (csum_start beyond it: CVE-2024-11614), is not acted on: the frame is dropped,
+ * counted in `offloadDrops`, and the next one served.
  */
 import { NET_CONFIG_SIZE } from '../../devices/net/net-config.js';
-import { VIRTIO_NET_HDR_SIZE } from '../../devices/net/virtio-net-hdr.js';
+import {
+  HDR_CSUM_OFFSET,
+  HDR_CSUM_START,
+  HDR_GSO_SIZE,
+  HDR_GSO_TYPE,
+  HDR_HDR_LEN,
+  HDR_NUM_BUFFERS,
+  VIRTIO_NET_HDR_F_NEEDS_CSUM,
+  VIRTIO_NET_HDR_GSO_NONE,
+  VIRTIO_NET_HDR_GSO_TCPV4,
+  VIRTIO_NET_HDR_GSO_TCPV6,
+  VIRTIO_NET_HDR_GSO_UDP_L4,
+  VIRTIO_NET_HDR_SIZE,
+} from '../../devices/net/virtio-net-hdr.js';
+import { completePartialChecksum, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, FrameLayout, IPPROTO_TCP, IPPROTO_UDP } from '../../net/checksum.js';
 import { buildRarpFrame } from '../../net/frame-builder.js';
-import { ProtocolFeature, VirtioNetFeature, bit } from '../../protocol/constants.js';
+import { Segmenter } from '../../net/segment.js';
+import { ProtocolFeature, VirtioNetFeature, bit, hasBit } from '../../protocol/constants.js';
 import type { BackendMemory } from '../backend-memory.js';
 import type { Chain, Vring } from '../vring-state.js';
 import type { DeviceModel, DeviceRings } from './device.js';
@@ -20,8 +44,30 @@ export interface NetStats {
   txErrors: number;
   /** Frames longer than the RX buffer offered for them (completed, counted). */
   rxTooSmall: number;
+  /** TX frames dropped for an offload header the driver may not send or that points outside the frame. */
+  offloadDrops: number;
+  /** NEEDS_CSUM frames whose checksum the device completed (the driver did not negotiate GUEST_CSUM). */
+  checksummed: number;
+  /** GSO frames cut into segments (the driver did not negotiate the matching GUEST_TSO). */
+  segmented: number;
 }
 
+/** The largest TX frame taken: an IPv6 GSO frame of 64 KiB payload with a VLAN tag. */
+const MAX_FRAME = 14 + 4 + 40 + 65535;
+const F = VirtioNetFeature;
+/** The offloads served (virtio 1.2 §5.1.3: each with its prerequisite). */
+const OFFLOAD_FEATURES =
+  bit(F.VIRTIO_NET_F_CSUM) | bit(F.VIRTIO_NET_F_GUEST_CSUM) | bit(F.VIRTIO_NET_F_HOST_TSO4) | bit(F.VIRTIO_NET_F_HOST_TSO6) | bit(F.VIRTIO_NET_F_HOST_USO) | bit(F.VIRTIO_NET_F_GUEST_TSO4) | bit(F.VIRTIO_NET_F_GUEST_TSO6);
+
+/** Options of the loopback. */
+export interface NetLoopbackOptions {
+  /**
+   * false: a faulty device for conformance tests, which acts on every TX offload
+   * header as it is: completes checksums wherever csum_start/offset point (inside
+   * the frame) and forwards frames whose header it cannot act on unchanged. Default true.
+   */
+  checkOffloads?: boolean;
+}
 
 export class NetLoopback implements DeviceModel {
   readonly features: bigint;
@@ -31,10 +77,23 @@ export class NetLoopback implements DeviceModel {
   readonly protocolFeatures = bit(ProtocolFeature.RARP) | bit(ProtocolFeature.MTU) | bit(ProtocolFeature.DEVICE_STATE);
   /** A RARP announcement waiting for an RX buffer on queue pair 0. */
   private pendingRarp: Uint8Array | null = null;
-  private readonly scratch = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+  private readonly hdr = new Uint8Array(VIRTIO_NET_HDR_SIZE);
+  /** The TX frame being looped, gathered from its chain. */
+  private readonly frame = new Uint8Array(MAX_FRAME);
+  private readonly layout = new FrameLayout();
+  private readonly segmenter = new Segmenter(MAX_FRAME);
+  private readonly checkOffloads: boolean;
+  /** RX chains taken for a frame spanning several buffers that could not all be had yet, per RX ring. */
+  private readonly rxStash = new WeakMap<Vring, Chain[]>();
+  /** Segments of a TX ring's pending GSO frame already delivered. */
+  private readonly segResume = new WeakMap<Vring, number>();
   /** Write position in the RX chain being filled (segment index, offset in it). */
   private wi = 0;
   private woff = 0;
+  /** For the segment callback: where segments go. */
+  private segRings: DeviceRings | null = null;
+  private segRx: Vring | null = null;
+  private readonly emitSegment = (seg: Uint8Array): boolean => this.deliver(this.segRings!, this.segRx!, seg, seg.length, false) !== 'wait';
 
   /** `queueNum` counts virtqueues (two per queue pair); `stats` is updated in place. */
   constructor(
@@ -42,10 +101,12 @@ export class NetLoopback implements DeviceModel {
     private readonly mac: Uint8Array,
     private readonly mtu: number,
     private readonly stats: NetStats,
+    options: NetLoopbackOptions = {},
   ) {
-    let f = bit(VirtioNetFeature.VIRTIO_NET_F_MRG_RXBUF) | bit(VirtioNetFeature.VIRTIO_NET_F_MAC) | bit(VirtioNetFeature.VIRTIO_NET_F_STATUS) | bit(VirtioNetFeature.VIRTIO_NET_F_MTU);
-    if (queueNum > 2) f |= bit(VirtioNetFeature.VIRTIO_NET_F_MQ);
+    let f = bit(F.VIRTIO_NET_F_MRG_RXBUF) | bit(F.VIRTIO_NET_F_MAC) | bit(F.VIRTIO_NET_F_STATUS) | bit(F.VIRTIO_NET_F_MTU) | OFFLOAD_FEATURES;
+    if (queueNum > 2) f |= bit(F.VIRTIO_NET_F_MQ);
     this.features = f;
+    this.checkOffloads = options.checkOffloads ?? true;
   }
 
   /** DEVICE_STATE: the MAC and the loopback counters (8-byte MAC slot, then four f64). */
@@ -97,17 +158,14 @@ export class NetLoopback implements DeviceModel {
     return mtu >= 68 && mtu <= 65535;
   }
 
-  /** Starts filling RX chain `x` with a fresh virtio_net_hdr (all zero, num_buffers = 1, §5.1.6.4). */
-  private startRx(mem: BackendMemory, x: Chain): void {
+  /** Starts filling RX chain `x` with `hdr` (§5.1.6.4). */
+  private startRx(mem: BackendMemory, x: Chain, hdr: Uint8Array): void {
     this.wi = 0;
     this.woff = 0;
-    const hdr = this.scratch;
-    hdr.fill(0);
-    hdr[10] = 1;
     this.write(mem, x, hdr);
   }
 
-  /** Appends `src` to the RX chain `x` being filled (the caller checked it fits). */
+  /** Appends `src` to the RX chain `x` being filled (the caller checked it fits); returns whether `x` is now full. */
   private write(mem: BackendMemory, x: Chain, src: Uint8Array): void {
     let done = 0;
     while (done < src.length) {
@@ -133,7 +191,9 @@ export class NetLoopback implements DeviceModel {
       this.stats.rxTooSmall++;
       rx.push(x, 0);
     } else {
-      this.startRx(s.memory, x);
+      this.hdr.fill(0);
+      this.hdr[HDR_NUM_BUFFERS] = 1;
+      this.startRx(s.memory, x, this.hdr);
       this.write(s.memory, x, frame);
       rx.push(x, VIRTIO_NET_HDR_SIZE + frame.length);
     }
@@ -145,55 +205,215 @@ export class NetLoopback implements DeviceModel {
     if (this.pendingRarp !== null && rx.index === 0 && s.isReady(rx)) this.deliverRarp(s, rx);
     if (!s.isReady(tx) || !s.isReady(rx)) return;
     let txDone = 0;
-    let rxDone = 0;
     const mem = s.memory;
+    const acked = s.ackedFeatures ?? 0n;
+    this.rxPushed = 0;
     for (;;) {
       const t = tx.pendingTx ?? s.pop(tx);
       if (t === null) break;
       tx.pendingTx = null;
-      if (t.readableBytes < VIRTIO_NET_HDR_SIZE) {
-        // A chain shorter than the header (CVE-2022-2132 class): completed, not forwarded.
+      if (t.readableBytes < VIRTIO_NET_HDR_SIZE || t.readableBytes - VIRTIO_NET_HDR_SIZE > MAX_FRAME) {
+        // A chain shorter than the header (CVE-2022-2132 class), or a frame no header allows: completed, not forwarded.
         this.stats.txErrors++;
         tx.push(t, 0);
         txDone++;
         continue;
       }
-      const frameLen = t.readableBytes - VIRTIO_NET_HDR_SIZE;
-      const x = s.pop(rx);
-      if (x === null) {
-        tx.pendingTx = t;
-        break;
-      }
-      if (x.writableBytes < VIRTIO_NET_HDR_SIZE + frameLen || x.readableBytes !== 0) {
-        this.stats.rxTooSmall++;
-        rx.push(x, 0);
+      const len = this.gather(mem, t);
+      const verdict = this.checkOffloads ? this.validate(len, acked) : 'ok';
+      if (verdict !== 'ok') {
+        this.stats.offloadDrops++;
         tx.push(t, 0);
-        rxDone++;
         txDone++;
         continue;
       }
-      this.startRx(mem, x);
-      let skip = VIRTIO_NET_HDR_SIZE;
-      for (const seg of t.segments) {
-        if (seg.writable) break;
-        if (skip >= seg.len) {
-          skip -= seg.len;
-          continue;
-        }
-        this.write(mem, x, mem.bytes(seg.gpa + skip, seg.len - skip));
-        skip = 0;
+      const r = this.forward(s, rx, tx, len, acked);
+      if (r === 'wait') {
+        tx.pendingTx = t;
+        break;
       }
-      // TX completes before RX: should this process die between the two, the frame
-      // is lost (the TX buffer is done) rather than sent again by a front-end that
+      // TX completes after RX is written: should this process die between the two, the
+      // frame is lost (the TX buffer is done) rather than sent again by a front-end that
       // resumes the TX ring from its used index, so no frame is delivered twice.
       tx.push(t, 0);
-      rx.push(x, VIRTIO_NET_HDR_SIZE + frameLen);
-      rxDone++;
       txDone++;
-      this.stats.frames++;
-      this.stats.bytes += frameLen;
+      this.segResume.delete(tx);
     }
-    if (rxDone) rx.notify();
+    if (this.rxPushed) rx.notify();
     if (txDone) tx.notify();
+  }
+
+  private rxPushed = 0;
+
+  /** Copies the TX chain's header into `hdr` and its frame into `frame`; returns the frame length. */
+  private gather(mem: BackendMemory, t: Chain): number {
+    let at = 0;
+    const total = t.readableBytes;
+    for (const seg of t.segments) {
+      if (seg.writable) break;
+      const src = mem.bytes(seg.gpa, seg.len);
+      for (let o = 0; o < seg.len && at < total; ) {
+        if (at < VIRTIO_NET_HDR_SIZE) {
+          const n = Math.min(VIRTIO_NET_HDR_SIZE - at, seg.len - o);
+          this.hdr.set(src.subarray(o, o + n), at);
+          at += n;
+          o += n;
+        } else {
+          const n = seg.len - o;
+          this.frame.set(src.subarray(o, o + n), at - VIRTIO_NET_HDR_SIZE);
+          at += n;
+          o += n;
+        }
+      }
+    }
+    return total - VIRTIO_NET_HDR_SIZE;
+  }
+
+  /**
+   * Whether the device may act on the TX header in `hdr` for a frame of `len`
+   * bytes in `frame`: 'ok', or why not. virtio 1.2 §5.1.6.2.1 says what a driver
+   * sends (NEEDS_CSUM only with CSUM; a gso_type only with its HOST_ feature, and then
+   * with NEEDS_CSUM and a gso_size); csum_start + csum_offset + 2 must lie in the frame
+   * for the device to store a checksum there; a TCP/UDP packet must hold its headers.
+   */
+  private validate(len: number, acked: bigint): string {
+    const h = this.hdr;
+    const needsCsum = (h[0]! & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
+    const gso = h[HDR_GSO_TYPE]!;
+    if (!needsCsum && gso === VIRTIO_NET_HDR_GSO_NONE) return 'ok';
+    if (needsCsum) {
+      if (!hasBit(acked, F.VIRTIO_NET_F_CSUM)) return 'NEEDS_CSUM without VIRTIO_NET_F_CSUM';
+      const start = h[HDR_CSUM_START]! | (h[HDR_CSUM_START + 1]! << 8);
+      const off = h[HDR_CSUM_OFFSET]! | (h[HDR_CSUM_OFFSET + 1]! << 8);
+      if (start >= len || start + off + 2 > len) return 'csum_start/csum_offset beyond the frame';
+      if (this.claimsL4(len) && !this.layout.parse(this.frame, len)) return 'a TCP/UDP packet cut short of its headers';
+    }
+    if (gso !== VIRTIO_NET_HDR_GSO_NONE) {
+      const need = gso === VIRTIO_NET_HDR_GSO_TCPV4 ? F.VIRTIO_NET_F_HOST_TSO4 : gso === VIRTIO_NET_HDR_GSO_TCPV6 ? F.VIRTIO_NET_F_HOST_TSO6 : gso === VIRTIO_NET_HDR_GSO_UDP_L4 ? F.VIRTIO_NET_F_HOST_USO : -1;
+      if (need < 0) return `gso_type ${gso} unknown or not served`;
+      if (!hasBit(acked, need)) return `gso_type ${gso} without its feature negotiated`;
+      if (!needsCsum) return 'GSO without NEEDS_CSUM';
+      const gsoSize = h[HDR_GSO_SIZE]! | (h[HDR_GSO_SIZE + 1]! << 8);
+      const hdrLen = h[HDR_HDR_LEN]! | (h[HDR_HDR_LEN + 1]! << 8);
+      if (gsoSize === 0) return 'gso_size 0';
+      if (hdrLen > len) return 'hdr_len beyond the frame';
+      const l = this.layout;
+      if (!l.parse(this.frame, len)) return 'a GSO frame that is not TCP/UDP over IP';
+      const tcp = gso !== VIRTIO_NET_HDR_GSO_UDP_L4;
+      if ((l.protocol === IPPROTO_TCP) !== tcp || (gso === VIRTIO_NET_HDR_GSO_TCPV4 && l.ipVersion !== 4) || (gso === VIRTIO_NET_HDR_GSO_TCPV6 && l.ipVersion !== 6)) return 'gso_type does not match the packet';
+      if ((h[HDR_CSUM_START]! | (h[HDR_CSUM_START + 1]! << 8)) !== l.l4) return 'csum_start is not the L4 header of a GSO frame';
+    }
+    return 'ok';
+  }
+
+  /** Whether the frame's IP header (if it is IPv4/IPv6) says TCP or UDP. */
+  private claimsL4(len: number): boolean {
+    const f = this.frame;
+    let l3 = 14;
+    if (len < 14) return false;
+    let type = (f[12]! << 8) | f[13]!;
+    if (type === ETHERTYPE_VLAN && len >= 18) {
+      type = (f[16]! << 8) | f[17]!;
+      l3 = 18;
+    }
+    const p = type === ETHERTYPE_IPV4 && len >= l3 + 10 ? f[l3 + 9]! : type === ETHERTYPE_IPV6 && len >= l3 + 7 ? f[l3 + 6]! : -1;
+    return p === IPPROTO_TCP || p === IPPROTO_UDP;
+  }
+
+  /** Sends the gathered TX frame on to RX as the negotiated features say; 'wait' when RX buffers ran out. */
+  private forward(s: DeviceRings, rx: Vring, tx: Vring, len: number, acked: bigint): 'ok' | 'wait' | 'dropped' {
+    const h = this.hdr;
+    const needsCsum = (h[0]! & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0 && hasBit(acked, F.VIRTIO_NET_F_CSUM);
+    const gso = h[HDR_GSO_TYPE]!;
+    const guestCsum = hasBit(acked, F.VIRTIO_NET_F_GUEST_CSUM);
+    if (gso !== VIRTIO_NET_HDR_GSO_NONE && this.checkOffloads) {
+      const whole = (gso === VIRTIO_NET_HDR_GSO_TCPV4 && hasBit(acked, F.VIRTIO_NET_F_GUEST_TSO4)) || (gso === VIRTIO_NET_HDR_GSO_TCPV6 && hasBit(acked, F.VIRTIO_NET_F_GUEST_TSO6));
+      if (!whole) {
+        const gsoSize = h[HDR_GSO_SIZE]! | (h[HDR_GSO_SIZE + 1]! << 8);
+        this.segRings = s;
+        this.segRx = rx;
+        const first = this.segResume.get(tx) ?? 0;
+        const next = this.segmenter.segment(this.frame, len, this.layout, gsoSize, this.emitSegment, first);
+        if (next < 0) return 'dropped';
+        const count = Math.ceil(Math.max(1, len - this.layout.headersLength) / gsoSize);
+        if (next < count) {
+          this.segResume.set(tx, next);
+          return 'wait';
+        }
+        this.stats.segmented++;
+        return 'ok';
+      }
+      // Whole to a GUEST_TSO driver: the header goes with it (§5.1.6.4), num_buffers set on delivery.
+      return this.deliver(s, rx, this.frame, len, true);
+    }
+    if (needsCsum && !guestCsum) {
+      const start = h[HDR_CSUM_START]! | (h[HDR_CSUM_START + 1]! << 8);
+      const off = h[HDR_CSUM_OFFSET]! | (h[HDR_CSUM_OFFSET + 1]! << 8);
+      if (completePartialChecksum(this.frame, 0, len, start, off)) this.stats.checksummed++;
+      return this.deliver(s, rx, this.frame, len, false);
+    }
+    return this.deliver(s, rx, this.frame, len, needsCsum);
+  }
+
+  /**
+   * Puts `frame[0, len)` on RX ring `rx`: one chain, or with MRG_RXBUF as many as it
+   * takes (num_buffers, §5.1.6.4). With `keepHdr` the RX header carries the TX
+   * header's offload fields (NEEDS_CSUM, GSO) for a GUEST_CSUM / GUEST_TSO driver;
+   * else it is zero. 'wait' when the ring has too few buffers now (those taken are
+   * kept for the next try); 'dropped' when the buffer offered cannot hold the frame.
+   */
+  private deliver(s: DeviceRings, rx: Vring, frame: Uint8Array, len: number, keepHdr: boolean): 'ok' | 'wait' | 'dropped' {
+    const mem = s.memory;
+    const mrg = hasBit(s.ackedFeatures ?? 0n, F.VIRTIO_NET_F_MRG_RXBUF);
+    const need = VIRTIO_NET_HDR_SIZE + len;
+    let stash = this.rxStash.get(rx);
+    if (stash === undefined) {
+      stash = [];
+      this.rxStash.set(rx, stash);
+    }
+    let room = 0;
+    for (const c of stash) room += c.writableBytes;
+    while (room < need && (mrg || stash.length === 0)) {
+      const x = s.pop(rx);
+      if (x === null) return 'wait';
+      if (x.readableBytes !== 0 || x.writableBytes === 0) {
+        this.stats.rxTooSmall++;
+        rx.push(x, 0);
+        this.rxPushed++;
+        continue;
+      }
+      stash.push(x);
+      room += x.writableBytes;
+    }
+    if (room < need) {
+      this.stats.rxTooSmall++;
+      for (const x of stash) rx.push(x, 0);
+      this.rxPushed += stash.length;
+      stash.length = 0;
+      return 'dropped';
+    }
+    const out = this.hdr;
+    if (keepHdr) out[0]! &= VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    else out.fill(0, 0, HDR_NUM_BUFFERS);
+    out[HDR_NUM_BUFFERS] = stash.length & 0xff;
+    out[HDR_NUM_BUFFERS + 1] = stash.length >>> 8;
+    let done = 0;
+    for (let k = 0; k < stash.length; k++) {
+      const x = stash[k]!;
+      const take = Math.min(x.writableBytes - (k === 0 ? VIRTIO_NET_HDR_SIZE : 0), len - done);
+      if (k === 0) this.startRx(mem, x, out);
+      else {
+        this.wi = 0;
+        this.woff = 0;
+      }
+      this.write(mem, x, frame.subarray(done, done + take));
+      done += take;
+      rx.push(x, take + (k === 0 ? VIRTIO_NET_HDR_SIZE : 0));
+    }
+    this.rxPushed += stash.length;
+    stash.length = 0;
+    this.stats.frames++;
+    this.stats.bytes += len;
+    return 'ok';
   }
 }

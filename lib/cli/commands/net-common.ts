@@ -1,5 +1,5 @@
 /** What `net send` and `net recv` share: the options that open a VirtioNet, and rate arithmetic. */
-import { VirtioNet, type RingKind } from '../../devices/net/virtio-net.js';
+import { VirtioNet, type RingKind, type VirtioNetOptions } from '../../devices/net/virtio-net.js';
 import type { OptionSpecs } from '../args.js';
 import { acceptOnce, endpoint, listenOption } from './endpoint.js';
 
@@ -13,13 +13,17 @@ export const netOptions = {
   json: { type: 'boolean', description: 'print one JSON object instead of a line' },
 } as const satisfies OptionSpecs;
 
-/** Opens the device on --socket, or accepts the back-end on --listen (waiting up to --timeout for it). */
+/**
+ * Opens the device on --socket, or accepts the back-end on --listen (waiting up to --timeout
+ * for it); `extra` adds driver options (offloads) to those from the command line.
+ */
 export async function openNet(
   command: string,
   args: { socket?: string | undefined; listen?: string | undefined; queues: number; ring: string; queueSize: number; timeout: number },
+  extra: VirtioNetOptions = {},
 ): Promise<VirtioNet> {
   const where = endpoint(command, args);
-  const options = { queuePairs: args.queues, queueSize: args.queueSize, ring: args.ring as RingKind, timeoutMs: args.timeout };
+  const options = { ...extra, queuePairs: args.queues, queueSize: args.queueSize, ring: args.ring as RingKind, timeoutMs: args.timeout };
   if ('socket' in where) return VirtioNet.open(where.socket, { ...options, connect: { timeoutMs: args.timeout } });
   return acceptOnce(where.listen, (listener) => VirtioNet.accept(listener, { ...options, acceptTimeoutMs: args.timeout }));
 }

@@ -11,6 +11,7 @@
  * fit into its RX ring (OVS counts them in ovs_tx_failure_drops).
  */
 import type { RxBurst, VirtioNet } from '../../devices/net/virtio-net.js';
+import { VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../devices/net/virtio-net-hdr.js';
 import { VhostUserError } from '../../errors.js';
 import { readOvsPortStats } from '../../launch/ovs.js';
 import { PcapWriter } from '../../pcap/pcap-writer.js';
@@ -46,6 +47,8 @@ export default defineCommand({
     pcap: { type: 'string', valueName: 'OUT', description: 'write received frames to this pcap file' },
     ovsPort: { type: 'string', valueName: 'NAME', description: "the OVS port this device is plugged into: report the frames OVS dropped on it (ovs_tx_failure_drops, tx_dropped), and stop once received + dropped reach --count" },
     ovsRundir: { type: 'string', valueName: 'DIR', description: 'that OVS\'s run directory (db.sock, BRIDGE.mgmt); default $OVS_RUNDIR or /var/run/openvswitch' },
+    csum: { type: 'boolean', description: 'negotiate GUEST_CSUM: frames may arrive with a partial checksum (NEEDS_CSUM), completed before --pcap' },
+    guestTso: { type: 'boolean', description: 'negotiate GUEST_TSO4/6 (with --csum): TCP frames up to 64 KiB arrive whole, across buffers' },
   },
   async run(args, io) {
     const pcap = args.pcap ? await PcapWriter.open(args.pcap, io.fs ? { fs: io.fs } : {}) : null;
@@ -62,10 +65,15 @@ export default defineCommand({
       };
       const dropsAtStart = args.ovsPort !== undefined ? await ovsDrops() : 0;
       let dropped = 0;
-      net = await openNet('net recv', args);
+      net = await openNet('net recv', args, args.csum || args.guestTso ? { csum: true, guestTso: args.guestTso } : {});
       const dev = net;
       let frames = 0;
       let bytes = 0;
+      // Offload header flags seen (virtio 1.2 §5.1.6.4), and partial checksums that could not be completed.
+      let needsCsum = 0;
+      let dataValid = 0;
+      let csumErrors = 0;
+      let gso = 0;
       let t0 = 0n;
       let tEnd = 0n;
       let seen = 0;
@@ -79,6 +87,14 @@ export default defineCommand({
           const ts = pcap ? pcapEpoch + process.hrtime.bigint() : 0n;
           for (let i = 0; i < n; i++) {
             const len = burst.lengths[i]!;
+            const flags = burst.flags[i]!;
+            if (flags & VIRTIO_NET_HDR_F_DATA_VALID) dataValid++;
+            if (burst.gsoTypes[i] !== 0) gso++;
+            if (flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) {
+              needsCsum++;
+              // Completed before the capture is written, so a capture always holds valid checksums.
+              if (!burst.completeChecksum(i)) csumErrors++;
+            }
             if (pcap) pcap.write(burst.buffer.subarray(burst.offsets[i], burst.offsets[i]! + len), ts);
             bytes += len;
           }
@@ -127,9 +143,11 @@ export default defineCommand({
       const summary = rate(frames, bytes, Number(tEnd - t0) / 1e9);
       if (args.ovsPort !== undefined) dropped = (await ovsDrops()) - dropsAtStart;
       const backend = args.ovsPort !== undefined ? { backendDropped: dropped, backendPort: args.ovsPort } : {};
-      if (args.json) io.stdout(`${toJson({ ...summary, ...backend, queues: dev.queuePairs, ring: dev.ring, pcap: args.pcap ?? null })}\n`);
+      const offloads = { needsCsum, dataValid, csumErrors, gso };
+      if (args.json) io.stdout(`${toJson({ ...summary, ...backend, queues: dev.queuePairs, ring: dev.ring, pcap: args.pcap ?? null, offloads })}\n`);
       else {
-        io.stdout(rateLine('received', summary));
+        const withOffloads = args.csum || args.guestTso;
+        io.stdout(withOffloads ? `${rateLine('received', summary).trimEnd()}; NEEDS_CSUM ${needsCsum} (completed ${needsCsum - csumErrors}), DATA_VALID ${dataValid}, GSO ${gso}\n` : rateLine('received', summary));
         if (args.ovsPort !== undefined) io.stdout(`OVS dropped ${dropped} frames on ${args.ovsPort} (RX ring full or frame above the MTU): ${((100 * frames) / (frames + dropped || 1)).toFixed(2)}% delivered\n`);
       }
     } finally {

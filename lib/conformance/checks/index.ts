@@ -8,6 +8,7 @@ import { leakChecks } from './leak.js';
 import { logChecks } from './log.js';
 import { memoryChecks } from './memory.js';
 import { negativeChecks } from './negative.js';
+import { offloadChecks } from './offload.js';
 import { rarpChecks } from './rarp.js';
 import { reconnectChecks } from './reconnect.js';
 import { replyAckChecks } from './reply-ack.js';
@@ -20,6 +21,7 @@ export const allChecks: readonly Check[] = [
   ...replyAckChecks,
   ...ringChecks,
   ...dataChecks,
+  ...offloadChecks,
   ...memoryChecks,
   ...configChecks,
   ...inflightChecks,

@@ -13,6 +13,16 @@ export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
 export const VIRTIO_NET_HDR_F_DATA_VALID = 2;
 /** `gso_type` (§5.1.6): no segmentation offload; the packet is sent or received as it is. */
 export const VIRTIO_NET_HDR_GSO_NONE = 0;
+/** `gso_type`: TCP over IPv4 to be segmented (TSO; VIRTIO_NET_F_HOST_TSO4 on TX, GUEST_TSO4 on RX). */
+export const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
+/** `gso_type`: UDP fragmentation offload (UFO; legacy HOST_UFO / GUEST_UFO). */
+export const VIRTIO_NET_HDR_GSO_UDP = 3;
+/** `gso_type`: TCP over IPv6 to be segmented (VIRTIO_NET_F_HOST_TSO6 / GUEST_TSO6). */
+export const VIRTIO_NET_HDR_GSO_TCPV6 = 4;
+/** `gso_type`: UDP segmentation offload, IPv4 or IPv6 (USO; VIRTIO_NET_F_HOST_USO / GUEST_USO4/6). */
+export const VIRTIO_NET_HDR_GSO_UDP_L4 = 5;
+/** `gso_type` bit: the TCP segment has ECN set (needs HOST_ECN / GUEST_ECN). */
+export const VIRTIO_NET_HDR_GSO_ECN = 0x80;
 
 /** Byte offset of `u8 flags` in the header. */
 export const HDR_FLAGS = 0;

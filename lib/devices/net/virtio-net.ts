@@ -32,8 +32,24 @@ import type { Virtqueue, VirtqueueOptions } from '../../virtqueue/virtqueue.js';
 import { parseMac } from '../../net/frame-builder.js';
 import { VhostDevice, type DeviceReconnectReport, type HandOverSteps, type ReconnectOptions, type RingKind, type VhostDeviceOptions } from '../vhost-device.js';
 import { alignUp, PAGE } from '../vring-setup.js';
+import { completePartialChecksum } from '../../net/checksum.js';
 import { decodeNetConfig, NET_CONFIG_SIZE, type NetConfig } from './net-config.js';
-import { HDR_NUM_BUFFERS, VIRTIO_NET_HDR_SIZE } from './virtio-net-hdr.js';
+import type { TxOffloads } from './tx-offloads.js';
+import {
+  HDR_CSUM_OFFSET,
+  HDR_CSUM_START,
+  HDR_GSO_SIZE,
+  HDR_GSO_TYPE,
+  HDR_HDR_LEN,
+  HDR_NUM_BUFFERS,
+  VIRTIO_NET_HDR_F_DATA_VALID,
+  VIRTIO_NET_HDR_F_NEEDS_CSUM,
+  VIRTIO_NET_HDR_GSO_NONE,
+  VIRTIO_NET_HDR_GSO_TCPV4,
+  VIRTIO_NET_HDR_GSO_TCPV6,
+  VIRTIO_NET_HDR_GSO_UDP_L4,
+  VIRTIO_NET_HDR_SIZE,
+} from './virtio-net-hdr.js';
 
 export type { RingKind, ReconnectOptions } from '../vhost-device.js';
 
@@ -54,8 +70,28 @@ export interface VirtioNetOptions extends VhostUserClientOptions {
   inOrder?: boolean;
   /** Negotiate VIRTIO_NET_F_MRG_RXBUF when offered (default true). */
   mrgRxbuf?: boolean;
-  /** Negotiate VIRTIO_NET_F_CSUM / GUEST_CSUM when offered (default false: frames carry full checksums). */
+  /**
+   * Negotiate VIRTIO_NET_F_CSUM / GUEST_CSUM when offered (default false: frames
+   * carry full checksums). With CSUM a frame may leave its TCP/UDP checksum to
+   * the device ({@link TxOffloads}); with GUEST_CSUM received frames may carry a
+   * partial checksum (NEEDS_CSUM) or be marked DATA_VALID: see {@link RxBurst.flags}
+   * and {@link RxBurst.completeChecksum}.
+   */
   csum?: boolean;
+  /**
+   * Negotiate VIRTIO_NET_F_HOST_TSO4 / HOST_TSO6 when offered, with CSUM (their
+   * prerequisite, virtio 1.2 §5.1.3.1): TCP frames up to 64 KiB that the device
+   * segments (gso_type TCPV4 / TCPV6). TX slots then default to 65 612 bytes.
+   */
+  tso?: boolean;
+  /** Negotiate VIRTIO_NET_F_HOST_USO when offered, with CSUM: UDP frames the device segments (gso_type UDP_L4). */
+  uso?: boolean;
+  /**
+   * Negotiate VIRTIO_NET_F_GUEST_TSO4 / GUEST_TSO6 when offered, with GUEST_CSUM
+   * and MRG_RXBUF (a 64 KiB frame then arrives across RX buffers, §5.1.6.3.1):
+   * received TCP frames may be up to 64 KiB with GSO fields in {@link RxBurst}.
+   */
+  guestTso?: boolean;
   /** Bytes per RX buffer, header included (default 2048). */
   rxBufferSize?: number;
   /** Bytes per TX slot, header included (default 2048): the largest frame is this minus 12. */
@@ -126,7 +162,10 @@ export interface ReconnectReport {
   }[];
 }
 
-/** A burst of received frames: `count` frames at buffer[offsets[i] .. + lengths[i]). */
+/**
+ * A burst of received frames: `count` frames at buffer[offsets[i] .. + lengths[i]),
+ * with the offload fields of each frame's virtio_net_hdr (virtio 1.2 §5.1.6.4).
+ */
 export class RxBurst {
   /** The memory the frames are in (guest memory, or the merge area for frames joined from several buffers). */
   buffer: Uint8Array = new Uint8Array(0);
@@ -134,6 +173,22 @@ export class RxBurst {
   readonly offsets: Uint32Array;
   /** Frame i's length in bytes. */
   readonly lengths: Uint32Array;
+  /**
+   * Frame i's header `flags`: VIRTIO_NET_HDR_F_NEEDS_CSUM (its TCP/UDP checksum
+   * field holds only the pseudo-header sum: complete it with completeChecksum(i)),
+   * VIRTIO_NET_HDR_F_DATA_VALID (the device validated it). Always 0 without GUEST_CSUM.
+   */
+  readonly flags: Uint8Array;
+  /** Frame i's `gso_type` (GUEST_TSO4/6: VIRTIO_NET_HDR_GSO_TCPV4/6 for a frame larger than the MTU). */
+  readonly gsoTypes: Uint8Array;
+  /** Frame i's `gso_size` (segment payload size of a GSO frame). */
+  readonly gsoSizes: Uint16Array;
+  /** Frame i's `hdr_len`. */
+  readonly hdrLens: Uint16Array;
+  /** Frame i's `csum_start` (NEEDS_CSUM), from the frame's first byte. */
+  readonly csumStarts: Uint16Array;
+  /** Frame i's `csum_offset` (NEEDS_CSUM). */
+  readonly csumOffsets: Uint16Array;
   /** Frames filled by the last receiveBurst(). */
   count = 0;
   /** @param capacity most frames one receiveBurst() fills. */
@@ -143,6 +198,27 @@ export class RxBurst {
   ) {
     this.offsets = new Uint32Array(capacity);
     this.lengths = new Uint32Array(capacity);
+    this.flags = new Uint8Array(capacity);
+    this.gsoTypes = new Uint8Array(capacity);
+    this.gsoSizes = new Uint16Array(capacity);
+    this.hdrLens = new Uint16Array(capacity);
+    this.csumStarts = new Uint16Array(capacity);
+    this.csumOffsets = new Uint16Array(capacity);
+  }
+
+  /**
+   * Completes frame i's partial checksum when it arrived with NEEDS_CSUM (virtio
+   * 1.2 §5.1.6.4: the sum over [csum_start, end) stored at csum_start + csum_offset),
+   * in place, and marks it DATA_VALID. Returns true when the frame now has a full
+   * checksum (also when it needed none), false when its csum fields lie outside
+   * the frame (nothing is written).
+   */
+  completeChecksum(i: number): boolean {
+    const f = this.flags[i]!;
+    if ((f & VIRTIO_NET_HDR_F_NEEDS_CSUM) === 0) return true;
+    if (!completePartialChecksum(this.buffer, this.offsets[i]!, this.lengths[i]!, this.csumStarts[i]!, this.csumOffsets[i]!)) return false;
+    this.flags[i] = (f & ~VIRTIO_NET_HDR_F_NEEDS_CSUM) | VIRTIO_NET_HDR_F_DATA_VALID;
+    return true;
   }
   /** A copy of frame i (allocates: for tests and tools, not the packet path). */
   frame(i: number): Uint8Array {
@@ -212,6 +288,14 @@ interface QueuePair {
   /** Slots handed out in the last burst, re-posted on the next receiveBurst(). */
   rxLent: Uint16Array;
   rxLentCount: number;
+  /** Used RX buffers reaped but not yet handed out (a merged frame that did not fit this burst), in used order. */
+  rxPendTokens: Uint32Array;
+  rxPendLengths: Uint32Array;
+  rxPendCount: number;
+  /** Buffers the first pending frame spans (0: none waiting): the next reap takes at least that many. */
+  rxPendNeed: number;
+  /** A TX slot header may hold offload fields from an earlier frame: headers are then always written. */
+  txHdrDirty: boolean;
   counters: Float64Array;
   /** Resolves the pending waitTxSpace(), if any (the TX call eventfd's one watcher calls it). */
   txWaiter: ((ok: boolean) => void) | null;
@@ -231,7 +315,12 @@ export interface VirtioNetEvents {
   reconnect: (report: ReconnectReport) => void;
 }
 
-const MERGE_AREA = 65536;
+/** Room for two of the largest frames a device may merge (64 KiB of IPv6 payload and headers) per burst. */
+const MERGE_AREA = 2 * 65664;
+/** With GUEST_TSO: room for four 64 KiB frames joined from mergeable buffers per burst. */
+const MERGE_AREA_GSO = 4 * 65664;
+/** The largest frame a GSO transmit may be: IPv6 header + 64 KiB payload, Ethernet with one VLAN tag. */
+const GSO_FRAME_MAX = 14 + 4 + 40 + 65535;
 
 /**
  * A virtio-net driver (virtio 1.2 §5.1) over vhost-user, on the shared device layer: open it on
@@ -258,12 +347,18 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   private readonly txSlotSize: number;
   private readonly txStride: number;
   private readonly mrgRxbuf: boolean;
+  private readonly mergeArea: number;
+  /** RX headers carry offload fields (GUEST_CSUM negotiated). */
+  private readonly rxOffloads: boolean;
+  /** What a TX header may ask for: NEEDS_CSUM (CSUM), each gso_type by its HOST_ feature. */
+  private readonly txCsum: boolean;
+  private readonly txGsoTypes: number;
   private readonly reapTokens: Uint32Array;
   private readonly reapLengths: Uint32Array;
   private closed = false;
   private interrupting = false;
 
-  private constructor(init: { device: VhostDevice; pairs: QueuePair[]; rxBufferSize: number; txSlotSize: number; config: NetConfig | null }) {
+  private constructor(init: { device: VhostDevice; pairs: QueuePair[]; rxBufferSize: number; txSlotSize: number; mergeArea: number; config: NetConfig | null }) {
     super();
     const device = init.device;
     this.device = device;
@@ -278,6 +373,14 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     this.txStride = txSlotStride(init.txSlotSize);
     this.config = init.config;
     this.mrgRxbuf = hasBit(this.features, VirtioNetFeature.VIRTIO_NET_F_MRG_RXBUF);
+    this.mergeArea = init.mergeArea;
+    this.rxOffloads = hasBit(this.features, VirtioNetFeature.VIRTIO_NET_F_GUEST_CSUM);
+    this.txCsum = hasBit(this.features, VirtioNetFeature.VIRTIO_NET_F_CSUM);
+    let gso = 0;
+    if (hasBit(this.features, VirtioNetFeature.VIRTIO_NET_F_HOST_TSO4)) gso |= 1 << VIRTIO_NET_HDR_GSO_TCPV4;
+    if (hasBit(this.features, VirtioNetFeature.VIRTIO_NET_F_HOST_TSO6)) gso |= 1 << VIRTIO_NET_HDR_GSO_TCPV6;
+    if (hasBit(this.features, VirtioNetFeature.VIRTIO_NET_F_HOST_USO)) gso |= 1 << VIRTIO_NET_HDR_GSO_UDP_L4;
+    this.txGsoTypes = gso;
     this.reapTokens = new Uint32Array(this.queueSize);
     this.reapLengths = new Uint32Array(this.queueSize);
     device.on('disconnect', (e) => this.emit('disconnect', e));
@@ -321,13 +424,32 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
   private static async build(device: VhostDevice, options: VirtioNetOptions): Promise<VirtioNet> {
     const queueSize = options.queueSize ?? 256;
     const rxBufferSize = options.rxBufferSize ?? 2048;
-    const txSlotSize = options.txSlotSize ?? 2048;
+    const hostGso = options.tso === true || options.uso === true;
+    const txSlotSize = options.txSlotSize ?? (hostGso ? VIRTIO_NET_HDR_SIZE + GSO_FRAME_MAX : 2048);
     const wantPairs = options.queuePairs ?? 1;
-    let wanted = bit(VirtioNetFeature.VIRTIO_NET_F_MAC) | bit(VirtioNetFeature.VIRTIO_NET_F_MTU) | bit(VirtioNetFeature.VIRTIO_NET_F_STATUS);
-    if (options.mrgRxbuf ?? true) wanted |= bit(VirtioNetFeature.VIRTIO_NET_F_MRG_RXBUF);
-    if (options.csum) wanted |= bit(VirtioNetFeature.VIRTIO_NET_F_CSUM) | bit(VirtioNetFeature.VIRTIO_NET_F_GUEST_CSUM);
-    if (wantPairs > 1) wanted |= bit(VirtioNetFeature.VIRTIO_NET_F_MQ);
+    const offered = device.offered;
+    const F = VirtioNetFeature;
+    let wanted = bit(F.VIRTIO_NET_F_MAC) | bit(F.VIRTIO_NET_F_MTU) | bit(F.VIRTIO_NET_F_STATUS);
+    const mrg = (options.mrgRxbuf ?? true) && hasBit(offered, F.VIRTIO_NET_F_MRG_RXBUF);
+    if (mrg) wanted |= bit(F.VIRTIO_NET_F_MRG_RXBUF);
+    if (options.csum) wanted |= bit(F.VIRTIO_NET_F_CSUM) | bit(F.VIRTIO_NET_F_GUEST_CSUM);
+    // §5.1.3.1: HOST_TSO4/6 and HOST_USO require CSUM, GUEST_TSO4/6 require GUEST_CSUM; a
+    // feature is acknowledged only with its prerequisite.
+    if (hasBit(offered, F.VIRTIO_NET_F_CSUM)) {
+      if (hostGso) wanted |= bit(F.VIRTIO_NET_F_CSUM);
+      if (options.tso) wanted |= bit(F.VIRTIO_NET_F_HOST_TSO4) | bit(F.VIRTIO_NET_F_HOST_TSO6);
+      if (options.uso) wanted |= bit(F.VIRTIO_NET_F_HOST_USO);
+    }
+    // §5.1.6.3.1: without MRG_RXBUF a GUEST_TSO driver must post 65 562-byte buffers; these
+    // are only negotiated when the frame can span buffers or the buffers are that large.
+    const bigRx = mrg || rxBufferSize >= VIRTIO_NET_HDR_SIZE + GSO_FRAME_MAX;
+    if (options.guestTso && bigRx && hasBit(offered, F.VIRTIO_NET_F_GUEST_CSUM)) {
+      wanted |= bit(F.VIRTIO_NET_F_GUEST_CSUM) | bit(F.VIRTIO_NET_F_GUEST_TSO4) | bit(F.VIRTIO_NET_F_GUEST_TSO6);
+    }
+    if (wantPairs > 1) wanted |= bit(F.VIRTIO_NET_F_MQ);
     const features = device.selectFeatures({ wanted });
+    const guestGso = hasBit(features, F.VIRTIO_NET_F_GUEST_TSO4) || hasBit(features, F.VIRTIO_NET_F_GUEST_TSO6);
+    const mergeArea = guestGso && mrg ? MERGE_AREA_GSO : MERGE_AREA;
     const queueNum = device.negotiated.queueNum;
     // §5.1.2: queue pairs beyond the first need VIRTIO_NET_F_MQ.
     const maxPairs = hasBit(features, VirtioNetFeature.VIRTIO_NET_F_MQ) && queueNum !== null ? Math.floor(queueNum / 2) || 1 : 1;
@@ -336,7 +458,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     }
     const txStride = txSlotStride(txSlotSize);
     const txPoolBytes = alignUp(queueSize * txStride, PAGE);
-    const rxPoolLength = queueSize * rxBufferSize + MERGE_AREA;
+    const rxPoolLength = queueSize * rxBufferSize + mergeArea;
     const pairBytes = txPoolBytes + alignUp(rxPoolLength, PAGE);
     device.allocate({ count: 2 * wantPairs, size: queueSize, dataBytes: pairBytes * wantPairs });
     const memory = device.memory;
@@ -366,6 +488,11 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
         mergeOffset: queueSize * rxBufferSize,
         rxLent: new Uint16Array(queueSize),
         rxLentCount: 0,
+        rxPendTokens: new Uint32Array(queueSize),
+        rxPendLengths: new Uint32Array(queueSize),
+        rxPendCount: 0,
+        rxPendNeed: 0,
+        txHdrDirty: false,
         counters: new Float64Array(COUNTERS),
         txWaiter: null,
         txWatched: false,
@@ -386,7 +513,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
         if (!restart && client.hasProtocolFeature(ProtocolFeature.CONFIG)) config = decodeNetConfig(await client.getConfig(0, NET_CONFIG_SIZE), features);
       },
     });
-    return new VirtioNet({ device, pairs, rxBufferSize, txSlotSize, config });
+    return new VirtioNet({ device, pairs, rxBufferSize, txSlotSize, mergeArea, config });
   }
 
   /** The layer's per-ring report as per-pair numbers (RX ring 2i, TX ring 2i+1). */
@@ -455,6 +582,36 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
     return { queues: this.pairs.map((_, p) => ({ rxBase: report.bases[2 * p]!, txBase: report.bases[2 * p + 1]! })), rarp, ms: report.ms, old: report.old };
   }
 
+  /** The offloads negotiated (virtio 1.2 §5.1.3), by what they let each side do. */
+  get offloads(): {
+    /** CSUM: TX frames may carry NEEDS_CSUM. */
+    csum: boolean;
+    /** GUEST_CSUM: RX frames may carry NEEDS_CSUM or DATA_VALID. */
+    guestCsum: boolean;
+    /** HOST_TSO4: TX gso_type TCPV4. */
+    tso4: boolean;
+    /** HOST_TSO6: TX gso_type TCPV6. */
+    tso6: boolean;
+    /** HOST_USO: TX gso_type UDP_L4. */
+    uso: boolean;
+    /** GUEST_TSO4: RX TCPV4 frames up to 64 KiB. */
+    guestTso4: boolean;
+    /** GUEST_TSO6: RX TCPV6 frames up to 64 KiB. */
+    guestTso6: boolean;
+  } {
+    const f = this.features;
+    const F = VirtioNetFeature;
+    return {
+      csum: hasBit(f, F.VIRTIO_NET_F_CSUM),
+      guestCsum: hasBit(f, F.VIRTIO_NET_F_GUEST_CSUM),
+      tso4: hasBit(f, F.VIRTIO_NET_F_HOST_TSO4),
+      tso6: hasBit(f, F.VIRTIO_NET_F_HOST_TSO6),
+      uso: hasBit(f, F.VIRTIO_NET_F_HOST_USO),
+      guestTso4: hasBit(f, F.VIRTIO_NET_F_GUEST_TSO4),
+      guestTso6: hasBit(f, F.VIRTIO_NET_F_GUEST_TSO6),
+    };
+  }
+
   /** The largest frame sendBurst() accepts. */
   get maxFrameSize(): number {
     return this.txSlotSize - VIRTIO_NET_HDR_SIZE;
@@ -469,40 +626,88 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
    * Copies up to `count` frames into TX buffers of `queue`, exposes them and kicks
    * if the back-end asks for it. Returns how many were taken; the rest did not fit
    * (ring full) and are the caller's to retry. Frames longer than maxFrameSize are
-   * dropped and counted.
+   * dropped and counted. With `offloads`, frame i's virtio_net_hdr carries entry i
+   * (checksum and segmentation offload, virtio 1.2 §5.1.6.2); an entry asking for
+   * a feature that was not negotiated is VHOST_INVALID_ARGUMENT (the frames before
+   * it are sent).
    */
-  sendBurst(frames: readonly Uint8Array[], count = frames.length, queue = 0): number {
+  sendBurst(frames: readonly Uint8Array[], count = frames.length, queue = 0, offloads?: TxOffloads): number {
     const pair = this.pair(queue);
     this.reclaimTx(pair);
     const stride = this.txStride;
     const max = this.txSlotSize - VIRTIO_NET_HDR_SIZE;
     const c = pair.counters;
     const ringSize = this.queueSize;
+    const bytes = pair.txBytes;
+    if (offloads !== undefined) pair.txHdrDirty = true;
+    const writeHdr = pair.txHdrDirty;
     let sent = 0;
-    for (let i = 0; i < count; i++) {
-      if (pair.txFreeCount === 0) break;
-      const frame = frames[i]!;
-      const len = frame.length;
-      if (len > max) {
-        c[NetCounter.txDrops]!++;
+    try {
+      for (let i = 0; i < count; i++) {
+        if (pair.txFreeCount === 0) break;
+        const frame = frames[i]!;
+        const len = frame.length;
+        if (len > max) {
+          c[NetCounter.txDrops]!++;
+          sent++;
+          continue;
+        }
+        const slot = pair.txFree[pair.txFreeHead]!;
+        const offset = slot * stride;
+        if (writeHdr) this.writeTxHeader(bytes, offset, offloads, i);
+        if (++pair.txFreeHead === ringSize) pair.txFreeHead = 0;
+        pair.txFreeCount--;
+        bytes.set(frame, offset + VIRTIO_NET_HDR_SIZE);
+        pair.tx.addBuffer(pair.txPoolGpa + offset, VIRTIO_NET_HDR_SIZE + len, false, slot);
+        c[NetCounter.txPackets]!++;
+        c[NetCounter.txBytes]! += len;
         sent++;
-        continue;
       }
-      const slot = pair.txFree[pair.txFreeHead]!;
-      if (++pair.txFreeHead === ringSize) pair.txFreeHead = 0;
-      pair.txFreeCount--;
-      const offset = slot * stride;
-      pair.txBytes.set(frame, offset + VIRTIO_NET_HDR_SIZE);
-      pair.tx.addBuffer(pair.txPoolGpa + offset, VIRTIO_NET_HDR_SIZE + len, false, slot);
-      c[NetCounter.txPackets]!++;
-      c[NetCounter.txBytes]! += len;
-      sent++;
-    }
-    if (pair.tx.publish()) {
-      pair.txKick.signal();
-      c[NetCounter.kicks]!++;
+    } finally {
+      if (pair.tx.publish()) {
+        pair.txKick.signal();
+        c[NetCounter.kicks]!++;
+      }
     }
     return sent;
+  }
+
+  /**
+   * Writes the first 10 bytes of a TX slot's virtio_net_hdr from offload entry `i`
+   * (zero without `offloads`); num_buffers stays 0 (§5.1.6.2.1). Refuses what the
+   * driver may not send (§5.1.6.2.1): NEEDS_CSUM without CSUM, a gso_type without its
+   * HOST_ feature, GSO without NEEDS_CSUM or with gso_size 0, any other flag.
+   */
+  private writeTxHeader(bytes: Uint8Array, offset: number, offloads: TxOffloads | undefined, i: number): void {
+    if (offloads === undefined) {
+      bytes.fill(0, offset, offset + HDR_NUM_BUFFERS);
+      return;
+    }
+    const flags = offloads.flags[i]!;
+    const gso = offloads.gsoTypes[i]!;
+    const gsoSize = offloads.gsoSizes[i]!;
+    if (flags !== 0 && (flags !== VIRTIO_NET_HDR_F_NEEDS_CSUM || !this.txCsum)) {
+      throw new VhostUserError('VHOST_INVALID_ARGUMENT', `offload entry ${i}: flags ${flags} ${this.txCsum ? 'may only be NEEDS_CSUM' : 'need VIRTIO_NET_F_CSUM, which is not negotiated'}`);
+    }
+    if (gso !== VIRTIO_NET_HDR_GSO_NONE) {
+      if (gso > 7 || (this.txGsoTypes & (1 << gso)) === 0) {
+        throw new VhostUserError('VHOST_INVALID_ARGUMENT', `offload entry ${i}: gso_type ${gso} needs a HOST_TSO4/TSO6/USO feature that is not negotiated`);
+      }
+      if (flags === 0 || gsoSize === 0) throw new VhostUserError('VHOST_INVALID_ARGUMENT', `offload entry ${i}: a GSO frame needs NEEDS_CSUM and a gso_size (virtio 1.2 §5.1.6.2.1)`);
+    }
+    bytes[offset] = flags;
+    bytes[offset + HDR_GSO_TYPE] = gso;
+    const hl = offloads.hdrLens[i]!;
+    const cs = offloads.csumStarts[i]!;
+    const co = offloads.csumOffsets[i]!;
+    bytes[offset + HDR_HDR_LEN] = hl & 0xff;
+    bytes[offset + HDR_HDR_LEN + 1] = hl >>> 8;
+    bytes[offset + HDR_GSO_SIZE] = gsoSize & 0xff;
+    bytes[offset + HDR_GSO_SIZE + 1] = gsoSize >>> 8;
+    bytes[offset + HDR_CSUM_START] = cs & 0xff;
+    bytes[offset + HDR_CSUM_START + 1] = cs >>> 8;
+    bytes[offset + HDR_CSUM_OFFSET] = co & 0xff;
+    bytes[offset + HDR_CSUM_OFFSET + 1] = co >>> 8;
   }
 
   /**
@@ -513,13 +718,16 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
    * may rewrite only the headers, as DPDK's txonly does with its mbufs. Returns
    * how many frames were sent; fewer than `count` when the ring is full. A length
    * outside 0..maxFrameSize is VHOST_INVALID_ARGUMENT (frames filled before it are sent).
+   * With `offloads`, `fill` may set entry i, which goes into frame i's header as in sendBurst().
    */
-  sendInPlace(count: number, fill: (frame: Uint8Array, index: number) => number, queue = 0): number {
+  sendInPlace(count: number, fill: (frame: Uint8Array, index: number) => number, queue = 0, offloads?: TxOffloads): number {
     const pair = this.pair(queue);
     this.reclaimTx(pair);
     const max = this.txSlotSize - VIRTIO_NET_HDR_SIZE;
     const c = pair.counters;
     const ringSize = this.queueSize;
+    if (offloads !== undefined) pair.txHdrDirty = true;
+    const writeHdr = pair.txHdrDirty;
     let sent = 0;
     try {
       for (; sent < count && pair.txFreeCount > 0; sent++) {
@@ -528,6 +736,7 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
         if (!(Number.isInteger(len) && len >= 0 && len <= max)) {
           throw new VhostUserError('VHOST_INVALID_ARGUMENT', `sendInPlace: fill returned length ${len}; a frame is 0..${max} bytes`);
         }
+        if (writeHdr) this.writeTxHeader(pair.txBytes, slot * this.txStride, offloads, sent);
         if (++pair.txFreeHead === ringSize) pair.txFreeHead = 0;
         pair.txFreeCount--;
         pair.tx.addBuffer(pair.txPoolGpa + slot * this.txStride, VIRTIO_NET_HDR_SIZE + len, false, slot);
@@ -609,9 +818,14 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
 
   /**
    * Fills `burst` with up to burst.capacity received frames (virtio_net_hdr
-   * stripped, mergeable buffers joined) and returns how many. The frames stay
-   * valid until the next receiveBurst() on the same queue, which re-posts their
-   * buffers to the device.
+   * stripped, mergeable buffers joined, the header's offload fields in the
+   * burst's arrays) and returns how many. The frames stay valid until the next
+   * receiveBurst() on the same queue, which re-posts their buffers to the device.
+   *
+   * Used buffers are reaped a whole ring at a time; those of a frame that does not
+   * fit this burst (burst full, merge area full) stay reaped and are handed out,
+   * in order, by the next call, so a frame spanning many buffers (a 64 KiB GUEST_TSO
+   * frame spans 33 of 2 KiB) is never cut by the burst size.
    */
   receiveBurst(queue: number, burst: RxBurst): number {
     const pair = this.pair(queue);
@@ -622,64 +836,105 @@ export class VirtioNet extends EventEmitter<VirtioNetEvents> {
       rx.addBuffer(pair.rxPoolGpa + s * size, size, true, s);
     }
     pair.rxLentCount = 0;
-    const tokens = this.reapTokens;
-    const lengths = this.reapLengths;
+    const tokens = pair.rxPendTokens;
+    const lengths = pair.rxPendLengths;
     const c = pair.counters;
-    burst.buffer = pair.rxBytes;
+    const bytes = pair.rxBytes;
+    const mergeArea = this.mergeArea;
+    burst.buffer = bytes;
     let out = 0;
     let mergeUsed = 0;
-    const n = rx.reap(tokens, lengths, burst.capacity);
-    for (let i = 0; i < n; i++) {
+    // Top up the pending window behind what earlier calls left there: a burst's worth, or
+    // as many as the frame waiting at its head spans. (Reaping no more keeps the window,
+    // and what is moved to its front after the burst, a burst long.)
+    let n = pair.rxPendCount;
+    const want = Math.min(tokens.length, Math.max(burst.capacity, pair.rxPendNeed));
+    pair.rxPendNeed = 0;
+    if (n === 0) n = rx.reap(tokens, lengths, want);
+    else if (n < want) {
+      const got = rx.reap(this.reapTokens, this.reapLengths, want - n);
+      for (let k = 0; k < got; k++) {
+        tokens[n + k] = this.reapTokens[k]!;
+        lengths[n + k] = this.reapLengths[k]!;
+      }
+      n += got;
+    }
+    let i = 0;
+    while (i < n && out < burst.capacity) {
       const slot = tokens[i]!;
       const len = lengths[i]!;
-      pair.rxLent[pair.rxLentCount++] = slot;
       const offset = slot * size;
       if (len < VIRTIO_NET_HDR_SIZE) {
+        pair.rxLent[pair.rxLentCount++] = slot;
         c[NetCounter.rxErrors]!++;
+        i++;
         continue;
       }
-      const buffers = this.mrgRxbuf ? pair.rxBytes[offset + HDR_NUM_BUFFERS]! | (pair.rxBytes[offset + HDR_NUM_BUFFERS + 1]! << 8) : 1;
+      const buffers = this.mrgRxbuf ? bytes[offset + HDR_NUM_BUFFERS]! | (bytes[offset + HDR_NUM_BUFFERS + 1]! << 8) : 1;
       if (buffers <= 1) {
         burst.offsets[out] = offset + VIRTIO_NET_HDR_SIZE;
         burst.lengths[out] = len - VIRTIO_NET_HDR_SIZE;
+        pair.rxLent[pair.rxLentCount++] = slot;
+        i++;
       } else {
         // §5.1.6.4: the frame continues in the next buffers-1 used buffers; join them in the merge area.
         if (i + buffers > n) {
-          // The rest has not been reaped in this burst: re-read it next time would reorder; drop and count.
-          c[NetCounter.rxErrors]!++;
+          if (buffers > this.queueSize || (i === 0 && n === tokens.length)) {
+            // More buffers than the ring holds, or the whole ring reaped and still short: never completes.
+            for (; i < n; i++) pair.rxLent[pair.rxLentCount++] = tokens[i]!;
+            c[NetCounter.rxErrors]!++;
+          } else pair.rxPendNeed = buffers; // the rest is reaped and handed out by a later call
+          break;
+        }
+        let total = len - VIRTIO_NET_HDR_SIZE;
+        for (let k = 1; k < buffers; k++) total += lengths[i + k]!;
+        if (total > mergeArea) {
+          // Can never fit: drop it, with its buffers.
+          for (let k = 0; k < buffers; k++) pair.rxLent[pair.rxLentCount++] = tokens[i + k]!;
+          i += buffers;
+          c[NetCounter.rxDrops]!++;
           continue;
+        }
+        if (mergeUsed + total > mergeArea) {
+          pair.rxPendNeed = buffers; // next call, with an empty merge area
+          break;
         }
         const start = pair.mergeOffset + mergeUsed;
-        let total = len - VIRTIO_NET_HDR_SIZE;
-        if (mergeUsed + total > MERGE_AREA) {
-          c[NetCounter.rxDrops]!++;
-          i += buffers - 1;
-          continue;
-        }
-        pair.rxBytes.copyWithin(start, offset + VIRTIO_NET_HDR_SIZE, offset + len);
+        bytes.copyWithin(start, offset + VIRTIO_NET_HDR_SIZE, offset + len);
+        let at = start + len - VIRTIO_NET_HDR_SIZE;
+        pair.rxLent[pair.rxLentCount++] = slot;
         for (let k = 1; k < buffers; k++) {
-          const s2 = tokens[++i]!;
-          const l2 = lengths[i]!;
+          const s2 = tokens[i + k]!;
+          const l2 = lengths[i + k]!;
           pair.rxLent[pair.rxLentCount++] = s2;
-          if (mergeUsed + total + l2 > MERGE_AREA) {
-            total = -1;
-            continue;
-          }
-          pair.rxBytes.copyWithin(start + total, s2 * size, s2 * size + l2);
-          total += l2;
+          bytes.copyWithin(at, s2 * size, s2 * size + l2);
+          at += l2;
         }
-        if (total < 0) {
-          c[NetCounter.rxDrops]!++;
-          continue;
-        }
+        i += buffers;
         burst.offsets[out] = start;
         burst.lengths[out] = total;
         mergeUsed += total;
+      }
+      if (this.rxOffloads) {
+        burst.flags[out] = bytes[offset]!;
+        burst.gsoTypes[out] = bytes[offset + HDR_GSO_TYPE]!;
+        burst.hdrLens[out] = bytes[offset + HDR_HDR_LEN]! | (bytes[offset + HDR_HDR_LEN + 1]! << 8);
+        burst.gsoSizes[out] = bytes[offset + HDR_GSO_SIZE]! | (bytes[offset + HDR_GSO_SIZE + 1]! << 8);
+        burst.csumStarts[out] = bytes[offset + HDR_CSUM_START]! | (bytes[offset + HDR_CSUM_START + 1]! << 8);
+        burst.csumOffsets[out] = bytes[offset + HDR_CSUM_OFFSET]! | (bytes[offset + HDR_CSUM_OFFSET + 1]! << 8);
+      } else {
+        burst.flags[out] = 0;
+        burst.gsoTypes[out] = 0;
       }
       c[NetCounter.rxPackets]!++;
       c[NetCounter.rxBytes]! += burst.lengths[out]!;
       out++;
     }
+    if (i > 0) {
+      tokens.copyWithin(0, i, n);
+      lengths.copyWithin(0, i, n);
+    }
+    pair.rxPendCount = n - i;
     burst.count = out;
     if (rx.publish()) {
       pair.rxKick.signal();
@@ -801,6 +1056,6 @@ export function txSlotStride(txSlotSize: number): number {
 
 /** The layer's options from the net ones: everything but the net fields; SET_MEM_TABLE as before the layer existed. */
 function deviceOptions(o: VirtioNetOptions): VhostDeviceOptions {
-  const { queuePairs: _qp, queueSize: _qs, mrgRxbuf: _m, csum: _c, rxBufferSize: _r, txSlotSize: _t, mtu: _mtu, ...rest } = o;
+  const { queuePairs: _qp, queueSize: _qs, mrgRxbuf: _m, csum: _c, tso: _tso, uso: _uso, guestTso: _gt, rxBufferSize: _r, txSlotSize: _t, mtu: _mtu, ...rest } = o;
   return { ...rest, memoryTable: 'table', inOrder: o.inOrder ?? true };
 }
