@@ -10,7 +10,8 @@
  * magic; the host order on every platform this library runs on).
  */
 import { VhostUserError } from '../errors.js';
-import { fsCall, nodeFileSystem, type FileSystem } from '../file-system.js';
+import type { FileSystem } from '../file-system.js';
+import { BufferedFile } from './buffered-file.js';
 
 /** Magic for microsecond timestamps, as read in the file's own byte order. */
 export const PCAP_MAGIC_MICROS = 0xa1b2c3d4;
@@ -27,7 +28,6 @@ export const PCAP_RECORD_HEADER_SIZE = 16;
  */
 export const PCAP_MAX_SNAPLEN = 262_144;
 
-const BUFFER_SIZE = 1 << 20;
 const NS_PER_SEC = 1_000_000_000n;
 const MAX_TS_NS = 0x1_0000_0000n * NS_PER_SEC; // ts_sec is a u32: until 2106
 
@@ -42,17 +42,9 @@ export interface PcapWriterOptions {
 }
 
 /**
- * Writes Ethernet frames to a pcap file.
- *
- * `write()` is synchronous and copies into one preallocated 1 MiB buffer, which
- * is written out with `fs.writeSync` when full (and by `flush()`/`close()`).
- * Why synchronous rather than a FileHandle: a capture sits in a hot RX/TX loop,
- * and a sync write keeps records in order, needs no queue of pending buffers and
- * no await per packet, and reports a failed write (ENOSPC) at the call that
- * caused it. The price is blocking for one ≤1 MiB write per MiB captured, which
- * into the page cache is a fraction of a millisecond. Opening and closing are
- * async because they may be slow on network file systems and happen once.
- * Data is not fsync'ed: a capture is a debugging artefact, not a database.
+ * Writes Ethernet frames to a pcap file. `write()` is synchronous and copies into one
+ * preallocated buffer, written out when full and by `flush()`/`close()` (why: see
+ * buffered-file.ts).
  */
 export class PcapWriter {
   /** Records written (including those still in the buffer). */
@@ -67,28 +59,23 @@ export class PcapWriter {
   /** Timestamps are written in nanoseconds rather than microseconds. */
   readonly nanoseconds: boolean;
 
-  private fd: number;
-  private readonly fs: FileSystem;
-  private readonly buf = new Uint8Array(BUFFER_SIZE);
-  private readonly view = new DataView(this.buf.buffer);
-  private pos = 0;
+  private readonly file: BufferedFile;
   /** Wall clock minus the monotonic clock, taken once, so default timestamps have ns resolution and never go backwards. */
   private readonly epochOffsetNs = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
 
-  private constructor(fs: FileSystem, path: string, fd: number, snaplen: number, nanoseconds: boolean) {
-    this.fs = fs;
-    this.path = path;
-    this.fd = fd;
+  private constructor(file: BufferedFile, snaplen: number, nanoseconds: boolean) {
+    this.file = file;
+    this.path = file.path;
     this.snaplen = snaplen;
     this.nanoseconds = nanoseconds;
-    const v = this.view;
+    const v = file.view;
     v.setUint32(0, nanoseconds ? PCAP_MAGIC_NANOS : PCAP_MAGIC_MICROS, true);
     v.setUint16(4, 2, true);
     v.setUint16(6, 4, true);
     // thiszone and sigfigs stay 0, as every modern writer leaves them.
     v.setUint32(16, snaplen, true);
     v.setUint32(20, LINKTYPE_ETHERNET, true);
-    this.pos = PCAP_GLOBAL_HEADER_SIZE;
+    file.pos = PCAP_GLOBAL_HEADER_SIZE;
   }
 
   /** Creates (or truncates) `path` and prepares the global header. */
@@ -97,19 +84,12 @@ export class PcapWriter {
     if (!Number.isInteger(snaplen) || snaplen < 1 || snaplen > PCAP_MAX_SNAPLEN) {
       throw new VhostUserError('VHOST_INVALID_ARGUMENT', `pcap snaplen must be 1..${PCAP_MAX_SNAPLEN}, got ${snaplen}`);
     }
-    const fs = options.fs ?? nodeFileSystem;
-    let fd: number;
-    try {
-      fd = await fsCall<number>((cb) => fs.open(path, 'w', cb));
-    } catch (e) {
-      throw syscallError(`cannot create pcap file ${path}`, e);
-    }
-    return new PcapWriter(fs, path, fd, snaplen, options.nanoseconds ?? false);
+    return new PcapWriter(await BufferedFile.open(path, 'pcap', options.fs), snaplen, options.nanoseconds ?? false);
   }
 
   /** Whether `close()` has been called. */
   get closed(): boolean {
-    return this.fd < 0;
+    return this.file.closed;
   }
 
   /**
@@ -118,7 +98,7 @@ export class PcapWriter {
    * stored truncated, with their original length in the record.
    */
   write(frame: Uint8Array, timestamp?: bigint): void {
-    if (this.fd < 0) throw new VhostUserError('VHOST_INVALID_STATE', `pcap writer for ${this.path} is closed`);
+    this.file.checkOpen();
     const ts = timestamp ?? this.epochOffsetNs + process.hrtime.bigint();
     if (ts < 0n || ts >= MAX_TS_NS) {
       throw new VhostUserError('VHOST_INVALID_ARGUMENT', `pcap timestamp ${ts} ns is outside 1970..2106`);
@@ -128,57 +108,27 @@ export class PcapWriter {
     const len = frame.length;
     const caplen = len < this.snaplen ? len : this.snaplen;
     // snaplen ≤ 256 KiB, so after a flush any record fits.
-    if (this.pos + PCAP_RECORD_HEADER_SIZE + caplen > BUFFER_SIZE) this.flush();
-    const v = this.view;
-    const p = this.pos;
+    const file = this.file;
+    const p = file.reserve(PCAP_RECORD_HEADER_SIZE + caplen);
+    const v = file.view;
     v.setUint32(p, Number(sec), true);
     v.setUint32(p + 4, this.nanoseconds ? subNs : Math.floor(subNs / 1000), true);
     v.setUint32(p + 8, caplen, true);
     v.setUint32(p + 12, len, true);
     // Only a truncated frame needs a (small) subarray view; the usual case copies straight from the caller's bytes.
-    this.buf.set(caplen === len ? frame : frame.subarray(0, caplen), p + PCAP_RECORD_HEADER_SIZE);
-    this.pos = p + PCAP_RECORD_HEADER_SIZE + caplen;
+    file.buf.set(caplen === len ? frame : frame.subarray(0, caplen), p + PCAP_RECORD_HEADER_SIZE);
+    file.pos = p + PCAP_RECORD_HEADER_SIZE + caplen;
     this.packets++;
     this.bytes += len;
   }
 
   /** Writes the buffered records to the file now (e.g. so tshark can read a capture still being written). */
   flush(): void {
-    if (this.fd < 0) throw new VhostUserError('VHOST_INVALID_STATE', `pcap writer for ${this.path} is closed`);
-    let off = 0;
-    try {
-      // writeSync may write less than asked (signals, some file systems); loop until done.
-      while (off < this.pos) off += this.fs.writeSync(this.fd, this.buf, off, this.pos - off);
-    } catch (e) {
-      // Keep what was not written, so a retried flush() does not lose or duplicate records.
-      this.buf.copyWithin(0, off, this.pos);
-      this.pos -= off;
-      throw syscallError(`writing pcap file ${this.path}`, e);
-    }
-    this.pos = 0;
+    this.file.flush();
   }
 
   /** Flushes and closes the file. Idempotent; the file is closed even if the last flush fails. */
-  async close(): Promise<void> {
-    if (this.fd < 0) return;
-    let flushError: Error | undefined;
-    try {
-      this.flush();
-    } catch (e) {
-      flushError = e instanceof Error ? e : new Error(String(e));
-    }
-    const fd = this.fd;
-    this.fd = -1;
-    try {
-      await fsCall<void>((cb) => this.fs.close(fd, cb));
-    } catch (e) {
-      flushError ??= syscallError(`closing pcap file ${this.path}`, e);
-    }
-    if (flushError !== undefined) throw flushError;
+  close(): Promise<void> {
+    return this.file.close();
   }
-}
-
-function syscallError(what: string, e: unknown): VhostUserError {
-  const errno = (e as NodeJS.ErrnoException | undefined)?.code;
-  return new VhostUserError('VHOST_SYSCALL', `${what}: ${(e as Error).message}`, { errno, cause: e });
 }

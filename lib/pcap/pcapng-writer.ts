@@ -12,7 +12,8 @@
  * written synchronously when it fills, on flush() and on close().
  */
 import { VhostUserError } from '../errors.js';
-import { fsCall, nodeFileSystem, type FileSystem } from '../file-system.js';
+import type { FileSystem } from '../file-system.js';
+import { BufferedFile } from './buffered-file.js';
 
 /** Block types. */
 export const PCAPNG_SHB = 0x0a0d0d0a;
@@ -37,7 +38,6 @@ const IF_DESCRIPTION = 3;
 const IF_TSRESOL = 9;
 const EPB_FLAGS = 2;
 
-const BUFFER_SIZE = 1 << 20;
 /** The largest packet kept (bytes beyond are cut, orig len stays); far above a vhost-user message. */
 export const PCAPNG_MAX_PACKET = 262_144;
 const MAX_COMMENT = 65_535 - 4;
@@ -88,18 +88,15 @@ export class PcapngWriter {
   packets = 0;
   /** The file being written. */
   readonly path: string;
-  private fd: number;
-  private readonly fs: FileSystem;
+  private readonly file: BufferedFile;
   private readonly interfaces: number;
-  private readonly buf = new Uint8Array(BUFFER_SIZE);
-  private readonly view = new DataView(this.buf.buffer);
-  private pos = 0;
+  private readonly view: DataView;
   private readonly epochOffsetNs = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
 
-  private constructor(fs: FileSystem, path: string, fd: number, options: PcapngWriterOptions) {
-    this.fs = fs;
-    this.path = path;
-    this.fd = fd;
+  private constructor(file: BufferedFile, options: PcapngWriterOptions) {
+    this.file = file;
+    this.path = file.path;
+    this.view = file.view;
     this.interfaces = options.interfaces.length;
     this.block(PCAPNG_SHB, 16, [[SHB_USERAPPL, options.application === undefined ? null : enc.encode(options.application)]], (p) => {
       this.view.setUint32(p, PCAPNG_BYTE_ORDER_MAGIC, true);
@@ -129,24 +126,17 @@ export class PcapngWriter {
         throw new VhostUserError('VHOST_INVALID_ARGUMENT', `link type ${i.linkType} is not a u16`);
       }
     }
-    const fs = options.fs ?? nodeFileSystem;
-    let fd: number;
-    try {
-      fd = await fsCall<number>((cb) => fs.open(path, 'w', cb));
-    } catch (e) {
-      throw syscallError(`cannot create pcapng file ${path}`, e);
-    }
-    return new PcapngWriter(fs, path, fd, options);
+    return new PcapngWriter(await BufferedFile.open(path, 'pcapng', options.fs), options);
   }
 
   /** Whether close() ran. */
   get closed(): boolean {
-    return this.fd < 0;
+    return this.file.closed;
   }
 
   /** Appends one Enhanced Packet Block. */
   write(data: Uint8Array, options: PcapngPacketOptions = {}): void {
-    if (this.fd < 0) throw new VhostUserError('VHOST_INVALID_STATE', `pcapng writer for ${this.path} is closed`);
+    this.file.checkOpen();
     const interfaceId = options.interfaceId ?? 0;
     if (!Number.isInteger(interfaceId) || interfaceId < 0 || interfaceId >= this.interfaces) {
       throw new VhostUserError('VHOST_INVALID_ARGUMENT', `interface ${interfaceId} is not one of the ${this.interfaces} written`);
@@ -168,8 +158,8 @@ export class PcapngWriter {
       v.setUint32(p + 8, Number(ts & 0xffffffffn), true);
       v.setUint32(p + 12, caplen, true);
       v.setUint32(p + 16, data.length, true);
-      this.buf.set(caplen === data.length ? data : data.subarray(0, caplen), p + 20);
-      this.buf.fill(0, p + 20 + caplen, p + 20 + pad4(caplen));
+      this.file.buf.set(caplen === data.length ? data : data.subarray(0, caplen), p + 20);
+      this.file.buf.fill(0, p + 20 + caplen, p + 20 + pad4(caplen));
     });
     this.packets++;
   }
@@ -182,9 +172,9 @@ export class PcapngWriter {
     const present = options.filter((o): o is [number, Uint8Array] => o[1] !== null);
     const optionBytes = present.length ? present.reduce((n, [, v]) => n + 4 + pad4(v.length), 0) + 4 : 0;
     const total = 12 + fixed + optionBytes;
-    if (this.pos + total > BUFFER_SIZE) this.flush();
+    const buf = this.file.buf;
     const v = this.view;
-    let p = this.pos;
+    let p = this.file.reserve(total);
     v.setUint32(p, type, true);
     v.setUint32(p + 4, total, true);
     body(p + 8);
@@ -192,8 +182,8 @@ export class PcapngWriter {
     for (const [code, value] of present) {
       v.setUint16(p, code, true);
       v.setUint16(p + 2, value.length, true);
-      this.buf.set(value, p + 4);
-      this.buf.fill(0, p + 4 + value.length, p + 4 + pad4(value.length));
+      buf.set(value, p + 4);
+      buf.fill(0, p + 4 + value.length, p + 4 + pad4(value.length));
       p += 4 + pad4(value.length);
     }
     if (present.length) {
@@ -201,44 +191,16 @@ export class PcapngWriter {
       p += 4;
     }
     v.setUint32(p, total, true);
-    this.pos = p + 4;
+    this.file.pos = p + 4;
   }
 
   /** Writes the buffered blocks to the file now (tshark can then read the capture while it grows). */
   flush(): void {
-    if (this.fd < 0) throw new VhostUserError('VHOST_INVALID_STATE', `pcapng writer for ${this.path} is closed`);
-    let off = 0;
-    try {
-      while (off < this.pos) off += this.fs.writeSync(this.fd, this.buf, off, this.pos - off);
-    } catch (e) {
-      this.buf.copyWithin(0, off, this.pos);
-      this.pos -= off;
-      throw syscallError(`writing pcapng file ${this.path}`, e);
-    }
-    this.pos = 0;
+    this.file.flush();
   }
 
   /** Flushes and closes the file. Idempotent; the file is closed even if the last flush fails. */
-  async close(): Promise<void> {
-    if (this.fd < 0) return;
-    let flushError: Error | undefined;
-    try {
-      this.flush();
-    } catch (e) {
-      flushError = e instanceof Error ? e : new Error(String(e));
-    }
-    const fd = this.fd;
-    this.fd = -1;
-    try {
-      await fsCall<void>((cb) => this.fs.close(fd, cb));
-    } catch (e) {
-      flushError ??= syscallError(`closing pcapng file ${this.path}`, e);
-    }
-    if (flushError !== undefined) throw flushError;
+  close(): Promise<void> {
+    return this.file.close();
   }
-}
-
-function syscallError(what: string, e: unknown): VhostUserError {
-  const errno = (e as NodeJS.ErrnoException | undefined)?.code;
-  return new VhostUserError('VHOST_SYSCALL', `${what}: ${(e as Error).message}`, { errno, cause: e });
 }
