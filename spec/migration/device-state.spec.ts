@@ -38,11 +38,12 @@ describe('DEVICE_STATE: SET_DEVICE_STATE_FD and CHECK_DEVICE_STATE with the refe
   it('net: the loopback counters saved on A are loaded on B', async () => {
     const a = await open('net');
     const b = await open('net');
-    Object.assign(a.backend.net, { frames: 1234, bytes: 98765, txErrors: 2, rxTooSmall: 1 });
+    const counters = { frames: 1234, bytes: 98765, txErrors: 2, rxTooSmall: 1, offloadDrops: 3, checksummed: 4, segmented: 5 };
+    Object.assign(a.backend.net, counters);
     const state = await saveDeviceState(a.client);
-    expect(state.length).to.equal(60);
+    expect(state.length, 'stream header, MAC slot, one f64 per counter').to.equal(20 + 8 + 7 * 8);
     await loadDeviceState(b.client, state);
-    expect(b.backend.net).to.deep.equal({ frames: 1234, bytes: 98765, txErrors: 2, rxTooSmall: 1 });
+    expect(b.backend.net).to.deep.equal(counters);
   });
 
   it('blk: counters carried; a disk of another size refuses the state', async () => {

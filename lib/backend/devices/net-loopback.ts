@@ -52,6 +52,10 @@ export interface NetStats {
   segmented: number;
 }
 
+/** The counters a device state carries, in stream order: all of {@link NetStats}. */
+const STATE_COUNTERS = ['frames', 'bytes', 'txErrors', 'rxTooSmall', 'offloadDrops', 'checksummed', 'segmented'] as const satisfies readonly (keyof NetStats)[];
+const NET_STATE_SIZE = 8 + 8 * STATE_COUNTERS.length;
+
 /** The largest TX frame taken: an IPv6 GSO frame of 64 KiB payload with a VLAN tag. */
 const MAX_FRAME = 14 + 4 + 40 + 65535;
 const F = VirtioNetFeature;
@@ -109,24 +113,21 @@ export class NetLoopback implements DeviceModel {
     this.checkOffloads = options.checkOffloads ?? true;
   }
 
-  /** DEVICE_STATE: the MAC and the loopback counters (8-byte MAC slot, then four f64). */
+  /** DEVICE_STATE: the MAC and every loopback counter (8-byte MAC slot, then one f64 per {@link STATE_COUNTERS} entry). */
   saveState(): Uint8Array {
-    const out = new Uint8Array(8 + 4 * 8);
+    const out = new Uint8Array(NET_STATE_SIZE);
     const dv = new DataView(out.buffer);
     out.set(this.mac, 0);
-    [this.stats.frames, this.stats.bytes, this.stats.txErrors, this.stats.rxTooSmall].forEach((v, i) => dv.setFloat64(8 + 8 * i, v, true));
+    STATE_COUNTERS.forEach((k, i) => dv.setFloat64(8 + 8 * i, this.stats[k], true));
     return out;
   }
 
   /** DEVICE_STATE: the counters go on from the source's; a state of another MAC is refused (the guest's address cannot change in a migration). */
   loadState(state: Uint8Array): void {
-    if (state.length !== 40) throw new Error(`a net state is 40 bytes, not ${state.length}`);
+    if (state.length !== NET_STATE_SIZE) throw new Error(`a net state is ${NET_STATE_SIZE} bytes, not ${state.length}`);
     if (state.subarray(0, 6).some((b, i) => b !== this.mac[i])) throw new Error('the state is of a device with another MAC');
     const dv = new DataView(state.buffer, state.byteOffset, state.length);
-    this.stats.frames = dv.getFloat64(8, true);
-    this.stats.bytes = dv.getFloat64(16, true);
-    this.stats.txErrors = dv.getFloat64(24, true);
-    this.stats.rxTooSmall = dv.getFloat64(32, true);
+    STATE_COUNTERS.forEach((k, i) => (this.stats[k] = dv.getFloat64(8 + 8 * i, true)));
   }
 
   configSpace(): Uint8Array {
