@@ -108,7 +108,14 @@ export class BackendSession implements DeviceRings {
 
   private applyLog(): void {
     const log = this.loggingLog();
-    for (const r of this.rings) r.log = log;
+    const faults = this.host.faults;
+    for (const r of this.rings) {
+      // The log-after-clear fault (faults.ts): a ring logging into the current log keeps it when
+      // VHOST_F_LOG_ALL is cleared, breaking vhost-user.rst 'Migration' ("To start/stop logging").
+      // A ring's log that SET_LOG_BASE replaced (and unmapped) is never kept.
+      const keep = log === null && r.log !== null && r.log === this.log && !faults.isEmpty && faults.takeLogFault(this.id, r.index, 'log-after-clear');
+      r.log = keep ? r.log : log;
+    }
   }
 
   /** Protocol features offered: the common ones and the device's own. */

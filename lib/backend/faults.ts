@@ -59,6 +59,7 @@ export const LOG_FAULTS = {
   'unlogged-write': 'leave the buffer bytes a completion wrote (RX frame, blk data and status) out of the dirty log',
   'unlogged-used': 'leave the used entry and used.idx (packed: the descriptor written back) out of the dirty log',
   'write-after-stop': 'write into the ring (split: used.flags; packed: the device event area) 30 ms after answering GET_VRING_BASE',
+  'log-after-clear': 'keep logging after SET_FEATURES clears VHOST_F_LOG_ALL: completions go on marking the buffer pages they write in the old log',
 } as const;
 
 /** A fault on the reply to a request: a key of {@link MESSAGE_FAULTS}. */

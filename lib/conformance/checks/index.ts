@@ -6,6 +6,7 @@ import { handshakeChecks } from './handshake.js';
 import { inflightChecks } from './inflight.js';
 import { leakChecks } from './leak.js';
 import { logChecks } from './log.js';
+import { migrationChecks } from './migration.js';
 import { memoryChecks } from './memory.js';
 import { negativeChecks } from './negative.js';
 import { offloadChecks } from './offload.js';
@@ -26,6 +27,7 @@ export const allChecks: readonly Check[] = [
   ...configChecks,
   ...inflightChecks,
   ...logChecks,
+  ...migrationChecks,
   ...rarpChecks,
   ...resetChecks,
   ...reconnectChecks,
