@@ -42,6 +42,11 @@ export interface RingSetupOptions {
   logUsed?: boolean;
   /** Ring layout (default split); packed adds VIRTIO_F_RING_PACKED to SET_FEATURES. */
   ring?: 'split' | 'packed';
+  /**
+   * GPA of ring 0 (default 0; ring i follows at i * 0x4000). Below 0x100000. DPDK 22.11 takes a
+   * log_guest_addr of 0 for "not mapped" and leaves the ring stopped, so logging checks move the rings up.
+   */
+  ringOffset?: number;
 }
 
 /** A fresh packed ring: both indexes 0, both wrap counters 1 (virtio 1.2 §2.8.1). */
@@ -81,7 +86,7 @@ export class Rings {
     await client.setMemTable(memory);
     const rings = new Rings(ctx, client, memory, options, features);
     for (let i = 0; i < count; i++) {
-      const q = { memory, index: i, size: QUEUE_SIZE, ringGpa: i * RING_STRIDE, eventIdx: false };
+      const q = { memory, index: i, size: QUEUE_SIZE, ringGpa: (options.ringOffset ?? 0) + i * RING_STRIDE, eventIdx: false };
       rings.queues.push(packed ? new PackedVirtqueue(q) : new SplitVirtqueue(q));
       rings.kicks.push(ctx.eventFd());
       rings.calls.push(ctx.eventFd());

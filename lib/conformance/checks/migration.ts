@@ -15,6 +15,11 @@ import { logView, type LogView } from './log.js';
 
 /** One bit per 4 KiB page of the 4 MiB guest: 128 bytes; a page of log leaves room. */
 const LOG_BYTES = 4096;
+/**
+ * Rings start at GPA 0x10000, not 0: a packed ring's log_guest_addr is its descriptor ring, and
+ * DPDK 22.11 reads a log_guest_addr of 0 as "failed to map" and never starts the ring.
+ */
+const RING_OFFSET = 0x10000;
 
 function requireLogging(n: Negotiated): void {
   if (!hasBit(n.protocolFeatures, ProtocolFeature.LOG_SHMFD)) skip('protocol feature LOG_SHMFD not offered');
@@ -29,7 +34,7 @@ async function loggingPlane(
 ): Promise<{ client: VhostUserClient; plane: DataPlane; log: LogView }> {
   const { client, n } = session ?? (await ctx.negotiated());
   requireLogging(n);
-  const plane = await openDataPlane(ctx, { client, n, extraFeatures: bit(VirtioFeature.VHOST_F_LOG_ALL), logUsed: true, ring });
+  const plane = await openDataPlane(ctx, { client, n, extraFeatures: bit(VirtioFeature.VHOST_F_LOG_ALL), logUsed: true, ring, ringOffset: RING_OFFSET });
   const log = logView(ctx, LOG_BYTES);
   await client.setLogBase(log.memory.regions[0]!.fd, BigInt(LOG_BYTES), 0n);
   return { client, plane, log };
@@ -144,7 +149,7 @@ export const migrationChecks: Check[] = [
       const { client, n } = await ctx.negotiated();
       // The rule needs no log, but the group runs as a migration does: logging on when offered.
       const logging = hasBit(n.protocolFeatures, ProtocolFeature.LOG_SHMFD) && hasBit(n.features, VirtioFeature.VHOST_F_LOG_ALL);
-      const plane = logging ? (await loggingPlane(ctx, 'split', { client, n })).plane : await openDataPlane(ctx, { client, n });
+      const plane = logging ? (await loggingPlane(ctx, 'split', { client, n })).plane : await openDataPlane(ctx, { client, n, ringOffset: RING_OFFSET });
       await work(ctx, plane, 1);
       for (const q of plane.rings.queues) await client.getVringBase(q.index);
       const m = plane.rings.memory;
