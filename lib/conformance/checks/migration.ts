@@ -80,7 +80,7 @@ function pageList(pages: number[]): string {
 export const migrationChecks: Check[] = [
   {
     id: 'migration.log-covers-writes',
-    rule: "vhost-user.rst, 'Migration': \"All the modifications to memory pointed by vring 'descriptor' should be marked. Modifications to 'used' vring should be marked if VHOST_VRING_F_LOG is part of ring's flags\" ('Dirty page logging')",
+    rule: "vhost-user.rst, 'Migration': \"All the modifications to memory pointed by vring 'descriptor' should be marked. Modifications to 'used' vring should be marked if VHOST_VRING_F_LOG is part of ring's flags\"",
     title: 'every page the back-end writes is logged: buffers, the used ring of each ring and (packed rings, when offered) the descriptor ring',
     devices: ['net', 'blk'],
     timeoutMs: 10_000,
@@ -122,7 +122,7 @@ export const migrationChecks: Check[] = [
   },
   {
     id: 'migration.log-base-switch',
-    rule: "vhost-user.rst, 'Migration': \"Dirty pages are logged in a memory region received via VHOST_USER_SET_LOG_BASE\"; QEMU sends a new, larger one when guest memory grows while logging",
+    rule: "vhost-user.rst, 'Migration': \"The size of the log is supplied as part of VhostUserMsg which should be large enough to cover all known guest addresses\"; QEMU sends a new, larger log (SET_LOG_BASE) when guest memory grows while logging",
     title: 'SET_LOG_BASE with a new, larger log while running loses nothing: pages written after the switch are in the new log',
     devices: ['net', 'blk'],
     timeoutMs: 10_000,
@@ -141,7 +141,7 @@ export const migrationChecks: Check[] = [
   },
   {
     id: 'migration.quiet-after-stop',
-    rule: "vhost-user.rst, 'Starting and stopping rings': \"Client must start ring upon receiving a kick ... and stop ring upon receiving VHOST_USER_GET_VRING_BASE\"; 'Migration': the front-end copies guest memory after the rings stop",
+    rule: "vhost-user.rst, 'Starting and stopping rings': \"... and stop ring upon receiving VHOST_USER_GET_VRING_BASE\"; a migration copies guest memory for the last time once the rings are stopped",
     title: 'nothing is written into guest memory after GET_VRING_BASE, even with new work made available and kicked',
     devices: ['net', 'blk'],
     timeoutMs: 10_000,
