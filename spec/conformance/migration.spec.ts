@@ -3,7 +3,12 @@
  * dirty-logging faults (lib/backend/faults.ts) each fail the check that guards
  * against them, naming the pages.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
+import { cli } from '../helpers/cli.js';
 import { ReferenceBackend } from '../../lib/backend/reference-backend.js';
 import type { Fault } from '../../lib/backend/faults.js';
 import { runConformance, type ConformanceReport } from '../../lib/conformance/index.js';
@@ -51,5 +56,19 @@ describe('conformance migration group against the reference back-end', function 
     // The fault flips a bit of a used ring's flags word: one byte changed.
     expect(c.detail).to.match(/guest memory written after GET_VRING_BASE of every ring: GPA 0x[0-9a-f]+\+1/);
     expect(status(report)).to.include({ 'migration.log-all-clear-stops': 'pass' });
+  });
+
+  it('serve --fault log-after-clear --fault-repeat (no target): the CLI reports the check failed', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'vhost-migration-conf-'));
+    try {
+      const socket = path.join(dir, 'net.sock');
+      const main = fileURLToPath(new URL('../../lib/cli/main.js', import.meta.url));
+      const serve = `${process.execPath} ${main} serve --socket ${socket} --device net --fault log-after-clear --fault-repeat`;
+      const r = await cli(['conformance', '--socket', socket, '--device', 'net', '--spawn', serve, '--only', 'migration.log-all-clear-stops']);
+      expect(r.status, r.stderr).to.equal(0);
+      expect(r.stdout).to.match(/^FAIL migration\.log-all-clear-stops \(\d+ ms\): logging went on after VHOST_F_LOG_ALL was cleared: \d+ page\(s\) at GPA 0x/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
