@@ -82,6 +82,14 @@ export interface OvsOptions {
   memoryMb?: number;
   /** Deadline for each daemon to come up and for each ovs-vsctl call; default 20 000 ms. */
   readyTimeoutMs?: number;
+  /**
+   * `other_config:userspace-tso-enable=true` (default false): OVS's userspace datapath
+   * takes TSO frames whole and its vhost-user ports offer HOST_TSO4/6 (and CSUM) to
+   * front-ends. OVS reads the key once, when ovs-vswitchd starts (OVS
+   * Documentation/topics/userspace-tso.rst: changing it needs a restart), so it is
+   * written with the DPDK settings, before ovs-vswitchd runs and before any port exists.
+   */
+  userspaceTso?: boolean;
 }
 
 /**
@@ -514,6 +522,7 @@ export async function startOvs(opts: OvsOptions = {}): Promise<OvsBackend> {
       `other_config:dpdk-lcore-mask=${opts.lcoreMask ?? '0x1'}`,
       `other_config:pmd-cpu-mask=${opts.pmdCpuMask ?? '0x2'}`,
       `other_config:pmd-maxsleep=${opts.pmdMaxSleepUs ?? 10_000}`,
+      `other_config:userspace-tso-enable=${opts.userspaceTso === true}`,
     );
     vswitchd = await startVswitchd(tempDir, env, 0, filePrefix, timeoutMs);
     ovs = new OvsBackend({ tempDir, bridge, filePrefix, ovsdb, vswitchd, env, timeoutMs });
