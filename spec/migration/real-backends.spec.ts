@@ -106,7 +106,11 @@ describe('migrate() between two qemu-storage-daemon on one image @integration', 
     const b = await startQemuStorageDaemon({ locking: false, imagePath: a.imagePath });
     started.push(b);
     const snap = resourceSnapshot();
-    const r = await migrate({ from: a.socketPath, to: b.socketPath, device: 'blk', ...QUICK });
+    const r = await migrate({ from: a.socketPath, to: b.socketPath, device: 'blk', ...QUICK }).catch((e: unknown) => {
+      // A back-end that hung up: say which one, how it ended and what it printed.
+      const said = [a, b].map((q, i) => `qemu-storage-daemon ${'AB'[i]} (pid ${q.pid}, ${q.running ? 'running' : 'exited'}):\n${q.output()}`).join('\n');
+      throw new Error(`${(e as Error).message}\n${said}`, { cause: e });
+    });
     process.stdout.write(line(r, 'blk split'));
     expect(r.unloggedPages).to.deep.equal([]);
     expect(r.verification.precision.loggedForeign).to.deep.equal([]);
