@@ -82,11 +82,15 @@ describe('migrate() between two dpdk-testpmd @integration', function () {
     expect(r.verified).to.equal(true);
   });
 
-  it('packed, log_guest_addr = device event area (as QEMU 7.2): the descriptor ring is unlogged, TX pages are logged', async () => {
+  it('packed, log_guest_addr = device event area (as QEMU 7.2): pages the device never writes are logged, and what is unlogged is descriptor-ring pages', async () => {
     const r = await run('packed', 'qemu');
     expect(r.verified).to.equal(false);
-    expect(r.verification.completeness.unlogged.flatMap((f) => f.areas).join('\n')).to.match(/descriptor ring: descriptor \d+ \(used\)/);
+    // DPDK logs a packed completion at log_guest_addr + 16 * slot: from the event area that lands on
+    // pages the device never writes (TX slots) every time. Whether the descriptor ring's own page
+    // is also missed depends on where the misplaced logs of the other ring land: usually it is
+    // (one run in several here had those logs cover it), so it is checked only when reported.
     expect(r.verification.precision.loggedForeign.length).to.be.above(0);
+    for (const f of r.verification.completeness.unlogged) expect(f.areas.join('\n')).to.match(/descriptor ring: descriptor \d+ \(used\)/);
   });
 });
 

@@ -89,6 +89,8 @@ export class NetLoopback implements DeviceModel {
   private readonly checkOffloads: boolean;
   /** RX chains taken for a frame spanning several buffers that could not all be had yet, per RX ring. */
   private readonly rxStash = new WeakMap<Vring, Chain[]>();
+  /** Used lengths of the RX buffers of the frame being delivered (with MRG_RXBUF as many as it takes: at most a ring, 32768). */
+  private readonly rxUsed = new Uint32Array(32768);
   /** Segments of a TX ring's pending GSO frame already delivered. */
   private readonly segResume = new WeakMap<Vring, number>();
   /** Write position in the RX chain being filled (segment index, offset in it). */
@@ -228,15 +230,20 @@ export class NetLoopback implements DeviceModel {
         txDone++;
         continue;
       }
+      // TX completes before RX is published (deliver() does it once the frame is copied into
+      // the RX buffers): should this process die between the two, the frame is lost (the TX
+      // buffer is done) rather than sent again by a front-end that resumes the TX ring from its
+      // used index, so no frame is delivered twice. A frame cut into segments completes after
+      // its last segment (a death in between can repeat segments, never a whole frame).
+      this.txEarly = { ring: tx, chain: t };
       const r = this.forward(s, rx, tx, len, acked);
+      const early = this.txEarly === null;
+      this.txEarly = null;
       if (r === 'wait') {
         tx.pendingTx = t;
         break;
       }
-      // TX completes after RX is written: should this process die between the two, the
-      // frame is lost (the TX buffer is done) rather than sent again by a front-end that
-      // resumes the TX ring from its used index, so no frame is delivered twice.
-      tx.push(t, 0);
+      if (!early) tx.push(t, 0);
       txDone++;
       this.segResume.delete(tx);
     }
@@ -245,6 +252,8 @@ export class NetLoopback implements DeviceModel {
   }
 
   private rxPushed = 0;
+  /** The TX chain being forwarded, to complete before its frame's RX buffers are published; null once done (or for segments). */
+  private txEarly: { ring: Vring; chain: Chain } | null = null;
 
   /** Copies the TX chain's header into `hdr` and its frame into `frame`; returns the frame length. */
   private gather(mem: BackendMemory, t: Chain): number {
@@ -331,6 +340,7 @@ export class NetLoopback implements DeviceModel {
       const whole = (gso === VIRTIO_NET_HDR_GSO_TCPV4 && hasBit(acked, F.VIRTIO_NET_F_GUEST_TSO4)) || (gso === VIRTIO_NET_HDR_GSO_TCPV6 && hasBit(acked, F.VIRTIO_NET_F_GUEST_TSO6));
       if (!whole) {
         const gsoSize = h[HDR_GSO_SIZE]! | (h[HDR_GSO_SIZE + 1]! << 8);
+        this.txEarly = null;
         this.segRings = s;
         this.segRx = rx;
         const first = this.segResume.get(tx) ?? 0;
@@ -399,6 +409,7 @@ export class NetLoopback implements DeviceModel {
     out[HDR_NUM_BUFFERS] = stash.length & 0xff;
     out[HDR_NUM_BUFFERS + 1] = stash.length >>> 8;
     let done = 0;
+    const used = this.rxUsed;
     for (let k = 0; k < stash.length; k++) {
       const x = stash[k]!;
       const take = Math.min(x.writableBytes - (k === 0 ? VIRTIO_NET_HDR_SIZE : 0), len - done);
@@ -409,8 +420,13 @@ export class NetLoopback implements DeviceModel {
       }
       this.write(mem, x, frame.subarray(done, done + take));
       done += take;
-      rx.push(x, take + (k === 0 ? VIRTIO_NET_HDR_SIZE : 0));
+      used[k] = take + (k === 0 ? VIRTIO_NET_HDR_SIZE : 0);
     }
+    if (this.txEarly !== null) {
+      this.txEarly.ring.push(this.txEarly.chain, 0);
+      this.txEarly = null;
+    }
+    for (let k = 0; k < stash.length; k++) rx.push(stash[k]!, used[k]!);
     this.rxPushed += stash.length;
     stash.length = 0;
     this.stats.frames++;
