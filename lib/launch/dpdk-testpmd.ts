@@ -211,6 +211,22 @@ export class TestpmdBackend extends BackendHandle {
     return this.#console !== undefined;
   }
 
+  /**
+   * Waits until DPDK reports the device on `socketPath` ready ("virtio is now ready for
+   * processing": its rings are set up and DRIVER_OK is in), from testpmd's output. Unlike
+   * polling `show port info` at the prompt, it cannot stall behind a port that is in the
+   * middle of being set up (the prompt was seen to give no answer for 10 s then).
+   */
+  async waitDeviceReady(socketPath: string, timeoutMs = 10_000): Promise<void> {
+    const marker = `(${socketPath}) virtio is now ready for processing`;
+    const deadline = Date.now() + timeoutMs;
+    while (!this.output().includes(marker)) {
+      if (!this.running) throw new VhostUserError('VHOST_BACKEND_FAILED', `testpmd exited before ${socketPath} was ready:\n${this.output()}`);
+      if (Date.now() > deadline) throw new VhostUserError('VHOST_TIMEOUT', `testpmd did not report ${socketPath} ready within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   /** Runs one prompt command and returns its output (echo and prompt removed). Interactive only. */
   command(cmd: string, timeoutMs = 10_000): Promise<string> {
     if (!this.#console) {

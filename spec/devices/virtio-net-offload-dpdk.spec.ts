@@ -227,9 +227,7 @@ describe('VirtioNet offloads through dpdk-testpmd @integration', function () {
       const file = path.join(dir, 'out.pcap');
       const recv = runNode(MAIN, ['net', 'recv', '--socket', second, '--count', String(count), '--csum', '--guest-tso', '--queue-size', '1024', '--pcap', file, '--json', '--timeout', '10000'], 30_000);
       // Port 1's link comes up once the receiver's device is ready; frames sent before would be dropped.
-      for (const deadline = Date.now() + 10_000; !/Link status: up/.test(await backend.command('show port info 1')); await settle(50)) {
-        if (Date.now() > deadline) expect.fail('net recv never brought port 1 up');
-      }
+      await backend.waitDeviceReady(second);
       const sendArgs = mode === 'tso' ? ['--tso', String(MSS)] : ['--csum', '--size', '512'];
       const send = await runNode(MAIN, ['net', 'send', '--socket', backend.socketPath, '--count', String(count), ...sendArgs, '--json'], 30_000);
       expect(send.status, send.stderr).to.equal(0);

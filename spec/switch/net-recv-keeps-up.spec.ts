@@ -84,12 +84,8 @@ describe('switch: net recv keeps up with an unpaced net send, or says what the b
     try {
       const pcap = path.join(dir, 'recv.pcap');
       const recv = cli(['net', 'recv', '--socket', pmd.socketPaths[1]!, '--count', String(COUNT), '--pcap', pcap, '--json', '--timeout', '3000']);
-      // Port 1's link is up once the receiver's rings run.
-      const until = Date.now() + 10_000;
-      while (!/Link status: up/.test(await pmd.command('show port info 1'))) {
-        if (Date.now() > until) throw new Error('testpmd port 1 never came up');
-        await new Promise((res) => setTimeout(res, 50));
-      }
+      // Port 1 forwards once the receiver's rings run.
+      await pmd.waitDeviceReady(pmd.socketPaths[1]!);
       const send = await cli(['net', 'send', '--socket', pmd.socketPaths[0]!, '--count', String(COUNT), '--size', String(SIZE), '--json']);
       expect(send.status, send.stderr).to.equal(0);
       const r = await recv;
